@@ -1,0 +1,239 @@
+//! A handle for one card of the pool: start (ATR), stop, and T=0 exchanges over the link.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::frame::{Request, Slot};
+use super::link::{Link, PoolError};
+use crate::t0::{self, Exchange, Limits, Refusal, Step, T0Error, Tpdu};
+
+/// Why a command did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("refused without reaching the card: {0}")]
+    Refused(#[from] Refusal),
+    #[error("{error} (card sent {})", hex::encode_upper(.seen))]
+    Protocol { error: T0Error, seen: Vec<u8> },
+    #[error("{error} (card sent {})", hex::encode_upper(.seen))]
+    Pool { error: PoolError, seen: Vec<u8> },
+    #[error("no complete answer within {ms} ms (card sent {})", hex::encode_upper(.seen))]
+    Deadline { ms: u64, seen: Vec<u8> },
+}
+
+impl ExchangeError {
+    /// The status word the application gets instead of the card's.
+    pub fn status(&self) -> [u8; 2] {
+        match self {
+            ExchangeError::Refused(r) => r.status(),
+            _ => t0::sw::TECHNICAL_PROBLEM,
+        }
+    }
+
+    /// Bytes reached the card, which may now be in any T=0 state: it needs a restart.
+    pub fn card_touched(&self) -> bool {
+        !matches!(self, ExchangeError::Refused(_))
+    }
+}
+
+/// One card of the pool.
+#[derive(Clone)]
+pub struct Card {
+    link: Link,
+    slot: Slot,
+    limits: Limits,
+}
+
+impl Card {
+    pub(crate) fn new(link: Link, slot: Slot) -> Card {
+        Card {
+            link,
+            slot,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Powers up and resets the card; answers its ATR. Bytes that cannot begin an ATR (late
+    /// answers of an earlier exchange) are logged and skipped.
+    pub async fn start(&self) -> Result<Vec<u8>, PoolError> {
+        let timeout = self.link.options().reply_timeout;
+        let _g = self.link.lock_card(self.slot).await;
+        let mut w = self.link.register_card(self.slot)?;
+        w.send(&Request::Start(self.slot), &self.link).await?;
+        let deadline = Instant::now() + timeout;
+        let mut atr: Vec<u8> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let piece = w.recv(left).await.map_err(|e| match e {
+                PoolError::Timeout(_) => PoolError::Timeout(timeout.as_millis() as u64),
+                e => e,
+            })?;
+            atr.extend_from_slice(&piece);
+            if !matches!(atr.first(), Some(0x3B | 0x3F)) {
+                log::warn!(
+                    "{}: skipped {} byte(s) that are no ATR",
+                    self.slot,
+                    atr.len()
+                );
+                atr.clear();
+                continue;
+            }
+            match atr_length(&atr) {
+                Some(n) if atr.len() >= n => {
+                    if atr.len() > n {
+                        log::warn!(
+                            "{}: {} byte(s) after the ATR ignored",
+                            self.slot,
+                            atr.len() - n
+                        );
+                        atr.truncate(n);
+                    }
+                    return Ok(atr);
+                }
+                _ if atr.len() >= 33 => {
+                    return Err(PoolError::BadAnswer {
+                        what: "ATR",
+                        got: atr.len(),
+                        expected: 33,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Powers the card down (the pool does not answer).
+    pub async fn stop(&self) -> Result<(), PoolError> {
+        let _g = self.link.lock_card(self.slot).await;
+        self.link.send_only(&Request::Stop(self.slot)).await
+    }
+
+    /// Tells the pool this card misbehaves (its LED blinks slowly).
+    pub async fn error_indication(&self) -> Result<(), PoolError> {
+        let _g = self.link.lock_card(self.slot).await;
+        self.link
+            .send_only(&Request::ErrorIndication(self.slot))
+            .await
+    }
+
+    /// Runs one command (as the application passed it) through the T=0 terminal; answers
+    /// `data ‖ SW1 SW2`. Every wait is bounded by the link's reply timeout, the whole exchange
+    /// by `deadline`.
+    pub async fn transmit(&self, cmd: &[u8], deadline: Duration) -> Result<Vec<u8>, ExchangeError> {
+        let tpdu = Tpdu::parse(cmd)?;
+        self.transmit_tpdu(tpdu, deadline).await
+    }
+
+    pub async fn transmit_tpdu(
+        &self,
+        tpdu: Tpdu,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, ExchangeError> {
+        let idle = self.link.options().reply_timeout;
+        let end = Instant::now() + deadline;
+        let _g = self.link.lock_card(self.slot).await;
+        let pool_err = |error, seen: &[u8]| ExchangeError::Pool {
+            error,
+            seen: seen.to_vec(),
+        };
+        let mut w = self
+            .link
+            .register_card(self.slot)
+            .map_err(|e| pool_err(e, &[]))?;
+        let (mut ex, header) = Exchange::new(tpdu, self.limits);
+        w.send(&Request::Data(self.slot, header), &self.link)
+            .await
+            .map_err(|e| pool_err(e, &[]))?;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let piece = match w.recv(idle.min(left)).await {
+                Ok(p) => p,
+                Err(PoolError::Timeout(_)) if left <= idle => {
+                    return Err(ExchangeError::Deadline {
+                        ms: deadline.as_millis() as u64,
+                        seen: ex.received().to_vec(),
+                    })
+                }
+                Err(e) => return Err(pool_err(e, ex.received())),
+            };
+            let step = ex.feed(&piece).map_err(|error| ExchangeError::Protocol {
+                error,
+                seen: ex.received().to_vec(),
+            })?;
+            match step {
+                Step::Wait => {}
+                Step::Send(data) => w
+                    .send(&Request::Data(self.slot, data), &self.link)
+                    .await
+                    .map_err(|e| pool_err(e, ex.received()))?,
+                Step::Done(resp) => {
+                    if resp.trailing > 0 {
+                        log::warn!(
+                            "{}: {} byte(s) after SW2 discarded",
+                            self.slot,
+                            resp.trailing
+                        );
+                    }
+                    return Ok(resp.bytes);
+                }
+            }
+        }
+    }
+}
+
+/// Length of a complete ATR (ISO/IEC 7816-3 §8.2), or `None` if `atr` is too short to tell.
+pub fn atr_length(atr: &[u8]) -> Option<usize> {
+    let t0 = *atr.get(1)?;
+    let historical = usize::from(t0 & 0x0F);
+    let mut y = t0 >> 4;
+    let mut i = 2;
+    let mut needs_tck = false;
+    loop {
+        let count = (y & 0x0F).count_ones() as usize;
+        let td = if y & 0x08 != 0 {
+            Some(i + count - 1)
+        } else {
+            None
+        };
+        i += count;
+        match td {
+            Some(pos) => {
+                let td = *atr.get(pos)?;
+                if td & 0x0F != 0 {
+                    needs_tck = true;
+                }
+                y = td >> 4;
+            }
+            None => break,
+        }
+    }
+    Some(i + historical + usize::from(needs_tck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::atr_length;
+
+    #[test]
+    fn manual_atr_lengths() {
+        for atr in [
+            "3B9F95801FC38031E073FE211357868102869844 18A8",
+            "3B9E94801F478031A073BE211166444D5422010026",
+            "3B9D95801FC78031E073FE211365150963868 3A1",
+            "3B3D9400320601120000866061108000 07",
+            "3B991800118822334455667760",
+        ] {
+            let b = hex::decode(atr.replace(' ', "")).unwrap();
+            assert_eq!(atr_length(&b), Some(b.len()), "{atr}");
+            assert_eq!(atr_length(&b[..1]), None);
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The pool's framing, both directions, as pure codecs (no I/O).
+//!
+//! Host → pool: `AA 66 slot len8 data`; a length-1 frame is a control command.
+//! Pool → host: `AA 55 slot len16 data` (card) or `AA 44 slot len16 data` (pool-wide).
+//! Decoders accept bytes in arbitrary pieces, skip garbage up to the next plausible header and
+//! report what they skipped, and never buffer more than one maximal frame.
+
+use std::fmt;
+
+/// A slot byte: card number − 1 (cards are numbered 1–256 on the front panel).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(pub u8);
+
+impl Slot {
+    /// The slot of front-panel card `number` (1–256).
+    pub fn from_card(number: u16) -> Option<Slot> {
+        (1..=256)
+            .contains(&number)
+            .then(|| Slot((number - 1) as u8))
+    }
+    /// Front-panel number, 1–256.
+    pub fn card(self) -> u16 {
+        u16::from(self.0) + 1
+    }
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "card {} (slot {:02X})", self.card(), self.0)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "card {}", self.card())
+    }
+}
+
+pub const REQUEST_MAGIC: [u8; 2] = [0xAA, 0x66];
+pub const CARD_MAGIC: [u8; 2] = [0xAA, 0x55];
+pub const POOL_MAGIC: [u8; 2] = [0xAA, 0x44];
+
+/// Largest data part of a request (1-byte length).
+pub const MAX_REQUEST_DATA: usize = 255;
+/// Largest data part of a reply we accept. A card answer is at most 256 data + procedure byte
+/// + SW1 SW2, the slot table 256 bytes; anything far larger is a corrupt length, not a frame.
+pub const MAX_REPLY_DATA: usize = 1024;
+
+/// Control commands: requests with exactly one data byte.
+pub mod control {
+    pub const STOP: u8 = 0x00;
+    pub const READ_ID: u8 = 0x01;
+    pub const READ_VERSION: u8 = 0x02;
+    pub const READ_STATES: u8 = 0x03;
+    pub const ERROR_INDICATION: u8 = 0x04;
+    pub const START: u8 = 0xFF;
+}
+
+/// Slot state bytes of the `03` reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotState {
+    Empty,
+    Inserted,
+    Working,
+    Abnormal,
+    Unknown(u8),
+}
+
+impl SlotState {
+    pub fn from_byte(b: u8) -> SlotState {
+        match b {
+            0x00 => SlotState::Empty,
+            0x55 => SlotState::Inserted,
+            0xAA => SlotState::Working,
+            0xFF => SlotState::Abnormal,
+            other => SlotState::Unknown(other),
+        }
+    }
+    pub fn to_byte(self) -> u8 {
+        match self {
+            SlotState::Empty => 0x00,
+            SlotState::Inserted => 0x55,
+            SlotState::Working => 0xAA,
+            SlotState::Abnormal => 0xFF,
+            SlotState::Unknown(b) => b,
+        }
+    }
+    /// A card is in the slot (whatever its state).
+    pub fn has_card(self) -> bool {
+        !matches!(self, SlotState::Empty)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error(
+        "a data frame to a card needs 2 to 255 bytes, got {0} (a 1-byte frame is a pool command)"
+    )]
+    DataLength(usize),
+    #[error("skipped {0} byte(s) of garbage before the next frame header")]
+    Garbage(usize),
+    #[error("frame header claims {0} data bytes, more than any reply can hold")]
+    Oversized(usize),
+    #[error("request frame with length 0")]
+    EmptyRequest,
+    #[error("unknown pool command {0:02X}")]
+    UnknownCommand(u8),
+}
+
+/// What the host asks the pool.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Request {
+    Start(Slot),
+    Stop(Slot),
+    ReadId,
+    ReadVersion,
+    ReadStates,
+    ErrorIndication(Slot),
+    /// Bytes passed to the card unchanged; 2 to 255 of them.
+    Data(Slot, Vec<u8>),
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Request::Data(s, d) => write!(f, "Data({s:?}, {})", hex::encode_upper(d)),
+            Request::Start(s) => write!(f, "Start({s:?})"),
+            Request::Stop(s) => write!(f, "Stop({s:?})"),
+            Request::ErrorIndication(s) => write!(f, "ErrorIndication({s:?})"),
+            Request::ReadId => f.write_str("ReadId"),
+            Request::ReadVersion => f.write_str("ReadVersion"),
+            Request::ReadStates => f.write_str("ReadStates"),
+        }
+    }
+}
+
+impl Request {
+    /// Appends the wire form to `out`. Refuses a data frame that the pool would read as a
+    /// command (length 1) or that does not fit the length byte.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let (slot, data): (u8, &[u8]) = match self {
+            Request::Start(s) => (s.0, &[control::START]),
+            Request::Stop(s) => (s.0, &[control::STOP]),
+            Request::ReadId => (0, &[control::READ_ID]),
+            Request::ReadVersion => (0, &[control::READ_VERSION]),
+            Request::ReadStates => (0, &[control::READ_STATES]),
+            Request::ErrorIndication(s) => (s.0, &[control::ERROR_INDICATION]),
+            Request::Data(s, d) => {
+                if d.len() < 2 || d.len() > MAX_REQUEST_DATA {
+                    return Err(FrameError::DataLength(d.len()));
+                }
+                (s.0, d.as_slice())
+            }
+        };
+        out.extend_from_slice(&REQUEST_MAGIC);
+        out.push(slot);
+        out.push(data.len() as u8);
+        out.extend_from_slice(data);
+        Ok(())
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FrameError> {
+        let mut v = Vec::new();
+        self.encode(&mut v)?;
+        Ok(v)
+    }
+
+    /// Whether the pool answers this request at all (stop and error indication get no reply).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(self, Request::Stop(_) | Request::ErrorIndication(_))
+    }
+}
+
+/// What the pool sends back.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `AA 55`: bytes from a card (or its ATR after start).
+    Card { slot: Slot, data: Vec<u8> },
+    /// `AA 44`: answer to a pool-wide command (ID, version, states).
+    Pool { slot: u8, data: Vec<u8> },
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Card { slot, data } => write!(f, "Card({slot:?}, {})", hex::encode_upper(data)),
+            Reply::Pool { slot, data } => {
+                write!(f, "Pool({slot:02X}, {})", hex::encode_upper(data))
+            }
+        }
+    }
+}
+
+impl Reply {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (magic, slot, data) = match self {
+            Reply::Card { slot, data } => (CARD_MAGIC, slot.0, data),
+            Reply::Pool { slot, data } => (POOL_MAGIC, *slot, data),
+        };
+        out.extend_from_slice(&magic);
+        out.push(slot);
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+}
+
+/// Shared resynchronising scanner over a byte buffer.
+#[derive(Default)]
+struct Scanner {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Scanner {
+    fn push(&mut self, bytes: &[u8]) {
+        // Compact lazily so pushing many small pieces stays linear.
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+    /// Skips to the first byte that may start a frame (`AA` followed by one of `seconds`, or an
+    /// `AA` at the very end). Returns how many bytes were skipped.
+    fn skip_to_header(&mut self, seconds: &[u8]) -> usize {
+        let a = self.avail();
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] == 0xAA && (i + 1 == a.len() || seconds.contains(&a[i + 1])) {
+                break;
+            }
+            i += 1;
+        }
+        self.consume(i);
+        i
+    }
+    fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+/// Decodes the pool's reply stream.
+#[derive(Default)]
+pub struct ReplyDecoder {
+    scan: Scanner,
+}
+
+impl ReplyDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.scan.push(bytes);
+    }
+
+    /// Bytes held waiting for the rest of a frame (bounded by one maximal frame).
+    pub fn buffered(&self) -> usize {
+        self.scan.buffered()
+    }
+
+    /// The next complete frame, or an error describing bytes that were skipped, or `None` when
+    /// more input is needed. Errors are not fatal: call again to continue.
+    pub fn next_reply(&mut self) -> Option<Result<Reply, FrameError>> {
+        let skipped = self.scan.skip_to_header(&[0x55, 0x44]);
+        if skipped > 0 {
+            return Some(Err(FrameError::Garbage(skipped)));
+        }
+        let a = self.scan.avail();
+        if a.len() < 5 {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
+        if len > MAX_REPLY_DATA {
+            // A header that cannot be right: drop its first byte and look again.
+            self.scan.consume(1);
+            return Some(Err(FrameError::Oversized(len)));
+        }
+        if a.len() < 5 + len {
+            return None;
+        }
+        let data = a[5..5 + len].to_vec();
+        let reply = if a[1] == 0x55 {
+            Reply::Card {
+                slot: Slot(a[2]),
+                data,
+            }
+        } else {
+            Reply::Pool { slot: a[2], data }
+        };
+        self.scan.consume(5 + len);
+        Some(Ok(reply))
+    }
+}
+
+/// Decodes the host's request stream (the simulator's side).
+#[derive(Default)]
+pub struct RequestDecoder {
+    scan: Scanner,
+}
+
+impl RequestDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.scan.push(bytes);
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.scan.buffered()
+    }
+
+    pub fn next_request(&mut self) -> Option<Result<Request, FrameError>> {
+        let skipped = self.scan.skip_to_header(&[0x66]);
+        if skipped > 0 {
+            return Some(Err(FrameError::Garbage(skipped)));
+        }
+        let a = self.scan.avail();
+        if a.len() < 4 {
+            return None;
+        }
+        let (slot, len) = (Slot(a[2]), usize::from(a[3]));
+        if len == 0 {
+            self.scan.consume(4);
+            return Some(Err(FrameError::EmptyRequest));
+        }
+        if a.len() < 4 + len {
+            return None;
+        }
+        let req = if len == 1 {
+            match a[4] {
+                control::START => Ok(Request::Start(slot)),
+                control::STOP => Ok(Request::Stop(slot)),
+                control::READ_ID => Ok(Request::ReadId),
+                control::READ_VERSION => Ok(Request::ReadVersion),
+                control::READ_STATES => Ok(Request::ReadStates),
+                control::ERROR_INDICATION => Ok(Request::ErrorIndication(slot)),
+                other => Err(FrameError::UnknownCommand(other)),
+            }
+        } else {
+            Ok(Request::Data(slot, a[4..4 + len].to_vec()))
+        };
+        self.scan.consume(4 + len);
+        Some(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_byte_data_is_refused() {
+        assert_eq!(
+            Request::Data(Slot(1), vec![0xFF]).to_bytes(),
+            Err(FrameError::DataLength(1))
+        );
+        assert_eq!(
+            Request::Data(Slot(1), vec![0; 256]).to_bytes(),
+            Err(FrameError::DataLength(256))
+        );
+    }
+
+    #[test]
+    fn resync_after_garbage_and_false_header() {
+        let mut d = ReplyDecoder::new();
+        // garbage, a lone AA, an oversized header, then a good frame
+        d.push(&[0x01, 0x02, 0xAA, 0x00, 0xAA, 0x55, 0x00, 0xFF, 0xFF]);
+        d.push(
+            &Reply::Card {
+                slot: Slot(3),
+                data: vec![0x90, 0x00],
+            }
+            .to_bytes(),
+        );
+        let mut got = Vec::new();
+        while let Some(r) = d.next_reply() {
+            got.push(r);
+        }
+        assert_eq!(
+            got.last(),
+            Some(&Ok(Reply::Card {
+                slot: Slot(3),
+                data: vec![0x90, 0x00]
+            }))
+        );
+        assert!(got
+            .iter()
+            .any(|r| matches!(r, Err(FrameError::Oversized(0xFFFF)))));
+        assert_eq!(d.buffered(), 0);
+    }
+}

@@ -1,0 +1,421 @@
+//! The simulated pool on TCP: the manual's framing, 256 slots, ID/version/states, start/stop,
+//! error indication, and a transparent byte pipe to simulated SIMs. Fault knobs (latency, split
+//! replies, garbage, mute or abnormal slots, pool restarts) can be changed while it runs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::card::SimCard;
+use super::profile::{self, CardsFile};
+use crate::pool::frame::{Reply, Request, RequestDecoder, Slot, SlotState};
+
+/// The manual's pool ID ("160406-137").
+pub const POOL_ID: [u8; 12] = [
+    0xFF, 0x75, 0x06, 0x71, 0x82, 0x55, 0x54, 0x33, 0x39, 0x20, 0x67, 0x00,
+];
+pub const POOL_VERSION: &[u8; 4] = b"V053";
+
+/// Faults and timing, adjustable at run time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Delay before each reply, chosen per reply in `latency_min..=latency_max`.
+    pub latency_min: Duration,
+    pub latency_max: Duration,
+    /// Card answers are cut into frames of at most this many bytes (0 = whole).
+    pub split: usize,
+    /// Every n-th reply frame is preceded by a few junk bytes (0 = never). The junk never holds
+    /// `AA`, the first byte of a header, so it cannot forge a frame.
+    pub garbage_every: u64,
+    /// Cards that never answer (start, data).
+    pub mute: BTreeSet<u16>,
+    /// Cards whose slot reports abnormal (`FF`) and that never answer.
+    pub abnormal: BTreeSet<u16>,
+}
+
+/// Counters.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub requests: AtomicU64,
+    pub card_frames_in: AtomicU64,
+    pub replies: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+struct SlotSim {
+    card: Option<SimCard>,
+    state: SlotState,
+}
+
+struct Pool {
+    slots: Vec<SlotSim>,
+}
+
+struct Shared {
+    pool: Mutex<Pool>,
+    faults: Mutex<Faults>,
+    stats: SimStats,
+    /// Bumped by `restart`: every connection of an older epoch is dropped.
+    epoch: watch::Sender<u64>,
+    /// Closed for new connections until this instant (pool "rebooting").
+    down_until: Mutex<Option<tokio::time::Instant>>,
+    reply_counter: AtomicU64,
+}
+
+/// A running simulator.
+#[derive(Clone)]
+pub struct SimPool {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl SimPool {
+    /// Binds `listen` and serves in the background.
+    pub async fn start(listen: &str, cards: CardsFile, faults: Faults) -> std::io::Result<SimPool> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let mut slots: Vec<SlotSim> = (0..256)
+            .map(|_| SlotSim {
+                card: None,
+                state: SlotState::Empty,
+            })
+            .collect();
+        let mut faults = faults;
+        for entry in cards.card {
+            let mut p = entry.profile;
+            if cards.pool.nulls > 0 {
+                p.t0.nulls = cards.pool.nulls;
+            }
+            let i = usize::from(entry.slot - 1);
+            match entry.state {
+                profile::SlotBehaviour::Normal => {}
+                profile::SlotBehaviour::Mute => {
+                    faults.mute.insert(entry.slot);
+                }
+                profile::SlotBehaviour::Abnormal => {
+                    faults.abnormal.insert(entry.slot);
+                }
+            }
+            slots[i] = SlotSim {
+                card: Some(SimCard::new(p)),
+                state: SlotState::Inserted,
+            };
+        }
+        if cards.pool.latency_ms > 0 && faults.latency_max.is_zero() {
+            faults.latency_min = Duration::from_millis(cards.pool.latency_ms);
+            faults.latency_max = faults.latency_min;
+        }
+        if cards.pool.split > 0 && faults.split == 0 {
+            faults.split = cards.pool.split;
+        }
+        let (epoch, _) = watch::channel(0);
+        let sim = SimPool {
+            shared: Arc::new(Shared {
+                pool: Mutex::new(Pool { slots }),
+                faults: Mutex::new(faults),
+                stats: SimStats::default(),
+                epoch,
+                down_until: Mutex::new(None),
+                reply_counter: AtomicU64::new(0),
+            }),
+            addr,
+        };
+        let s = sim.clone();
+        tokio::spawn(async move { s.accept_loop(listener).await });
+        Ok(sim)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &SimStats {
+        &self.shared.stats
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults.lock().unwrap().clone()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.shared.faults.lock().unwrap() = f;
+    }
+
+    pub fn update_faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.shared.faults.lock().unwrap());
+    }
+
+    /// Simulates a pool reboot: drops every connection, refuses new ones for `down`, and powers
+    /// every card off.
+    pub fn restart(&self, down: Duration) {
+        *self.shared.down_until.lock().unwrap() = Some(tokio::time::Instant::now() + down);
+        {
+            let mut pool = self.shared.pool.lock().unwrap();
+            for s in pool.slots.iter_mut().filter(|s| s.card.is_some()) {
+                s.state = SlotState::Inserted;
+            }
+        }
+        self.shared.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// A copy of the simulated card in `card` (1–256), e.g. to compute expected answers.
+    pub fn with_card<R>(&self, card: u16, f: impl FnOnce(&mut SimCard) -> R) -> Option<R> {
+        let mut pool = self.shared.pool.lock().unwrap();
+        let slot = pool.slots.get_mut(usize::from(card.checked_sub(1)?))?;
+        slot.card.as_mut().map(f)
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("sim: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let until = *self.shared.down_until.lock().unwrap();
+            if until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                log::info!("sim: refusing {peer} while restarting");
+                drop(stream);
+                continue;
+            }
+            self.shared
+                .stats
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!("sim: connection from {peer}");
+            let s = self.clone();
+            tokio::spawn(async move { s.serve_conn(stream).await });
+        }
+    }
+
+    async fn serve_conn(self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut epoch = self.shared.epoch.subscribe();
+        epoch.borrow_and_update();
+        // Frames to write, in order; per-slot queues keep one card's replies in order while
+        // different cards' latencies overlap.
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = out_rx.recv().await {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut slot_queues: Vec<Option<mpsc::UnboundedSender<Vec<Vec<u8>>>>> = vec![None; 257];
+        let mut dec = RequestDecoder::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = tokio::select! {
+                r = rd.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                _ = epoch.changed() => { log::info!("sim: dropping connection (restart)"); break; }
+            };
+            dec.push(&buf[..n]);
+            while let Some(r) = dec.next_request() {
+                let req = match r {
+                    Ok(req) => req,
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .bad_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::warn!("sim: bad request: {e}");
+                        continue;
+                    }
+                };
+                self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let (queue, frames) = self.handle(req);
+                if frames.is_empty() {
+                    continue;
+                }
+                let q = slot_queues[queue].get_or_insert_with(|| self.spawn_queue(out_tx.clone()));
+                let _ = q.send(frames);
+            }
+        }
+        drop(slot_queues);
+        drop(out_tx);
+        writer.abort();
+    }
+
+    /// A task that delays and writes one slot's replies in order.
+    fn spawn_queue(
+        &self,
+        out: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> mpsc::UnboundedSender<Vec<Vec<u8>>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<u8>>>();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(frames) = rx.recv().await {
+                let f = shared.faults.lock().unwrap().clone();
+                for frame in frames {
+                    let delay = pick(f.latency_min, f.latency_max);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let k = shared.reply_counter.fetch_add(1, Ordering::Relaxed) + 1;
+                    let mut bytes = Vec::new();
+                    if f.garbage_every > 0 && k % f.garbage_every == 0 {
+                        bytes.extend(junk(k));
+                    }
+                    bytes.extend_from_slice(&frame);
+                    shared.stats.replies.fetch_add(1, Ordering::Relaxed);
+                    if out.send(bytes).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        tx
+    }
+
+    /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
+    fn handle(&self, req: Request) -> (usize, Vec<Vec<u8>>) {
+        let faults = self.shared.faults.lock().unwrap().clone();
+        let mut pool = self.shared.pool.lock().unwrap();
+        let pool_reply = |data: Vec<u8>| (256, vec![Reply::Pool { slot: 0, data }.to_bytes()]);
+        match req {
+            Request::ReadId => pool_reply(POOL_ID.to_vec()),
+            Request::ReadVersion => pool_reply(POOL_VERSION.to_vec()),
+            Request::ReadStates => {
+                let states = pool
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        if s.card.is_some() && faults.abnormal.contains(&(i as u16 + 1)) {
+                            SlotState::Abnormal.to_byte()
+                        } else {
+                            s.state.to_byte()
+                        }
+                    })
+                    .collect();
+                pool_reply(states)
+            }
+            Request::Start(slot) => {
+                let s = &mut pool.slots[usize::from(slot.0)];
+                let number = slot.card();
+                let Some(card) = s.card.as_mut() else {
+                    log::debug!("sim: start {slot}: no card");
+                    return (0, Vec::new());
+                };
+                if faults.abnormal.contains(&number) || faults.mute.contains(&number) {
+                    return (0, Vec::new());
+                }
+                let atr = card.reset();
+                s.state = SlotState::Working;
+                (usize::from(slot.0), split_answer(slot, &atr, faults.split))
+            }
+            Request::Stop(slot) => {
+                let s = &mut pool.slots[usize::from(slot.0)];
+                if s.card.is_some() {
+                    s.state = SlotState::Inserted;
+                }
+                (0, Vec::new())
+            }
+            Request::ErrorIndication(slot) => {
+                let s = &mut pool.slots[usize::from(slot.0)];
+                if s.card.is_some() {
+                    s.state = SlotState::Abnormal;
+                }
+                (0, Vec::new())
+            }
+            Request::Data(slot, data) => {
+                self.shared
+                    .stats
+                    .card_frames_in
+                    .fetch_add(1, Ordering::Relaxed);
+                let number = slot.card();
+                let s = &mut pool.slots[usize::from(slot.0)];
+                let Some(card) = s.card.as_mut() else {
+                    return (0, Vec::new());
+                };
+                if s.state != SlotState::Working
+                    || faults.mute.contains(&number)
+                    || faults.abnormal.contains(&number)
+                {
+                    return (0, Vec::new());
+                }
+                let answer = card.receive(&data);
+                (
+                    usize::from(slot.0),
+                    split_answer(slot, &answer, faults.split),
+                )
+            }
+        }
+    }
+}
+
+/// Card bytes as reply frames: leading NULLs apart (a card "thinking"), the rest cut to `split`.
+fn split_answer(slot: Slot, answer: &[u8], split: usize) -> Vec<Vec<u8>> {
+    if answer.is_empty() {
+        return Vec::new();
+    }
+    let nulls = answer
+        .iter()
+        .take_while(|&&b| b == 0x60)
+        .count()
+        .min(answer.len() - 1);
+    let mut pieces: Vec<&[u8]> = Vec::new();
+    let (head, rest) = answer.split_at(nulls);
+    if !head.is_empty() {
+        pieces.push(head);
+    }
+    if split == 0 {
+        pieces.push(rest);
+    } else {
+        pieces.extend(rest.chunks(split));
+    }
+    pieces
+        .into_iter()
+        .map(|p| {
+            Reply::Card {
+                slot,
+                data: p.to_vec(),
+            }
+            .to_bytes()
+        })
+        .collect()
+}
+
+/// A cheap pseudo-random pick in `lo..=hi`.
+fn pick(lo: Duration, hi: Duration) -> Duration {
+    if hi <= lo {
+        return lo;
+    }
+    let span = (hi - lo).as_micros() as u64;
+    let r = splitmix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    lo + Duration::from_micros(r % (span + 1))
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// 1–7 junk bytes, none of them `AA`.
+fn junk(seed: u64) -> Vec<u8> {
+    let r = splitmix(seed);
+    let n = 1 + (r % 7) as usize;
+    r.to_le_bytes()[..n.min(8)]
+        .iter()
+        .map(|&b| if b == 0xAA { 0x55 } else { b })
+        .collect()
+}

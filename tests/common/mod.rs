@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+/// One `>`/`<` pair of the manual's vectors.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub request: Vec<u8>,
+    /// `None`: no reply.
+    pub reply: Option<Vec<u8>>,
+    /// The reply depends on a secret key: compare its shape only.
+    pub shape_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+pub fn hex(s: &str) -> Vec<u8> {
+    hex::decode(s.split_whitespace().collect::<String>()).expect("valid hex in test vector")
+}
+
+/// The manual's examples from `tests/vectors/manual.txt`.
+pub fn manual_cases() -> Vec<Case> {
+    let text = include_str!("../vectors/manual.txt");
+    let mut cases: Vec<Case> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            cases.push(Case {
+                name: name.to_string(),
+                steps: Vec::new(),
+            });
+            continue;
+        }
+        let case = cases.last_mut().expect("a [case] before its lines");
+        let (tag, bytes) = line.split_at(1);
+        match tag {
+            ">" => case.steps.push(Step {
+                request: hex(bytes),
+                reply: None,
+                shape_only: false,
+            }),
+            "<" | "~" => {
+                let step = case.steps.last_mut().expect("a request before its reply");
+                step.reply = Some(hex(bytes));
+                step.shape_only = tag == "~";
+            }
+            other => panic!("bad vector line tag {other:?}"),
+        }
+    }
+    cases
+}
+
+pub fn case(name: &str) -> Case {
+    manual_cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("known case")
+}
