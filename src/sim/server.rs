@@ -265,7 +265,7 @@ impl SimPool {
                     }
                     let k = shared.reply_counter.fetch_add(1, Ordering::Relaxed) + 1;
                     let mut bytes = Vec::new();
-                    if f.garbage_every > 0 && k % f.garbage_every == 0 {
+                    if f.garbage_every > 0 && k.is_multiple_of(f.garbage_every) {
                         bytes.extend(junk(k));
                     }
                     bytes.extend_from_slice(&frame);

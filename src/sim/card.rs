@@ -1,0 +1,205 @@
+//! The card side of ISO 7816-3 T=0, byte by byte, in front of a [`GsmSim`]. Sans-IO: bytes
+//! from the terminal go in through [`SimCard::receive`] in chunks of any size; the bytes the
+//! card sends come back.
+//!
+//! Behaviour:
+//! - Header (5 bytes) first. CLA ≠ `A0` → `6E 00`; unknown INS (incl. the SAT commands) →
+//!   `6D 00`; both at once, without ACK.
+//! - Incoming commands (SELECT, UPDATE BINARY/RECORD, SEEK, INCREASE, the CHV commands, RUN
+//!   GSM ALGORITHM): a wrong P3 of a fixed-length command → `67 XX` at once (XX = the right
+//!   length); P3 = `00` for a variable-length one → `67 00`. Otherwise ACK (= INS), collect P3
+//!   bytes, execute, answer SW — after `t0.nulls` NULLs (`60`) for the slow commands RUN GSM
+//!   ALGORITHM, UPDATE BINARY and UPDATE RECORD, whatever their outcome.
+//! - Outgoing commands (STATUS, READ BINARY/RECORD, GET RESPONSE): executed at the header; on
+//!   success `INS ‖ data ‖ SW`, on error only the SW. With `t0.single_byte_out` the first
+//!   ⌈n/2⌉ data bytes each follow a `~INS` (`INS ^ FF`), then come one NULL, `INS` and the
+//!   rest (so a terminal sees both procedures in one exchange).
+//! - Case 1 (INVALIDATE, REHABILITATE, SLEEP): SW at once (`67 00` if P3 ≠ 0).
+//! - `t0.trailing_garbage`: one junk byte ([`JUNK`]) after every SW2.
+//! - A card is created powered off and ignores bytes until [`SimCard::reset`].
+
+use super::fs::{sw_p3, Answer, GsmSim};
+use super::profile::{CardProfile, T0Quirks};
+
+/// NULL procedure byte.
+pub const NULL: u8 = 0x60;
+/// The byte appended after SW2 when `t0.trailing_garbage` is set.
+pub const JUNK: u8 = 0xEE;
+
+/// How a command's data travel in T=0 (GSM 11.11 §9.2).
+enum Xfer {
+    /// Terminal → card; `Some(n)` = P3 must be n.
+    In(Option<u8>),
+    Out,
+    Case1,
+    Unknown,
+}
+
+fn xfer(ins: u8) -> Xfer {
+    match ins {
+        0xA4 => Xfer::In(Some(2)),
+        0x32 => Xfer::In(Some(3)),
+        0x20 | 0x26 | 0x28 => Xfer::In(Some(8)),
+        0x24 | 0x2C | 0x88 => Xfer::In(Some(16)),
+        0xD6 | 0xDC | 0xA2 => Xfer::In(None),
+        0xF2 | 0xB0 | 0xB2 | 0xC0 => Xfer::Out,
+        0x04 | 0x44 | 0xFA => Xfer::Case1,
+        _ => Xfer::Unknown,
+    }
+}
+
+fn is_slow(ins: u8) -> bool {
+    matches!(ins, 0x88 | 0xD6 | 0xDC)
+}
+
+/// One simulated SIM with its T=0 state.
+#[derive(Debug, Clone)]
+pub struct SimCard {
+    profile: CardProfile,
+    sim: GsmSim,
+    powered: bool,
+    hdr: [u8; 5],
+    hdr_len: usize,
+    /// `Some` while collecting the incoming data of the command in `hdr`.
+    data: Option<Vec<u8>>,
+}
+
+impl SimCard {
+    /// A card built from `profile`, powered off. Call [`CardProfile::validate`] first for
+    /// user-supplied profiles: invalid parts are skipped here.
+    pub fn new(profile: CardProfile) -> SimCard {
+        let sim = GsmSim::new(&profile);
+        SimCard {
+            profile,
+            sim,
+            powered: false,
+            hdr: [0; 5],
+            hdr_len: 0,
+            data: None,
+        }
+    }
+
+    pub fn atr(&self) -> &[u8] {
+        &self.profile.atr
+    }
+
+    /// Power-up + reset: clears T=0 state, current DF = MF, no EF selected, CHV verification
+    /// forgotten, nothing pending for GET RESPONSE. Returns the ATR.
+    pub fn reset(&mut self) -> Vec<u8> {
+        self.powered = true;
+        self.hdr_len = 0;
+        self.data = None;
+        self.sim.reset();
+        self.profile.atr.clone()
+    }
+
+    /// Power-down: the card ignores bytes until the next [`reset`](Self::reset).
+    pub fn power_off(&mut self) {
+        self.powered = false;
+        self.hdr_len = 0;
+        self.data = None;
+    }
+
+    pub fn is_powered(&self) -> bool {
+        self.powered
+    }
+
+    pub fn profile(&self) -> &CardProfile {
+        &self.profile
+    }
+
+    /// Replaces the T=0 quirks (e.g. the pool-wide `nulls` override).
+    pub fn set_quirks(&mut self, t0: T0Quirks) {
+        self.profile.t0 = t0;
+    }
+
+    /// The file system and CHV state, for inspection.
+    pub fn sim(&self) -> &GsmSim {
+        &self.sim
+    }
+
+    /// Bytes from the terminal, in chunks of any size. Returns the bytes the card sends in
+    /// answer (empty while it waits for more, or when powered off).
+    pub fn receive(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.powered {
+            return out;
+        }
+        for &b in bytes {
+            if let Some(data) = &mut self.data {
+                data.push(b);
+                if data.len() == usize::from(self.hdr[4]) {
+                    let data = self.data.take().unwrap_or_default();
+                    self.finish_in(&data, &mut out);
+                }
+                continue;
+            }
+            self.hdr[self.hdr_len] = b;
+            self.hdr_len += 1;
+            if self.hdr_len == 5 {
+                self.hdr_len = 0;
+                self.header(&mut out);
+            }
+        }
+        out
+    }
+
+    fn sw(&self, sw: [u8; 2], out: &mut Vec<u8>) {
+        out.extend_from_slice(&sw);
+        if self.profile.t0.trailing_garbage {
+            out.push(JUNK);
+        }
+    }
+
+    fn header(&mut self, out: &mut Vec<u8>) {
+        let [cla, ins, _, _, p3] = self.hdr;
+        if cla != 0xA0 {
+            return self.sw([0x6E, 0x00], out);
+        }
+        match xfer(ins) {
+            Xfer::Unknown => self.sw([0x6D, 0x00], out),
+            Xfer::In(Some(n)) if p3 != n => self.sw(sw_p3(n.into()), out),
+            Xfer::In(None) if p3 == 0 => self.sw(sw_p3(0), out),
+            Xfer::In(_) => {
+                out.push(ins);
+                self.data = Some(Vec::with_capacity(p3.into()));
+            }
+            Xfer::Case1 => {
+                let a = self.sim.execute(&self.hdr, &[]);
+                self.sw(a.sw, out);
+            }
+            Xfer::Out => {
+                let a = self.sim.execute(&self.hdr, &[]);
+                self.send_out(ins, &a, out);
+                self.sw(a.sw, out);
+            }
+        }
+    }
+
+    fn finish_in(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let a = self.sim.execute(&self.hdr, data);
+        if is_slow(self.hdr[1]) {
+            out.extend(std::iter::repeat_n(NULL, self.profile.t0.nulls.into()));
+        }
+        self.sw(a.sw, out);
+    }
+
+    fn send_out(&self, ins: u8, a: &Answer, out: &mut Vec<u8>) {
+        if a.data.is_empty() {
+            return;
+        }
+        if !self.profile.t0.single_byte_out {
+            out.push(ins);
+            out.extend_from_slice(&a.data);
+            return;
+        }
+        let (single, rest) = a.data.split_at(a.data.len().div_ceil(2));
+        for &b in single {
+            out.extend_from_slice(&[ins ^ 0xFF, b]);
+        }
+        if !rest.is_empty() {
+            out.extend_from_slice(&[NULL, ins]);
+            out.extend_from_slice(rest);
+        }
+    }
+}

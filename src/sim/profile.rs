@@ -1,0 +1,730 @@
+//! Simulated cards: the cards file (TOML), the built-in default set, generated cards, and the
+//! ICCID/IMSI codecs (also used by the client side to decode what it reads).
+//!
+//! A cards file:
+//!
+//! ```
+//! # use simpool::sim::profile::CardsFile;
+//! let text = r#"
+//! [pool]
+//! latency_ms = 5
+//!
+//! ## Every omitted field is taken from `generated(slot)`.
+//! [[card]]
+//! slot = 18                     # front-panel number 1..=256
+//! atr = "3B 9F 95 80 1F C3 80 31 E0 73 FE 21 13 57 86 81 02 86 98 44 18 A8"
+//! iccid = "89860043191482190636"
+//! imsi = "001010000000018"
+//! ki = "000102030405060708090a0b0c0d0e0f"
+//! algo = "milenage"             # "xor2g" (default for odd slots) | "milenage"
+//! opc = "000102030405060708090a0b0c0d0e0f"   # or op = "…"
+//! spn = "Test"                  # "" = no service provider name
+//! msisdn = "+491701234567"
+//! chv1 = "1234"                 # CHV1 enabled with this PIN (absent = disabled)
+//! df_gsm_ef_count = 48          # reported number of EFs in DF.GSM (absent = real count)
+//! t0 = { nulls = 2, single_byte_out = true, trailing_garbage = false }
+//!
+//! [card.files]                  # content overrides: transparent data or all records
+//! "3F00/7F20/6FAD" = "00000003"
+//!
+//! [[card]]
+//! slot = 38
+//! state = "abnormal"            # normal | mute | abnormal
+//! "#;
+//! let f = CardsFile::from_toml(text).unwrap();
+//! assert_eq!(f.card.len(), 2);
+//! assert_eq!(f.pool.latency_ms, 5);
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::algo::{opc_from_op, Algo};
+use super::PoolKnobs;
+
+/// pySim's sysmoSIM-GR1 ATR (T=0 only), used by generated cards.
+pub const GR1_ATR: [u8; 13] = [
+    0x3B, 0x99, 0x18, 0x00, 0x11, 0x88, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x60,
+];
+
+/// Errors in a cards file or a card profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cards file: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("slot {0} out of range 1..=256")]
+    SlotRange(u16),
+    #[error("slot {0} appears twice")]
+    DuplicateSlot(u16),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("slot {slot}: {error}")]
+    Slot {
+        slot: u16,
+        #[source]
+        error: Box<ProfileError>,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ProfileError {
+    ProfileError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// T=0 behaviours of a simulated card (for testing the terminal side).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct T0Quirks {
+    /// NULL bytes (`60`) before the SW of slow commands (RUN GSM ALGORITHM, UPDATE *).
+    pub nulls: u8,
+    /// Send outgoing data with `~INS` procedure bytes (see [`super::card`]).
+    pub single_byte_out: bool,
+    /// Append one junk byte after every SW2.
+    pub trailing_garbage: bool,
+}
+
+/// What the pool reports for a slot holding a card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    #[default]
+    Normal,
+    /// Inserted, but never answers (not even the ATR).
+    Mute,
+    /// Reported as abnormal (`FF`) by the pool.
+    Abnormal,
+}
+
+/// Alias for code that also imports the pool protocol's own `SlotState`.
+pub type SlotBehaviour = SlotState;
+
+/// One simulated GSM SIM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardProfile {
+    /// 2..=33 bytes.
+    pub atr: Vec<u8>,
+    /// Up to 20 digits.
+    pub iccid: String,
+    /// 6..=15 digits.
+    pub imsi: String,
+    pub ki: [u8; 16],
+    /// Includes OPc for Milenage (`opc`/`op` in the cards file).
+    pub algo: Algo,
+    /// Service provider name (≤ 16 characters).
+    pub spn: Option<String>,
+    /// Digits, optionally with a leading `+` (≤ 20 digits).
+    pub msisdn: Option<String>,
+    /// `Some(pin)` = CHV1 enabled with that PIN (4..=8 digits); `None` = disabled.
+    pub chv1: Option<String>,
+    /// Number of EFs DF.GSM reports in its select response (`None` = the real count).
+    pub df_gsm_ef_count: Option<u8>,
+    /// Content overrides by path (`3F00/7F20/6F46`), already hex-decoded.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub t0: T0Quirks,
+}
+
+impl CardProfile {
+    /// Checks every field; [`CardsFile::from_toml`] calls this for each card.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        if !(2..=33).contains(&self.atr.len()) {
+            return Err(invalid("atr", "must be 2..=33 bytes"));
+        }
+        if self.atr[0] != 0x3B && self.atr[0] != 0x3F {
+            return Err(invalid("atr", "TS must be 3B or 3F"));
+        }
+        check_digits("iccid", &self.iccid, 1, 20)?;
+        check_digits("imsi", &self.imsi, 6, 15)?;
+        if let Some(pin) = &self.chv1 {
+            check_digits("chv1", pin, 4, 8)?;
+        }
+        if let Some(m) = &self.msisdn {
+            check_digits("msisdn", m.strip_prefix('+').unwrap_or(m), 1, 20)?;
+        }
+        if let Some(spn) = &self.spn {
+            if spn.chars().count() > 16 {
+                return Err(invalid("spn", "at most 16 characters"));
+            }
+            if let Some(c) = spn.chars().find(|&c| !gsm7_same_as_ascii(c)) {
+                return Err(invalid("spn", format!("character {c:?} not supported")));
+            }
+        }
+        for (path, data) in &self.files {
+            super::fs::check_override(path, data).map_err(|e| invalid("files", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Characters whose GSM 03.38 default-alphabet code equals their ASCII code.
+fn gsm7_same_as_ascii(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " !\"#%&'()*+,-./:;<=>?".contains(c)
+}
+
+fn check_digits(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), ProfileError> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(field, "digits only"));
+    }
+    if !(min..=max).contains(&s.len()) {
+        return Err(invalid(field, format!("{min}..={max} digits")));
+    }
+    Ok(())
+}
+
+/// A populated slot of the simulated pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawSlot")]
+pub struct SlotEntry {
+    /// Front-panel number 1..=256 (the protocol's slot byte + 1).
+    pub slot: u16,
+    pub state: SlotState,
+    pub profile: CardProfile,
+}
+
+/// A cards file: pool knobs and the populated slots (others are empty).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawFile")]
+pub struct CardsFile {
+    pub pool: PoolKnobs,
+    pub card: Vec<SlotEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    pool: PoolKnobs,
+    #[serde(default)]
+    card: Vec<RawSlot>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AlgoName {
+    Xor2g,
+    Milenage,
+}
+
+// Field names are those of the cards file; flatten is avoided so that unknown keys are errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlot {
+    slot: u16,
+    #[serde(default)]
+    state: SlotState,
+    atr: Option<String>,
+    iccid: Option<String>,
+    imsi: Option<String>,
+    ki: Option<String>,
+    algo: Option<AlgoName>,
+    opc: Option<String>,
+    op: Option<String>,
+    spn: Option<String>,
+    msisdn: Option<String>,
+    chv1: Option<String>,
+    df_gsm_ef_count: Option<u8>,
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+    #[serde(default)]
+    t0: T0Quirks,
+}
+
+/// Hex with optional spaces or colons (`"3B 9F 95"`, `"3b:9f"`, `"3B9F"`).
+fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, ProfileError> {
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    hex::decode(clean).map_err(|e| invalid(field, format!("bad hex: {e}")))
+}
+
+fn parse_key(field: &'static str, s: &str) -> Result<[u8; 16], ProfileError> {
+    parse_hex(field, s)?
+        .try_into()
+        .map_err(|_| invalid(field, "must be 16 bytes (32 hex digits)"))
+}
+
+impl TryFrom<RawSlot> for SlotEntry {
+    type Error = ProfileError;
+    fn try_from(r: RawSlot) -> Result<SlotEntry, ProfileError> {
+        let slot = r.slot;
+        if !(1..=256).contains(&slot) {
+            return Err(ProfileError::SlotRange(slot));
+        }
+        let wrap = |error| ProfileError::Slot {
+            slot,
+            error: Box::new(error),
+        };
+        to_profile(r)
+            .map_err(wrap)
+            .map(|(state, profile)| SlotEntry {
+                slot,
+                state,
+                profile,
+            })
+    }
+}
+
+fn to_profile(r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
+    let mut p = generated(r.slot);
+    if let Some(atr) = &r.atr {
+        p.atr = parse_hex("atr", atr)?;
+    }
+    if let Some(v) = r.iccid {
+        p.iccid = v;
+    }
+    if let Some(v) = r.imsi {
+        p.imsi = v;
+    }
+    if let Some(ki) = &r.ki {
+        p.ki = parse_key("ki", ki)?;
+    }
+    let opc = match (&r.opc, &r.op) {
+        (Some(_), Some(_)) => return Err(invalid("opc", "give opc or op, not both")),
+        (Some(opc), None) => Some(parse_key("opc", opc)?),
+        (None, Some(op)) => {
+            let op = parse_key("op", op)?;
+            Some(opc_from_op(&p.ki, &op).ok_or_else(|| invalid("op", "cannot derive OPc"))?)
+        }
+        (None, None) => None,
+    };
+    p.algo = match (r.algo, opc) {
+        (Some(AlgoName::Xor2g), Some(_)) => {
+            return Err(invalid("opc", "only with algo = \"milenage\""))
+        }
+        (Some(AlgoName::Xor2g), None) => Algo::Xor2g,
+        (Some(AlgoName::Milenage) | None, Some(opc)) => Algo::Milenage { opc },
+        (Some(AlgoName::Milenage), None) => {
+            return Err(invalid("algo", "milenage needs opc or op"))
+        }
+        (None, None) => p.algo,
+    };
+    if let Some(spn) = r.spn {
+        p.spn = (!spn.is_empty()).then_some(spn);
+    }
+    if r.msisdn.is_some() {
+        p.msisdn = r.msisdn;
+    }
+    p.chv1 = r.chv1;
+    p.df_gsm_ef_count = r.df_gsm_ef_count;
+    for (path, data) in &r.files {
+        let bytes = parse_hex("files", data)?;
+        p.files.insert(path.to_ascii_uppercase(), bytes);
+    }
+    p.t0 = r.t0;
+    p.validate()?;
+    Ok((r.state, p))
+}
+
+impl TryFrom<RawFile> for CardsFile {
+    type Error = ProfileError;
+    fn try_from(r: RawFile) -> Result<CardsFile, ProfileError> {
+        let mut seen = [false; 257];
+        let mut card = Vec::with_capacity(r.card.len());
+        for raw in r.card {
+            let entry = SlotEntry::try_from(raw)?;
+            if std::mem::replace(&mut seen[entry.slot as usize], true) {
+                return Err(ProfileError::DuplicateSlot(entry.slot));
+            }
+            card.push(entry);
+        }
+        card.sort_by_key(|e| e.slot);
+        Ok(CardsFile { pool: r.pool, card })
+    }
+}
+
+impl CardsFile {
+    /// Parses and validates a cards file (see the module docs for an example). Omitted card
+    /// fields come from [`generated`]; cards are returned sorted by slot.
+    pub fn from_toml(text: &str) -> Result<CardsFile, ProfileError> {
+        let raw: RawFile = toml::from_str(text)?;
+        CardsFile::try_from(raw)
+    }
+
+    /// The built-in set: the manual's cards 2, 18, 101 and 256 (with their ATRs, card 18's
+    /// ICCID and card 256's IMSI) and generated cards in slots 1..=32, 100 and 102.
+    pub fn default_set() -> CardsFile {
+        let mut card: Vec<SlotEntry> = (1..=32)
+            .chain([100, 101, 102, 256])
+            .map(|slot| SlotEntry {
+                slot,
+                state: SlotState::Normal,
+                profile: generated(slot),
+            })
+            .collect();
+        let mut set = |slot: u16, atr: &str, f: &dyn Fn(&mut CardProfile)| {
+            let e = card.iter_mut().find(|e| e.slot == slot).expect("slot");
+            e.profile.atr = hex::decode(atr.replace(' ', "")).expect("atr");
+            // The manual's select responses report 0x30 EFs in DF.GSM.
+            e.profile.df_gsm_ef_count = Some(0x30);
+            f(&mut e.profile);
+        };
+        set(
+            2,
+            "3B 9D 95 80 1F C7 80 31 E0 73 FE 21 13 65 15 09 63 86 83 A1",
+            &|_| {},
+        );
+        set(
+            18,
+            "3B 9F 95 80 1F C3 80 31 E0 73 FE 21 13 57 86 81 02 86 98 44 18 A8",
+            &|p| p.iccid = "89860043191482190636".into(),
+        );
+        set(
+            101,
+            "3B 3D 94 00 32 06 01 12 00 00 86 60 61 10 80 00 07",
+            &|_| {},
+        );
+        set(
+            256,
+            "3B 9E 94 80 1F 47 80 31 A0 73 BE 21 11 66 44 4D 54 22 01 00 26",
+            &|p| p.imsi = "460019894013615".into(),
+        );
+        CardsFile {
+            pool: PoolKnobs::default(),
+            card,
+        }
+    }
+
+    /// Slots 1..=n (n ≤ 256) all populated with [`generated`] cards, for benchmarks.
+    pub fn filled(n: u16) -> CardsFile {
+        CardsFile {
+            pool: PoolKnobs::default(),
+            card: (1..=n.min(256))
+                .map(|slot| SlotEntry {
+                    slot,
+                    state: SlotState::Normal,
+                    profile: generated(slot),
+                })
+                .collect(),
+        }
+    }
+
+    /// The entry of a front-panel slot, if populated.
+    pub fn get(&self, slot: u16) -> Option<&SlotEntry> {
+        self.card.iter().find(|e| e.slot == slot)
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator for per-slot keys.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn derive_key(slot: u16, domain: u64) -> [u8; 16] {
+    let a = splitmix(domain << 16 | u64::from(slot));
+    let b = splitmix(a);
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    // The slot in clear makes keys unique per slot by construction.
+    k[14..].copy_from_slice(&slot.to_be_bytes());
+    k
+}
+
+/// Luhn check digit for a digit string (non-digits ignored).
+pub fn luhn_digit(payload: &str) -> u8 {
+    let sum: u32 = payload
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                let d2 = d * 2;
+                if d2 > 9 {
+                    d2 - 9
+                } else {
+                    d2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    ((10 - sum % 10) % 10) as u8
+}
+
+/// A deterministic card, unique per slot: ICCID `89494400000000` + slot (5 digits) + Luhn
+/// digit (20 digits), IMSI `0010100000` + slot (5 digits), Ki derived from the slot, XOR-2G
+/// for odd and Milenage for even slots, SPN `simpool <slot>`, CHV1 disabled, ATR of
+/// sysmoSIM-GR1.
+pub fn generated(slot: u16) -> CardProfile {
+    let payload = format!("89494400000000{slot:05}");
+    let iccid = format!("{payload}{}", luhn_digit(&payload));
+    let algo = if slot % 2 == 1 {
+        Algo::Xor2g
+    } else {
+        Algo::Milenage {
+            opc: derive_key(slot, 0x4F50),
+        }
+    };
+    CardProfile {
+        atr: GR1_ATR.to_vec(),
+        iccid,
+        imsi: format!("0010100000{slot:05}"),
+        ki: derive_key(slot, 0x4B69),
+        algo,
+        spn: Some(format!("simpool {slot}")),
+        msisdn: None,
+        chv1: None,
+        df_gsm_ef_count: None,
+        files: BTreeMap::new(),
+        t0: T0Quirks::default(),
+    }
+}
+
+fn digit_values(digits: &str) -> impl Iterator<Item = u8> + '_ {
+    digits.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0')
+}
+
+/// EF.ICCID: nibble-swapped BCD, `F`-padded; non-digits are ignored, at most 20 digits used.
+pub fn encode_iccid(digits: &str) -> [u8; 10] {
+    let mut out = [0xFF; 10];
+    for (i, d) in digit_values(digits).take(20).enumerate() {
+        let b = &mut out[i / 2];
+        *b = if i % 2 == 0 {
+            (*b & 0xF0) | d
+        } else {
+            (*b & 0x0F) | (d << 4)
+        };
+    }
+    out
+}
+
+/// Decodes EF.ICCID (or any nibble-swapped BCD); `F` nibbles are skipped, `A`–`E` shown as
+/// hex letters. Never panics.
+pub fn decode_iccid(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .flat_map(|b| [b & 0x0F, b >> 4])
+        .filter(|&n| n != 0x0F)
+        .map(|n| char::from_digit(u32::from(n), 16).map_or('?', |c| c.to_ascii_uppercase()))
+        .collect()
+}
+
+/// EF.IMSI (51.011 §10.3.2): length byte, then the parity nibble (`9` odd, `1` even) with the
+/// first digit, then the other digits nibble-swapped, `F`-padded to 9 bytes. Non-digits are
+/// ignored, at most 15 digits used.
+pub fn encode_imsi(digits: &str) -> [u8; 9] {
+    let d: Vec<u8> = digit_values(digits).take(15).collect();
+    let mut out = [0xFF; 9];
+    if d.is_empty() {
+        return out;
+    }
+    out[0] = (d.len() / 2 + 1) as u8;
+    let parity = if d.len() % 2 == 1 { 0x9 } else { 0x1 };
+    // Nibble 0 is the parity; digit k goes to nibble k+1.
+    let mut nibbles = vec![parity];
+    nibbles.extend_from_slice(&d);
+    for (i, pair) in nibbles.chunks(2).enumerate() {
+        let hi = pair.get(1).copied().unwrap_or(0x0F);
+        out[1 + i] = (hi << 4) | pair[0];
+    }
+    out
+}
+
+/// Decodes EF.IMSI; `None` for an unset file (length `00`/`FF`), a length beyond the data,
+/// no digits, or a non-digit nibble. `F` filler is skipped. Never panics.
+pub fn decode_imsi(bytes: &[u8]) -> Option<String> {
+    let (&len, rest) = bytes.split_first()?;
+    let len = len as usize;
+    if len == 0 || len > 8 || rest.len() < len {
+        return None;
+    }
+    let mut s = String::new();
+    for (i, n) in rest[..len]
+        .iter()
+        .flat_map(|b| [b & 0x0F, b >> 4])
+        .enumerate()
+    {
+        // Nibble 0 is the parity/type nibble.
+        if i == 0 || n == 0x0F {
+            continue;
+        }
+        if n > 9 {
+            return None;
+        }
+        s.push(char::from(b'0' + n));
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_vectors() {
+        assert_eq!(
+            hex::encode_upper(encode_iccid("89860043191482190636")),
+            "98680034914128916063"
+        );
+        assert_eq!(
+            decode_iccid(&hex::decode("98680034914128916063").unwrap()),
+            "89860043191482190636"
+        );
+        assert_eq!(
+            hex::encode_upper(encode_imsi("460019894013615")),
+            "084906108949106351"
+        );
+        assert_eq!(
+            decode_imsi(&hex::decode("084906108949106351").unwrap()).as_deref(),
+            Some("460019894013615")
+        );
+    }
+
+    #[test]
+    fn even_imsi_and_short_iccid() {
+        let e = encode_imsi("00101123456789");
+        assert_eq!(hex::encode_upper(e), "0801101021436587F9");
+        assert_eq!(decode_imsi(&e).as_deref(), Some("00101123456789"));
+        let i = encode_iccid("8949440000000000011");
+        assert_eq!(i[9], 0xF1);
+        assert_eq!(decode_iccid(&i), "8949440000000000011");
+        assert_eq!(decode_imsi(&[0xFF; 9]), None);
+        assert_eq!(decode_imsi(&[0x00; 9]), None);
+        assert_eq!(decode_imsi(&[0x08, 0x49]), None);
+        assert_eq!(decode_imsi(&[]), None);
+    }
+
+    #[test]
+    fn luhn() {
+        assert_eq!(luhn_digit("7992739871"), 3);
+        let g = generated(17);
+        assert_eq!(g.iccid.len(), 20);
+        let (payload, check) = g.iccid.split_at(19);
+        assert_eq!(luhn_digit(payload).to_string(), check);
+    }
+
+    #[test]
+    fn generated_unique_and_valid() {
+        let all: Vec<CardProfile> = (1..=256).map(generated).collect();
+        for p in &all {
+            p.validate().unwrap();
+        }
+        let mut ids: Vec<_> = all.iter().map(|p| p.iccid.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 256);
+        let mut kis: Vec<_> = all.iter().map(|p| p.ki).collect();
+        kis.sort();
+        kis.dedup();
+        assert_eq!(kis.len(), 256);
+        assert_eq!(generated(3).algo, Algo::Xor2g);
+        assert!(matches!(generated(4).algo, Algo::Milenage { .. }));
+        assert_eq!(generated(5), generated(5));
+    }
+
+    #[test]
+    fn default_set_shape() {
+        let s = CardsFile::default_set();
+        let slots: Vec<u16> = s.card.iter().map(|e| e.slot).collect();
+        let want: Vec<u16> = (1..=32).chain([100, 101, 102, 256]).collect();
+        assert_eq!(slots, want);
+        for e in &s.card {
+            e.profile.validate().unwrap();
+        }
+        let mut imsis: Vec<_> = s.card.iter().map(|e| &e.profile.imsi).collect();
+        imsis.sort();
+        imsis.dedup();
+        assert_eq!(imsis.len(), s.card.len());
+        assert_eq!(s.get(18).unwrap().profile.iccid, "89860043191482190636");
+        assert_eq!(s.get(256).unwrap().profile.imsi, "460019894013615");
+        assert_eq!(s.get(101).unwrap().profile.atr.len(), 17);
+        assert!(s.get(33).is_none());
+        assert_eq!(CardsFile::filled(256).card.len(), 256);
+    }
+
+    #[test]
+    fn from_toml_errors() {
+        let e = |t: &str| CardsFile::from_toml(t).unwrap_err();
+        assert!(matches!(
+            e("[[card]]\nslot = 0"),
+            ProfileError::SlotRange(0)
+        ));
+        assert!(matches!(
+            e("[[card]]\nslot = 257"),
+            ProfileError::SlotRange(257)
+        ));
+        assert!(matches!(
+            e("[[card]]\nslot = 3\n[[card]]\nslot = 3"),
+            ProfileError::DuplicateSlot(3)
+        ));
+        assert!(matches!(
+            e("[[card]]\nslot = 3\nbogus = 1"),
+            ProfileError::Toml(_)
+        ));
+        assert!(matches!(e("[pool]\nbogus = 1"), ProfileError::Toml(_)));
+        for bad in [
+            "atr = \"3B\"",
+            "atr = \"3B9F9Z\"",
+            "atr = \"00 11 22\"",
+            "iccid = \"89x1\"",
+            "imsi = \"123\"",
+            "ki = \"0011\"",
+            "algo = \"milenage\"\nopc = \"00\"",
+            "algo = \"milenage\"",
+            "algo = \"xor2g\"\nopc = \"000102030405060708090a0b0c0d0e0f\"",
+            "chv1 = \"12\"",
+            "spn = \"a_b\"",
+            "files = { \"3F00/7F20/6F99\" = \"00\" }",
+            "files = { \"3F00/7F10/6F3A\" = \"0011\" }",
+            "files = { \"3F00/7F20\" = \"0011\" }",
+        ] {
+            let text = format!("[[card]]\nslot = 3\n{bad}");
+            let err = CardsFile::from_toml(&text).unwrap_err();
+            assert!(
+                matches!(err, ProfileError::Slot { slot: 3, .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(matches!(
+            e("[[card]]\nslot = 3\nalgo = \"comp128v1\""),
+            ProfileError::Toml(_)
+        ));
+    }
+
+    #[test]
+    fn from_toml_defaults_and_op() {
+        let f = CardsFile::from_toml(
+            "[[card]]\nslot = 9\n[[card]]\nslot = 4\nop = \"00112233445566778899aabbccddeeff\"\nspn = \"\"",
+        )
+        .unwrap();
+        assert_eq!(f.card[1].profile, generated(9));
+        let p = &f.card[0].profile;
+        assert_eq!(p.spn, None);
+        let want = opc_from_op(
+            &p.ki,
+            &hex::decode("00112233445566778899aabbccddeeff")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.algo, Algo::Milenage { opc: want });
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let _ = decode_iccid(&bytes);
+            let _ = decode_imsi(&bytes);
+        }
+
+        #[test]
+        fn imsi_roundtrip(s in "[0-9]{6,15}") {
+            proptest::prop_assert_eq!(decode_imsi(&encode_imsi(&s)), Some(s));
+        }
+
+        #[test]
+        fn iccid_roundtrip(s in "[0-9]{1,20}") {
+            proptest::prop_assert_eq!(decode_iccid(&encode_iccid(&s)), s);
+        }
+    }
+}
