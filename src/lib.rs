@@ -1,8 +1,11 @@
 //! simpool: the SIM cards of a networked Lit-K13e-V53 SIM pool as PC/SC readers.
 
 pub mod bridge;
+pub mod client;
+pub mod config;
 pub mod inventory;
 pub mod pool;
+pub mod serve;
 pub mod sim;
 pub mod t0;
 pub mod vpcd;

@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use simpool::inventory;
+use simpool::bridge::ResetPolicy;
+use simpool::config::{self, FileConfig, ReaderEntry};
 use simpool::pool::{Link, LinkOptions, Slot, FACTORY_ADDRESS};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
+use simpool::{client, inventory};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve pool cards as PC/SC readers through vpcd (card N to the first reader, M to the next…).
+    Serve(ServeArgs),
+    /// Read ATR, ICCID and IMSI of the cards in PC/SC readers (through pcscd, like any application).
+    Read {
+        /// Only readers whose name contains this.
+        #[arg(long)]
+        reader: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal.
     Apdu {
         #[command(flatten)]
@@ -69,6 +81,51 @@ enum Command {
         #[arg(required = true)]
         commands: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666].
+    #[arg(long)]
+    pool: Option<String>,
+    /// Bind the next reader to card N (1-256; repeatable).
+    #[arg(long)]
+    card: Vec<u16>,
+    /// Bind the next reader to the card with this ICCID (repeatable).
+    #[arg(long)]
+    iccid: Vec<String>,
+    /// Bind the next reader to the card with this IMSI (repeatable).
+    #[arg(long)]
+    imsi: Vec<String>,
+    /// vpcd's first port, HOST:PORT; the next reader uses PORT+1 and so on [default: 127.0.0.1:35963].
+    #[arg(long)]
+    vpcd: Option<String>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// What PC/SC power-on/reset does: `restart` the card (default) or answer the `cached` ATR.
+    #[arg(long, value_parser = parse_reset)]
+    reset: Option<ResetPolicy>,
+    /// Longest wait of any PC/SC command, ms [default: 1500].
+    #[arg(long)]
+    command_timeout_ms: Option<u64>,
+    /// Longest wait for one answer of the pool, ms [default: 1000].
+    #[arg(long)]
+    reply_timeout_ms: Option<u64>,
+    /// Don't re-arm TCP_QUICKACK on vpcd sockets (for measurements).
+    #[arg(long)]
+    no_quickack: bool,
+    /// Cards file for `--pool sim`.
+    #[arg(long)]
+    cards: Option<std::path::PathBuf>,
+}
+
+fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
+    match s {
+        "restart" => Ok(ResetPolicy::Restart),
+        "cached" => Ok(ResetPolicy::Cached),
+        _ => Err("want restart or cached".into()),
+    }
 }
 
 #[derive(Args)]
@@ -121,7 +178,11 @@ enum CliError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let default_level = if matches!(cli.command, Command::Sim(_)) {
         "info"
     } else {
@@ -137,7 +198,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("simpool: error: {e}");
@@ -146,8 +207,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Serve(args) => {
+            let sub = matches.subcommand_matches("serve").expect("serve matches");
+            serve(args, sub).await
+        }
+        Command::Read { reader, json } => read(reader, json).await,
         Command::Sim(args) => {
             let mut cards = match (&args.cards, args.fill) {
                 (Some(p), _) => load_cards(p)?,
@@ -256,6 +322,117 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Readers in the order their `--card`/`--iccid`/`--imsi` flags were given.
+fn bindings_in_order(args: &ServeArgs, m: &ArgMatches) -> Vec<ReaderEntry> {
+    let mut all: Vec<(usize, ReaderEntry)> = Vec::new();
+    let idx = |id: &str| {
+        m.indices_of(id)
+            .map(|i| i.collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    for (i, n) in idx("card").into_iter().zip(&args.card) {
+        all.push((
+            i,
+            ReaderEntry {
+                card: Some(*n),
+                ..Default::default()
+            },
+        ));
+    }
+    for (i, s) in idx("iccid").into_iter().zip(&args.iccid) {
+        all.push((
+            i,
+            ReaderEntry {
+                iccid: Some(s.clone()),
+                ..Default::default()
+            },
+        ));
+    }
+    for (i, s) in idx("imsi").into_iter().zip(&args.imsi) {
+        all.push((
+            i,
+            ReaderEntry {
+                imsi: Some(s.clone()),
+                ..Default::default()
+            },
+        ));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, e)| e).collect()
+}
+
+async fn serve(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig {
+        pool: args.pool.clone(),
+        vpcd: args.vpcd.clone(),
+        command_timeout_ms: args.command_timeout_ms,
+        reply_timeout_ms: args.reply_timeout_ms,
+        keepalive_ms: None,
+        reset: args.reset,
+        quickack: args.no_quickack.then_some(false),
+        cards: args.cards.clone(),
+        reader: bindings_in_order(&args, m),
+    };
+    let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    let running = simpool::serve::start(cfg)
+        .await
+        .map_err(|e| CliError::Sim(e.to_string()))?;
+    wait_for_signal().await;
+    log::info!("stopping");
+    running.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn read(filter: Option<String>, json: bool) -> Result<ExitCode, CliError> {
+    // pcsc calls block: keep them off the async workers.
+    let reports = tokio::task::spawn_blocking(move || -> Result<_, client::ClientError> {
+        let ctx = client::context()?;
+        let names = client::readers(&ctx)?;
+        Ok(names
+            .iter()
+            .filter(|n| {
+                filter
+                    .as_deref()
+                    .is_none_or(|f| n.to_string_lossy().contains(f))
+            })
+            .map(|n| client::report(&ctx, n))
+            .collect::<Vec<_>>())
+    })
+    .await
+    .map_err(|e| CliError::Card(e.to_string()))?
+    .map_err(|e| CliError::Card(e.to_string()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).unwrap_or_default()
+        );
+    } else if reports.is_empty() {
+        println!("no PC/SC readers");
+    } else {
+        for r in &reports {
+            println!("{}", r.reader);
+            match &r.error {
+                Some(e) => println!("  error  {e}"),
+                None => {
+                    println!("  ATR    {}", r.atr.as_deref().unwrap_or("-"));
+                    println!("  ICCID  {}", r.iccid.as_deref().unwrap_or("-"));
+                    println!("  IMSI   {}", r.imsi.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+    }
+    let ok = !reports.is_empty() && reports.iter().any(|r| r.error.is_none());
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {

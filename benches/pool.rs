@@ -1,0 +1,90 @@
+//! Pool-side benchmarks (`cargo bench --bench pool`): a plain program printing figures, since
+//! what matters are ratios on a noisy machine, not statistics of nanoseconds.
+//!
+//! 1. `scan` of 256 simulated cards with 5 ms per-reply latency: concurrent over the one link,
+//!    against the same reads one card at a time.
+//! 2. Exchanges per second over one connection with zero latency: one card, and 64 cards at once.
+
+use std::time::{Duration, Instant};
+
+use simpool::inventory::{read_identity, scan};
+use simpool::pool::{Link, LinkOptions, Slot};
+use simpool::sim::profile::CardsFile;
+use simpool::sim::{Faults, SimPool};
+
+async fn pool(latency: Duration) -> (SimPool, Link) {
+    let faults = Faults {
+        latency_min: latency,
+        latency_max: latency,
+        ..Faults::default()
+    };
+    let sim = SimPool::start("127.0.0.1:0", CardsFile::filled(256), faults)
+        .await
+        .unwrap();
+    let link = Link::connect(&sim.addr().to_string(), LinkOptions::default())
+        .await
+        .unwrap();
+    (sim, link)
+}
+
+async fn exchanges_for(link: &Link, cards: u16, period: Duration) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 1..=cards {
+        let card = link.card(Slot::from_card(n).unwrap());
+        tasks.push(tokio::spawn(async move {
+            card.start().await.unwrap();
+            let mut done = 0u64;
+            let t0 = Instant::now();
+            while t0.elapsed() < period {
+                let r = card
+                    .transmit(&[0xA0, 0xF2, 0x00, 0x00, 0x16], Duration::from_secs(2))
+                    .await
+                    .unwrap();
+                assert_eq!(r.len(), 0x16 + 2);
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    (total, start.elapsed())
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_sim, link) = pool(Duration::from_millis(5)).await;
+        let t0 = Instant::now();
+        let reports = scan(&link, Duration::from_secs(5)).await.unwrap();
+        let concurrent = t0.elapsed();
+        assert_eq!(reports.len(), 256);
+        assert!(reports.iter().all(|r| r.error.is_none() && r.imsi.is_some()));
+
+        let t0 = Instant::now();
+        for n in 1..=256u16 {
+            let card = link.card(Slot::from_card(n).unwrap());
+            read_identity(&card, Duration::from_secs(5)).await.unwrap();
+            card.stop().await.unwrap();
+        }
+        let sequential = t0.elapsed();
+        println!("scan of 256 cards, 5 ms per reply:");
+        println!("  concurrent     {:>8.1} ms", concurrent.as_secs_f64() * 1e3);
+        println!("  one at a time  {:>8.1} ms", sequential.as_secs_f64() * 1e3);
+        println!("  speed-up       {:>8.1}x", sequential.as_secs_f64() / concurrent.as_secs_f64());
+
+        let (_sim, link) = pool(Duration::ZERO).await;
+        let period = Duration::from_secs(3);
+        for cards in [1u16, 64] {
+            let (n, took) = exchanges_for(&link, cards, period).await;
+            println!(
+                "exchanges over one connection, zero latency, {cards:>2} card(s): {:>8.0}/s ({n} in {:.1} s)",
+                n as f64 / took.as_secs_f64(),
+                took.as_secs_f64()
+            );
+        }
+    });
+}

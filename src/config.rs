@@ -1,0 +1,247 @@
+//! `simpool serve` configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! pool = "192.168.1.199:6666"   # or "sim" for the built-in simulated pool
+//! vpcd = "127.0.0.1:35963"      # first vpcd port; reader i uses port + i
+//! command_timeout_ms = 1500     # longest wait of any PC/SC command
+//! reply_timeout_ms = 1000       # longest wait for one answer of the pool
+//! keepalive_ms = 5000           # query the pool after this much silence
+//! reset = "restart"             # or "cached"
+//!
+//! [[reader]]
+//! card = 18                     # bind by front-panel number …
+//! [[reader]]
+//! iccid = "89860043191482190636"  # … or by identity (cards move between slots)
+//! [[reader]]
+//! imsi = "460019894013615"
+//! vpcd = "127.0.0.1:35970"      # optional: this reader's own vpcd address
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::bridge::{Binding, ResetPolicy};
+
+/// pcsc-lite takes at most 16 readers and silently drops more.
+pub const MAX_READERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub pool: Option<String>,
+    pub vpcd: Option<String>,
+    pub command_timeout_ms: Option<u64>,
+    pub reply_timeout_ms: Option<u64>,
+    pub keepalive_ms: Option<u64>,
+    pub reset: Option<ResetPolicy>,
+    pub quickack: Option<bool>,
+    /// Cards file for `pool = "sim"`.
+    pub cards: Option<PathBuf>,
+    #[serde(default)]
+    pub reader: Vec<ReaderEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderEntry {
+    pub card: Option<u16>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    pub vpcd: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+}
+
+/// One reader of the resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderSpec {
+    pub binding: Binding,
+    pub vpcd: String,
+}
+
+/// Everything `serve` needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub pool: String,
+    pub cards: Option<PathBuf>,
+    pub command_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub keepalive: Duration,
+    pub reset: ResetPolicy,
+    pub quickack: bool,
+    pub readers: Vec<ReaderSpec>,
+}
+
+impl ReaderEntry {
+    fn binding(&self) -> Result<Binding, ConfigError> {
+        match (self.card, &self.iccid, &self.imsi) {
+            (Some(n), None, None) => Ok(Binding::Card(n)),
+            (None, Some(i), None) => Ok(Binding::Iccid(i.clone())),
+            (None, None, Some(i)) => Ok(Binding::Imsi(i.clone())),
+            _ => Err(ConfigError::Invalid(
+                "each [[reader]] needs exactly one of card, iccid, imsi".into(),
+            )),
+        }
+    }
+}
+
+/// Adds `offset` to the port of `HOST:PORT`.
+pub fn port_plus(addr: &str, offset: usize) -> Result<String, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("bad vpcd address {addr:?}: want HOST:PORT"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let port = usize::from(port) + offset;
+    if port > usize::from(u16::MAX) {
+        return Err(bad());
+    }
+    Ok(format!("{host}:{port}"))
+}
+
+/// Merges file and flags (flags win; bindings from flags replace the file's readers).
+pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
+    let pick = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
+    let vpcd = flags
+        .vpcd
+        .or(file.vpcd)
+        .unwrap_or_else(|| crate::vpcd::DEFAULT_ADDRESS.into());
+    let entries = if flags.reader.is_empty() {
+        file.reader
+    } else {
+        flags.reader
+    };
+    if entries.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config)".into(),
+        ));
+    }
+    if entries.len() > MAX_READERS {
+        return Err(ConfigError::Invalid(format!(
+            "{} readers asked, pcsc-lite takes at most {MAX_READERS}",
+            entries.len()
+        )));
+    }
+    let mut readers: Vec<ReaderSpec> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let binding = e.binding()?;
+        if let Binding::Card(n) = binding {
+            if !(1..=256).contains(&n) {
+                return Err(ConfigError::Invalid(format!(
+                    "card {n} does not exist: cards are 1-256"
+                )));
+            }
+        }
+        if readers.iter().any(|r| r.binding == binding) {
+            return Err(ConfigError::Invalid(format!("{binding} is bound twice")));
+        }
+        let addr = match &e.vpcd {
+            Some(a) => a.clone(),
+            None => port_plus(&vpcd, i)?,
+        };
+        readers.push(ReaderSpec {
+            binding,
+            vpcd: addr,
+        });
+    }
+    let command_timeout = pick(flags.command_timeout_ms, file.command_timeout_ms, 1500);
+    let reply_timeout = pick(flags.reply_timeout_ms, file.reply_timeout_ms, 1000);
+    if command_timeout < Duration::from_millis(10) || reply_timeout < Duration::from_millis(10) {
+        return Err(ConfigError::Invalid(
+            "timeouts must be at least 10 ms".into(),
+        ));
+    }
+    Ok(ServeConfig {
+        pool: flags
+            .pool
+            .or(file.pool)
+            .unwrap_or_else(|| crate::pool::FACTORY_ADDRESS.into()),
+        cards: flags.cards.or(file.cards),
+        command_timeout,
+        reply_timeout,
+        keepalive: pick(flags.keepalive_ms, file.keepalive_ms, 5000),
+        reset: flags.reset.or(file.reset).unwrap_or_default(),
+        quickack: flags.quickack.or(file.quickack).unwrap_or(true),
+        readers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "pool = \"10.0.0.9:6666\"\nreset = \"cached\"\n[[reader]]\ncard = 18\n[[reader]]\nimsi = \"460019894013615\"\n",
+        )
+        .unwrap();
+        let c = resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(c.pool, "10.0.0.9:6666");
+        assert_eq!(c.reset, ResetPolicy::Cached);
+        assert_eq!(c.readers[1].vpcd, "127.0.0.1:35964");
+        assert_eq!(
+            c.readers[1].binding,
+            Binding::Imsi("460019894013615".into())
+        );
+        let flags = FileConfig {
+            vpcd: Some("127.0.0.1:40000".into()),
+            reader: vec![ReaderEntry {
+                card: Some(2),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let c = resolve(file, flags).unwrap();
+        assert_eq!(
+            c.readers,
+            vec![ReaderSpec {
+                binding: Binding::Card(2),
+                vpcd: "127.0.0.1:40000".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let many = FileConfig {
+            reader: (1..=17)
+                .map(|n| ReaderEntry {
+                    card: Some(n),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(resolve(many, FileConfig::default())
+            .unwrap_err()
+            .to_string()
+            .contains("16"));
+        assert!(resolve(FileConfig::default(), FileConfig::default()).is_err());
+        let both = FileConfig {
+            reader: vec![ReaderEntry {
+                card: Some(1),
+                imsi: Some("1".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(resolve(both, FileConfig::default()).is_err());
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}
