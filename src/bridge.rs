@@ -119,6 +119,8 @@ impl Reader {
 
     /// Serves forever: find and start the card, show it through vpcd, repeat after any loss.
     pub async fn run(self) {
+        // Give the pool link its first connection before reporting it missing.
+        self.link.wait_up(self.cfg.retry * 4).await;
         let mut last_problem = String::new();
         loop {
             let (card, atr) = match self.acquire().await {

@@ -2,8 +2,9 @@
 //! end-to-end tests do to see a pool card through pcscd and vpcd, with pySim-style TPDUs.
 
 use std::ffi::{CStr, CString};
+use std::time::{Duration, Instant};
 
-use pcsc::{Context, Disposition, Protocols, Scope, ShareMode};
+use pcsc::{Context, Disposition, Protocols, ReaderState, Scope, ShareMode, State};
 use serde::Serialize;
 
 use crate::sim::profile::{decode_iccid, decode_imsi};
@@ -38,6 +39,40 @@ pub fn readers(ctx: &Context) -> Result<Vec<CString>, ClientError> {
         Ok(r) => Ok(r),
         Err(pcsc::Error::NoReadersAvailable) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until every reader in `names` shows a card, or `within` has passed (event-driven:
+/// SCardGetStatusChange, not polling).
+pub fn wait_for_cards(
+    ctx: &Context,
+    names: &[CString],
+    within: Duration,
+) -> Result<bool, ClientError> {
+    let end = Instant::now() + within;
+    let mut states: Vec<ReaderState> = names
+        .iter()
+        .map(|n| ReaderState::new(n.clone(), State::UNAWARE))
+        .collect();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match ctx.get_status_change(left, &mut states) {
+            Ok(()) => {}
+            Err(pcsc::Error::Timeout) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if states
+            .iter()
+            .all(|s| s.event_state().contains(State::PRESENT))
+        {
+            return Ok(true);
+        }
+        for s in &mut states {
+            s.sync_current_state();
+        }
+        if left.is_zero() {
+            return Ok(false);
+        }
     }
 }
 
@@ -101,8 +136,8 @@ pub fn report(ctx: &Context, reader: &CStr) -> ReaderReport {
             return rep;
         }
     };
-    match card.get_attribute_owned(pcsc::Attribute::AtrString) {
-        Ok(atr) => rep.atr = Some(hex::encode_upper(atr)),
+    match card.status2_owned() {
+        Ok(st) => rep.atr = Some(hex::encode_upper(st.atr())),
         Err(e) => rep.error = Some(e.to_string()),
     }
     match read_identity(&card) {

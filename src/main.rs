@@ -69,6 +69,9 @@ enum Command {
         reader: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Wait up to this many seconds for every reader to show a card.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
     },
     /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal.
     Apdu {
@@ -213,7 +216,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, CliError> {
             let sub = matches.subcommand_matches("serve").expect("serve matches");
             serve(args, sub).await
         }
-        Command::Read { reader, json } => read(reader, json).await,
+        Command::Read { reader, json, wait } => read(reader, json, wait).await,
         Command::Sim(args) => {
             let mut cards = match (&args.cards, args.fill) {
                 (Some(p), _) => load_cards(p)?,
@@ -389,18 +392,23 @@ async fn serve(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn read(filter: Option<String>, json: bool) -> Result<ExitCode, CliError> {
+async fn read(filter: Option<String>, json: bool, wait: u64) -> Result<ExitCode, CliError> {
     // pcsc calls block: keep them off the async workers.
     let reports = tokio::task::spawn_blocking(move || -> Result<_, client::ClientError> {
         let ctx = client::context()?;
-        let names = client::readers(&ctx)?;
-        Ok(names
-            .iter()
+        let names: Vec<_> = client::readers(&ctx)?
+            .into_iter()
             .filter(|n| {
                 filter
                     .as_deref()
                     .is_none_or(|f| n.to_string_lossy().contains(f))
             })
+            .collect();
+        if wait > 0 {
+            client::wait_for_cards(&ctx, &names, Duration::from_secs(wait))?;
+        }
+        Ok(names
+            .iter()
             .map(|n| client::report(&ctx, n))
             .collect::<Vec<_>>())
     })

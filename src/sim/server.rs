@@ -165,6 +165,17 @@ impl SimPool {
         self.shared.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Simulates a pool switched off or unplugged: drops every connection and refuses new ones
+    /// until [`SimPool::come_back`].
+    pub fn go_down(&self) {
+        self.restart(Duration::from_secs(365 * 24 * 3600));
+    }
+
+    /// Accepts connections again after [`SimPool::go_down`] or during a `restart`.
+    pub fn come_back(&self) {
+        *self.shared.down_until.lock().unwrap() = None;
+    }
+
     /// A copy of the simulated card in `card` (1–256), e.g. to compute expected answers.
     pub fn with_card<R>(&self, card: u16, f: impl FnOnce(&mut SimCard) -> R) -> Option<R> {
         let mut pool = self.shared.pool.lock().unwrap();

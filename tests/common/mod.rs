@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod stack;
+
 /// One `>`/`<` pair of the manual's vectors.
 #[derive(Debug, Clone)]
 pub struct Step {

@@ -1,0 +1,148 @@
+//! The real PC/SC stack for end-to-end tests: a private pcscd (driver/pcscd-private) with 16
+//! vpcd readers, shared by the tests of one test binary, and `simpool serve` subprocesses.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pcsc::{Context, ReaderState, Scope, State};
+
+pub struct Pcscd {
+    pub dir: PathBuf,
+    pub base_port: u16,
+}
+
+static PCSCD: OnceLock<Pcscd> = OnceLock::new();
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary's private pcscd, started on first use; stopped by a watchdog when the test
+/// process exits. `base_port` must differ between test binaries.
+pub fn pcscd(base_port: u16) -> &'static Pcscd {
+    PCSCD.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("simpool-test-{}-{base_port}", std::process::id()));
+        let out = Command::new(repo().join("driver/pcscd-private"))
+            .args([
+                "start",
+                "--readers",
+                "16",
+                "--port",
+                &base_port.to_string(),
+                "--dir",
+            ])
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run driver/pcscd-private (see README: driver/pcscd-private install)");
+        assert!(out.status.success(), "private pcscd did not start");
+        let sock = dir.join("run/pcscd.comm");
+        // The client library reads this once per process, before the first context.
+        std::env::set_var("PCSCLITE_CSOCK_NAME", &sock);
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec {script} stop --dir {dir}",
+            pid = std::process::id(),
+            script = repo().join("driver/pcscd-private").display(),
+            dir = dir.display()
+        );
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the pcscd watchdog");
+        Pcscd { dir, base_port }
+    })
+}
+
+impl Pcscd {
+    /// PC/SC name of reader `i` (0..16): two readers per vpcd config line.
+    pub fn reader_name(&self, i: u16) -> CString {
+        let line = i / 2;
+        let name = if line == 0 {
+            format!("Virtual PCD 00 {:02}", i % 2)
+        } else {
+            format!("Virtual PCD {} 00 {:02}", line + 1, i % 2)
+        };
+        CString::new(name).unwrap()
+    }
+
+    pub fn vpcd_addr(&self, i: u16) -> String {
+        format!("127.0.0.1:{}", self.base_port + i)
+    }
+}
+
+/// A `simpool serve` subprocess, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(args: &[&str], log_name: &str) -> Serve {
+        let log =
+            std::env::temp_dir().join(format!("simpool-{}-{log_name}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_simpool"))
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info,simpool=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start simpool serve");
+        Serve { child, log }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn context() -> Context {
+    Context::establish(Scope::User).expect("PC/SC context on the private pcscd")
+}
+
+/// Waits (event-driven, bounded) until `reader` shows a card (`present`) or none.
+pub fn wait_card(ctx: &Context, reader: &CString, present: bool, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    let mut rs = [ReaderState::new(reader.clone(), State::UNAWARE)];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match ctx.get_status_change(left, &mut rs) {
+            Ok(()) => {}
+            Err(pcsc::Error::Timeout) => return false,
+            Err(pcsc::Error::UnknownReader) => return false,
+            Err(e) => panic!("get_status_change: {e}"),
+        }
+        let st = rs[0].event_state();
+        let reached = if present {
+            st.contains(State::PRESENT) && !st.contains(State::MUTE)
+        } else {
+            st.contains(State::EMPTY)
+        };
+        if reached {
+            return true;
+        }
+        rs[0].sync_current_state();
+        if Instant::now() >= end {
+            return false;
+        }
+    }
+}
