@@ -49,12 +49,13 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
             script = repo().join("driver/pcscd-private").display(),
             dir = dir.display()
         );
+        // `setsid -f` forks the watchdog off and returns at once.
         Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
+            .args(["-f", "bash", "-c", &watchdog])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .expect("start the pcscd watchdog");
         Pcscd { dir, base_port }
     })
