@@ -150,7 +150,11 @@ impl Reader {
                 card.slot(),
                 hex::encode_upper(&atr)
             );
-            let end = self.session(conn, &card, atr).await;
+            let (end, conn) = self.session(conn, &card, atr).await;
+            if let Some(conn) = conn {
+                conn.close_draining(Duration::from_millis(30), &t0::sw::TECHNICAL_PROBLEM)
+                    .await;
+            }
             match &end {
                 End::VpcdClosed(why) => {
                     log::info!("{}: vpcd closed the connection ({why})", self.name)
@@ -273,7 +277,22 @@ impl Reader {
         card.start().await
     }
 
-    async fn session(&self, mut conn: Connection, card: &Card, mut atr: Vec<u8>) -> End {
+    /// Serves vpcd until the session ends; hands the connection back when it is still open
+    /// (the card went away), to be closed without losing a command.
+    async fn session(
+        &self,
+        mut conn: Connection,
+        card: &Card,
+        atr: Vec<u8>,
+    ) -> (End, Option<Connection>) {
+        let end = self.serve_events(&mut conn, card, atr).await;
+        match end {
+            End::VpcdClosed(_) => (end, None),
+            _ => (end, Some(conn)),
+        }
+    }
+
+    async fn serve_events(&self, conn: &mut Connection, card: &Card, mut atr: Vec<u8>) -> End {
         let mut link = self.link.watch();
         link.borrow_and_update();
         let mut powered = true;

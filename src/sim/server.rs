@@ -37,6 +37,8 @@ pub struct Faults {
     pub mute: BTreeSet<u16>,
     /// Cards whose slot reports abnormal (`FF`) and that never answer.
     pub abnormal: BTreeSet<u16>,
+    /// The whole pool hangs: the connection stays up, nothing is answered.
+    pub silent: bool,
 }
 
 /// Counters.
@@ -293,6 +295,9 @@ impl SimPool {
     /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
     fn handle(&self, req: Request) -> (usize, Vec<Vec<u8>>) {
         let faults = self.shared.faults.lock().unwrap().clone();
+        if faults.silent {
+            return (0, Vec::new());
+        }
         let mut pool = self.shared.pool.lock().unwrap();
         let pool_reply = |data: Vec<u8>| (256, vec![Reply::Pool { slot: 0, data }.to_bytes()]);
         match req {

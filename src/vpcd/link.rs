@@ -64,6 +64,34 @@ impl Connection {
         }
     }
 
+    /// Ends the session so that vpcd reports the card removed, without losing a command.
+    ///
+    /// vpcd turns a connection closed while it waits for an answer into "success, 0 bytes" for
+    /// the application. So: answer whatever arrives until the line has been quiet for `quiet`
+    /// (commands get `answer`, an error status), stop at once on an ATR poll (the card is gone),
+    /// then reset the connection (RST, not FIN): a command vpcd sends in the last instant fails
+    /// with an error on its side instead of succeeding empty.
+    pub async fn close_draining(mut self, quiet: Duration, answer: &[u8]) {
+        loop {
+            match tokio::time::timeout(quiet, self.next_event()).await {
+                Ok(Ok(Some(Event::Command(_) | Event::Invalid { .. }))) => {
+                    log::warn!(
+                        "vpcd {}: command while the card goes away: answered {}",
+                        self.peer,
+                        hex::encode_upper(answer)
+                    );
+                    if self.reply(answer).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(Some(Event::GetAtr))) => break,
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) | Err(_) => break,
+            }
+        }
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+
     /// Sends an ATR or a response.
     pub async fn reply(&mut self, payload: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(&encode(payload)).await

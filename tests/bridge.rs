@@ -1,0 +1,247 @@
+//! The bridge against a scripted vpcd (a TCP listener speaking vpcd's framing) and a simulated
+//! pool: what vpcd sees for good, bad and hostile input, and when the card goes away.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use simpool::bridge::{Binding, Directory, Reader, ReaderConfig, ResetPolicy};
+use simpool::pool::{Link, LinkOptions};
+use simpool::sim::profile::CardsFile;
+use simpool::sim::{Faults, SimPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Vpcd {
+    s: TcpStream,
+}
+
+impl Vpcd {
+    async fn send(&mut self, payload: &[u8]) {
+        let mut f = (payload.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).await.unwrap();
+    }
+
+    /// One framed answer; `None` when simpool closed the connection.
+    async fn answer(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => panic!("no answer within 5 s: vpcd would hang"),
+        }
+        let mut p = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        self.s.read_exact(&mut p).await.ok()?;
+        Some(p)
+    }
+
+    async fn ask(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        self.send(payload).await;
+        self.answer().await
+    }
+}
+
+async fn setup(faults: Faults, timeout_ms: u64) -> (SimPool, Link, TcpListener) {
+    let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), faults)
+        .await
+        .unwrap();
+    let link = Link::spawn(
+        &sim.addr().to_string(),
+        LinkOptions {
+            reply_timeout: Duration::from_millis(timeout_ms),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            keepalive: Some(Duration::from_millis(300)),
+            ..LinkOptions::default()
+        },
+    );
+    let vpcd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (sim, link, vpcd)
+}
+
+fn reader(link: &Link, vpcd: &TcpListener, card: u16, bound_ms: u64) -> Reader {
+    reader_for(link, vpcd, Binding::Card(card), bound_ms)
+}
+
+fn reader_for(link: &Link, vpcd: &TcpListener, binding: Binding, bound_ms: u64) -> Reader {
+    Reader::new(
+        format!("test reader {binding}"),
+        link.clone(),
+        ReaderConfig {
+            vpcd: vpcd.local_addr().unwrap().to_string(),
+            binding,
+            command_timeout: Duration::from_millis(bound_ms),
+            reset: ResetPolicy::Restart,
+            quickack: true,
+            retry: Duration::from_millis(100),
+        },
+        Arc::new(Directory::default()),
+    )
+}
+
+async fn accept(vpcd: &TcpListener) -> Vpcd {
+    let (s, _) = tokio::time::timeout(Duration::from_secs(10), vpcd.accept())
+        .await
+        .expect("simpool connects to vpcd when its card is there")
+        .unwrap();
+    Vpcd { s }
+}
+
+#[tokio::test]
+async fn power_atr_commands_and_hostile_frames() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (_sim, link, vpcd) = setup(Faults::default(), 500).await;
+    tokio::spawn(reader(&link, &vpcd, 18, 1500).run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await; // power on: no answer
+    let atr = v.ask(&[0x04]).await.unwrap();
+    assert_eq!(
+        atr,
+        common::hex("3B9F95801FC38031E073FE21135786810286984418A8")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
+        common::hex("9F17")
+    );
+    // length 0, and a frame beyond T=0's maximum: error status, connection goes on
+    assert_eq!(v.ask(&[]).await.unwrap(), common::hex("6700"));
+    assert_eq!(v.ask(&[0xA0; 400]).await.unwrap(), common::hex("6700"));
+    // refused locally, never sent to the card
+    assert_eq!(
+        v.ask(&common::hex("A0D6000001FF")).await.unwrap(),
+        common::hex("6F00")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0600000")).await.unwrap(),
+        common::hex("6D00")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0A4")).await.unwrap(),
+        common::hex("6700")
+    );
+    v.send(&[0x03]).await; // unknown control byte: ignored
+    assert_eq!(
+        v.ask(&common::hex("A0A40000022FE2")).await.unwrap(),
+        common::hex("9F0F")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0B000000A")).await.unwrap(),
+        common::hex("98680034914128916063 9000")
+    );
+    // ATR polls come from the cache: no pool traffic
+    let before = link
+        .stats()
+        .frames_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(v.ask(&[0x04]).await.unwrap(), atr);
+    }
+    assert_eq!(
+        link.stats()
+            .frames_out
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
+}
+
+#[tokio::test]
+async fn a_card_gone_silent_gets_an_error_in_bounded_time_then_no_card() {
+    let (sim, link, vpcd) = setup(Faults::default(), 300).await;
+    tokio::spawn(reader(&link, &vpcd, 5, 1000).run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert!(v.ask(&[0x04]).await.is_some());
+    sim.update_faults(|f| {
+        f.mute.insert(5);
+    });
+    let t0 = Instant::now();
+    assert_eq!(
+        v.ask(&common::hex("A0F2000016")).await.unwrap(),
+        common::hex("6F00")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        t0.elapsed()
+    );
+    // the card cannot be restarted: the connection closes (card removed), no empty ATR
+    assert_eq!(v.ask(&[0x04]).await, None);
+    // … and comes back once the card answers again
+    sim.update_faults(|f| f.mute.clear());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert_eq!(
+        v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
+        common::hex("9F17")
+    );
+}
+
+#[tokio::test]
+async fn pool_link_lost_closes_the_reader_and_it_comes_back() {
+    let (sim, link, vpcd) = setup(Faults::default(), 300).await;
+    tokio::spawn(reader(&link, &vpcd, 256, 1000).run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert!(v.ask(&[0x04]).await.is_some());
+    sim.go_down();
+    assert_eq!(
+        v.answer().await,
+        None,
+        "card shown removed while the pool is down"
+    );
+    sim.come_back();
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x02]).await;
+    assert_eq!(
+        v.ask(&common::hex("A0A40000027F20")).await.unwrap(),
+        common::hex("9F17")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0A40000026F07")).await.unwrap(),
+        common::hex("9F0F")
+    );
+    assert_eq!(
+        v.ask(&common::hex("A0B0000009")).await.unwrap(),
+        common::hex("084906108949106351 9000")
+    );
+}
+
+#[tokio::test]
+async fn a_silent_pool_is_noticed_by_the_keepalive() {
+    let (sim, link, vpcd) = setup(Faults::default(), 200).await;
+    tokio::spawn(reader(&link, &vpcd, 2, 1000).run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert!(v.ask(&[0x04]).await.is_some());
+    // The pool stays connected but stops answering anything (a hung box).
+    sim.update_faults(|f| f.silent = true);
+    let t0 = Instant::now();
+    assert_eq!(
+        v.answer().await,
+        None,
+        "reader closed once the keep-alive fails"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(
+        link.stats()
+            .keepalive_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn binding_by_imsi_finds_the_card() {
+    let (_sim, link, vpcd) = setup(Faults::default(), 500).await;
+    let r = reader_for(&link, &vpcd, Binding::Imsi("460019894013615".into()), 1500);
+    tokio::spawn(r.run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert_eq!(
+        v.ask(&[0x04]).await.unwrap(),
+        common::hex("3B9E94801F478031A073BE211166444D5422010026"),
+        "card 256's ATR"
+    );
+}

@@ -1,0 +1,89 @@
+//! simpool survives pcscd going away and coming back (a restart, or socket-activated pcscd
+//! exiting when idle): it keeps retrying vpcd's port and shows the card again, unattended.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::stack::{self, Serve};
+use pcsc::{Protocols, ShareMode};
+use simpool::sim::profile::CardsFile;
+use simpool::sim::{Faults, SimPool};
+
+const BASE_PORT: u16 = 36900;
+
+fn sim_pool() -> SimPool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
+                .await
+                .unwrap();
+            tx.send(sim).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn pcscd_private(args: &[&str], dir: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("driver/pcscd-private");
+    let st = Command::new(script)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "pcscd-private {args:?}");
+}
+
+fn read_iccid(name: &std::ffi::CString) -> Vec<u8> {
+    let ctx = stack::context();
+    assert!(
+        stack::wait_card(&ctx, name, true, Duration::from_secs(20)),
+        "card present"
+    );
+    let card = ctx
+        .connect(name, ShareMode::Shared, Protocols::ANY)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for cmd in ["A0A40000023F00", "A0A40000022FE2"] {
+        card.transmit(&common::hex(cmd), &mut buf).unwrap();
+    }
+    card.transmit(&common::hex("A0B000000A"), &mut buf)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn pcscd_restart_is_survived() {
+    let sim = sim_pool();
+    let pcscd = stack::pcscd(BASE_PORT);
+    let serve_args = [
+        "--pool",
+        &sim.addr().to_string(),
+        "--vpcd",
+        &pcscd.vpcd_addr(0),
+        "--card",
+        "18",
+    ];
+    let mut serve = Serve::start(&serve_args, "pcscd-restart");
+    let name = pcscd.reader_name(0);
+    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+
+    pcscd_private(&["stop"], &pcscd.dir);
+    pcscd_private(
+        &["start", "--readers", "16", "--port", &BASE_PORT.to_string()],
+        &pcscd.dir,
+    );
+    // A new pcscd: new contexts; simpool finds vpcd's port again by itself.
+    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+    assert!(serve.is_running());
+    assert!(
+        serve.log_text().contains("vpcd closed the connection"),
+        "{}",
+        serve.log_text()
+    );
+}
