@@ -245,3 +245,73 @@ async fn binding_by_imsi_finds_the_card() {
         "card 256's ATR"
     );
 }
+
+/// A card fault ends the exchange with `6F00` within the bound, the card is shown removed,
+/// and it comes back (restarted) once the card behaves.
+async fn card_fault_is_bounded(fault: impl Fn(&mut Faults, u16), clear: impl Fn(&mut Faults)) {
+    let card = 9;
+    let (sim, link, vpcd) = setup(Faults::default(), 300).await;
+    let r = reader(&link, &vpcd, card, 1200);
+    let stats = r.stats();
+    tokio::spawn(r.run());
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert!(v.ask(&[0x04]).await.is_some());
+    sim.update_faults(|f| fault(f, card));
+    let t0 = Instant::now();
+    assert_eq!(
+        v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
+        common::hex("6F00")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "counted"
+    );
+    assert_eq!(v.ask(&[0x04]).await, None, "shown removed after the fault");
+    sim.update_faults(clear);
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert_eq!(
+        v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
+        common::hex("9F17")
+    );
+}
+
+#[tokio::test]
+async fn a_nonsense_procedure_byte_is_an_error_status() {
+    card_fault_is_bounded(
+        |f, c| {
+            f.bad_procedure.insert(c);
+        },
+        |f| f.bad_procedure.clear(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn endless_null_bytes_are_cut_off() {
+    card_fault_is_bounded(
+        |f, c| {
+            f.endless_nulls.insert(c);
+        },
+        |f| f.endless_nulls.clear(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_slot_turning_abnormal_is_an_error_status() {
+    card_fault_is_bounded(
+        |f, c| {
+            f.abnormal.insert(c);
+        },
+        |f| f.abnormal.clear(),
+    )
+    .await;
+}

@@ -39,6 +39,10 @@ pub struct Faults {
     pub abnormal: BTreeSet<u16>,
     /// The whole pool hangs: the connection stays up, nothing is answered.
     pub silent: bool,
+    /// Cards that answer a command header with a procedure byte that makes no sense (`42`).
+    pub bad_procedure: BTreeSet<u16>,
+    /// Cards that answer a command with NULL bytes (`60`), one frame every 10 ms, for 10 s.
+    pub endless_nulls: BTreeSet<u16>,
 }
 
 /// Counters.
@@ -69,6 +73,9 @@ struct Shared {
     /// Closed for new connections until this instant (pool "rebooting").
     down_until: Mutex<Option<tokio::time::Instant>>,
     reply_counter: AtomicU64,
+    /// Bumped when a card is stopped or started: frames queued before are dropped, as a
+    /// real card's answer ends when its power does.
+    generation: Vec<AtomicU64>,
 }
 
 /// A running simulator.
@@ -126,6 +133,7 @@ impl SimPool {
                 epoch,
                 down_until: Mutex::new(None),
                 reply_counter: AtomicU64::new(0),
+                generation: (0..257).map(|_| AtomicU64::new(0)).collect(),
             }),
             addr,
         };
@@ -226,7 +234,7 @@ impl SimPool {
                 }
             }
         });
-        let mut slot_queues: Vec<Option<mpsc::UnboundedSender<Vec<Vec<u8>>>>> = vec![None; 257];
+        let mut slot_queues: Vec<Option<mpsc::UnboundedSender<Batch>>> = vec![None; 257];
         let mut dec = RequestDecoder::new();
         let mut buf = vec![0u8; 4096];
         loop {
@@ -248,12 +256,18 @@ impl SimPool {
                     }
                 };
                 self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let (queue, frames) = self.handle(req);
+                let (queue, frames, pace) = self.handle(req);
                 if frames.is_empty() {
                     continue;
                 }
-                let q = slot_queues[queue].get_or_insert_with(|| self.spawn_queue(out_tx.clone()));
-                let _ = q.send(frames);
+                let generation = self.shared.generation[queue].load(Ordering::SeqCst);
+                let q = slot_queues[queue]
+                    .get_or_insert_with(|| self.spawn_queue(queue, out_tx.clone()));
+                let _ = q.send(Batch {
+                    frames,
+                    generation,
+                    pace,
+                });
             }
         }
         drop(slot_queues);
@@ -264,15 +278,21 @@ impl SimPool {
     /// A task that delays and writes one slot's replies in order.
     fn spawn_queue(
         &self,
+        queue: usize,
         out: mpsc::UnboundedSender<Vec<u8>>,
-    ) -> mpsc::UnboundedSender<Vec<Vec<u8>>> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<u8>>>();
+    ) -> mpsc::UnboundedSender<Batch> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            while let Some(frames) = rx.recv().await {
+            while let Some(batch) = rx.recv().await {
                 let f = shared.faults.lock().unwrap().clone();
-                for frame in frames {
-                    let delay = pick(f.latency_min, f.latency_max);
+                for frame in batch.frames {
+                    if shared.generation[queue].load(Ordering::SeqCst) != batch.generation {
+                        break;
+                    }
+                    let delay = batch
+                        .pace
+                        .unwrap_or_else(|| pick(f.latency_min, f.latency_max));
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
@@ -293,13 +313,14 @@ impl SimPool {
     }
 
     /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
-    fn handle(&self, req: Request) -> (usize, Vec<Vec<u8>>) {
+    fn handle(&self, req: Request) -> (usize, Vec<Vec<u8>>, Option<Duration>) {
         let faults = self.shared.faults.lock().unwrap().clone();
         if faults.silent {
-            return (0, Vec::new());
+            return (0, Vec::new(), None);
         }
         let mut pool = self.shared.pool.lock().unwrap();
-        let pool_reply = |data: Vec<u8>| (256, vec![Reply::Pool { slot: 0, data }.to_bytes()]);
+        let pool_reply =
+            |data: Vec<u8>| (256, vec![Reply::Pool { slot: 0, data }.to_bytes()], None);
         match req {
             Request::ReadId => pool_reply(POOL_ID.to_vec()),
             Request::ReadVersion => pool_reply(POOL_VERSION.to_vec()),
@@ -323,28 +344,34 @@ impl SimPool {
                 let number = slot.card();
                 let Some(card) = s.card.as_mut() else {
                     log::debug!("sim: start {slot}: no card");
-                    return (0, Vec::new());
+                    return (0, Vec::new(), None);
                 };
                 if faults.abnormal.contains(&number) || faults.mute.contains(&number) {
-                    return (0, Vec::new());
+                    return (0, Vec::new(), None);
                 }
                 let atr = card.reset();
                 s.state = SlotState::Working;
-                (usize::from(slot.0), split_answer(slot, &atr, faults.split))
+                self.shared.generation[usize::from(slot.0)].fetch_add(1, Ordering::SeqCst);
+                (
+                    usize::from(slot.0),
+                    split_answer(slot, &atr, faults.split),
+                    None,
+                )
             }
             Request::Stop(slot) => {
+                self.shared.generation[usize::from(slot.0)].fetch_add(1, Ordering::SeqCst);
                 let s = &mut pool.slots[usize::from(slot.0)];
                 if s.card.is_some() {
                     s.state = SlotState::Inserted;
                 }
-                (0, Vec::new())
+                (0, Vec::new(), None)
             }
             Request::ErrorIndication(slot) => {
                 let s = &mut pool.slots[usize::from(slot.0)];
                 if s.card.is_some() {
                     s.state = SlotState::Abnormal;
                 }
-                (0, Vec::new())
+                (0, Vec::new(), None)
             }
             Request::Data(slot, data) => {
                 self.shared
@@ -354,22 +381,36 @@ impl SimPool {
                 let number = slot.card();
                 let s = &mut pool.slots[usize::from(slot.0)];
                 let Some(card) = s.card.as_mut() else {
-                    return (0, Vec::new());
+                    return (0, Vec::new(), None);
                 };
                 if s.state != SlotState::Working
                     || faults.mute.contains(&number)
                     || faults.abnormal.contains(&number)
                 {
-                    return (0, Vec::new());
+                    return (0, Vec::new(), None);
                 }
-                let answer = card.receive(&data);
-                (
-                    usize::from(slot.0),
-                    split_answer(slot, &answer, faults.split),
-                )
+                let mut answer = card.receive(&data);
+                if faults.endless_nulls.contains(&number) {
+                    let pace = Some(Duration::from_millis(10));
+                    return (usize::from(slot.0), endless_nulls(slot), pace);
+                }
+                if faults.bad_procedure.contains(&number) && !answer.is_empty() {
+                    answer[0] = 0x42;
+                }
+                let frames = split_answer(slot, &answer, faults.split);
+                (usize::from(slot.0), frames, None)
             }
         }
     }
+}
+
+/// Reply frames of one request for one queue.
+struct Batch {
+    frames: Vec<Vec<u8>>,
+    /// The slot's generation when the request was handled.
+    generation: u64,
+    /// Fixed delay between frames instead of the latency knob.
+    pace: Option<Duration>,
 }
 
 /// Card bytes as reply frames: leading NULLs apart (a card "thinking"), the rest cut to `split`.
@@ -402,6 +443,16 @@ fn split_answer(slot: Slot, answer: &[u8], split: usize) -> Vec<Vec<u8>> {
             .to_bytes()
         })
         .collect()
+}
+
+/// 1000 frames of one NULL byte each (sent 10 ms apart: see `serve_conn`).
+fn endless_nulls(slot: Slot) -> Vec<Vec<u8>> {
+    let frame = Reply::Card {
+        slot,
+        data: vec![0x60],
+    }
+    .to_bytes();
+    vec![frame; 1000]
 }
 
 /// A cheap pseudo-random pick in `lo..=hi`.
