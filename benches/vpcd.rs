@@ -31,7 +31,12 @@ fn reader_name(i: u16) -> CString {
 /// A card that answers 90 00 to everything, as fast as a socket allows.
 async fn floor_responder(port: u16, quickack: bool) {
     loop {
-        let Ok(mut c) = Connection::connect(&format!("127.0.0.1:{port}"), quickack, Duration::from_secs(1)).await
+        let Ok(mut c) = Connection::connect(
+            &format!("127.0.0.1:{port}"),
+            quickack,
+            Duration::from_secs(1),
+        )
+        .await
         else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -50,7 +55,9 @@ async fn floor_responder(port: u16, quickack: bool) {
 }
 
 fn measure(ctx: &Context, reader: &CString, cmd: &[u8]) -> (Duration, Duration, Duration) {
-    let card = ctx.connect(reader, ShareMode::Shared, Protocols::ANY).expect("connect");
+    let card = ctx
+        .connect(reader, ShareMode::Shared, Protocols::ANY)
+        .expect("connect");
     let mut buf = [0u8; 300];
     for _ in 0..50 {
         card.transmit(cmd, &mut buf).unwrap();
@@ -71,11 +78,22 @@ fn main() {
     let dir = std::env::temp_dir().join("simpool-bench-vpcd");
     let script = repo.join("driver/pcscd-private");
     let out = Command::new(&script)
-        .args(["start", "--readers", "4", "--port", &BASE.to_string(), "--dir"])
+        .args([
+            "start",
+            "--readers",
+            "4",
+            "--port",
+            &BASE.to_string(),
+            "--dir",
+        ])
         .arg(&dir)
         .output()
         .expect("driver/pcscd-private");
-    assert!(out.status.success(), "private pcscd: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "private pcscd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::env::set_var("PCSCLITE_CSOCK_NAME", dir.join("run/pcscd.comm"));
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -87,10 +105,17 @@ fn main() {
         keepalive: Duration::from_secs(5),
         reset: ResetPolicy::Restart,
         quickack,
-        readers: vec![ReaderSpec { binding: Binding::Card(18), vpcd: format!("127.0.0.1:{port}") }],
+        readers: vec![ReaderSpec {
+            binding: Binding::Card(18),
+            vpcd: format!("127.0.0.1:{port}"),
+        }],
     };
-    let _a = rt.block_on(simpool::serve::start(serve(BASE, true))).unwrap();
-    let _b = rt.block_on(simpool::serve::start(serve(BASE + 1, false))).unwrap();
+    let _a = rt
+        .block_on(simpool::serve::start(serve(BASE, true)))
+        .unwrap();
+    let _b = rt
+        .block_on(simpool::serve::start(serve(BASE + 1, false)))
+        .unwrap();
     rt.spawn(floor_responder(BASE + 2, true));
     rt.spawn(floor_responder(BASE + 3, false));
 
@@ -122,5 +147,8 @@ fn main() {
         med[0].as_secs_f64() / med[2].as_secs_f64(),
         med[1].as_secs_f64() / med[3].as_secs_f64()
     );
-    let _ = Command::new(&script).args(["stop", "--dir"]).arg(&dir).output();
+    let _ = Command::new(&script)
+        .args(["stop", "--dir"])
+        .arg(&dir)
+        .output();
 }
