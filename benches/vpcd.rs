@@ -19,13 +19,7 @@ const BASE: u16 = 36500;
 const N: usize = 1000;
 
 fn reader_name(i: u16) -> CString {
-    let line = i / 2;
-    let name = if line == 0 {
-        format!("Virtual PCD 00 {:02}", i % 2)
-    } else {
-        format!("Virtual PCD {} 00 {:02}", line + 1, i % 2)
-    };
-    CString::new(name).unwrap()
+    CString::new(simpool::vpcd::reader_name(i)).unwrap()
 }
 
 /// A card that answers 90 00 to everything, as fast as a socket allows.

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use simpool::sim::profile::CardsFile;
-use simpool::sim::{Faults, SimPool};
+use simpool::sim::Faults;
 
 fn simpool(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
@@ -22,22 +22,6 @@ fn simpool(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// A simulated pool in a thread of its own, serving until the test ends.
-fn pool(faults: Faults) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), faults)
-                .await
-                .unwrap();
-            tx.send(sim.addr().to_string()).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
 #[test]
 fn info_prints_the_manual_id_and_version() {
     let addr = pool(Faults::default());
@@ -50,6 +34,13 @@ fn info_prints_the_manual_id_and_version() {
 fn scan_json(addr: &str) -> serde_json::Value {
     let (_, out, err) = simpool(&["scan", "--pool", addr, "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
+}
+
+/// A simulated pool with the built-in cards; its address.
+fn pool(faults: Faults) -> String {
+    common::sim_pool(CardsFile::default_set(), faults)
+        .addr()
+        .to_string()
 }
 
 fn card(v: &serde_json::Value, n: u64) -> &serde_json::Value {

@@ -15,22 +15,6 @@ use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 36300;
 
-/// A simulated pool on its own runtime thread (tests here are synchronous, like PC/SC).
-fn sim_pool() -> SimPool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
-                .await
-                .unwrap();
-            tx.send(sim).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
 fn h(s: &str) -> Vec<u8> {
     common::hex(s)
 }
@@ -79,7 +63,7 @@ fn connect(ctx: &Context, name: &CString) -> pcsc::Card {
 
 #[test]
 fn reads_iccid_and_imsi_with_pysim_tpdus() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let (mut serve, ctx, names) = serve(&sim, 0, &[18, 256], &[]);
     assert!(
         ctx.list_readers_owned().unwrap().contains(&names[0]),
@@ -123,7 +107,7 @@ fn reads_iccid_and_imsi_with_pysim_tpdus() {
 
 #[test]
 fn run_gsm_algorithm_equals_the_simulator() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let (_serve, ctx, names) = serve(&sim, 2, &[2], &[]);
     let card = connect(&ctx, &names[0]);
     assert_eq!(tx(&card, "A0A40000027F20"), h("9F17"));
@@ -149,7 +133,7 @@ fn run_gsm_algorithm_equals_the_simulator() {
 
 #[test]
 fn reset_restarts_the_card() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let (serve, ctx, names) = serve(&sim, 4, &[3], &[]);
     let mut card = connect(&ctx, &names[0]);
     assert_eq!(tx(&card, "A0A40000027F20"), h("9F17"));
@@ -164,7 +148,7 @@ fn reset_restarts_the_card() {
 
 #[test]
 fn two_readers_two_cards_no_cross_talk() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let (_serve, ctx, names) = serve(&sim, 6, &[5, 6], &[]);
     drop(ctx);
     let workers: Vec<_> = [(5u16, names[0].clone()), (6u16, names[1].clone())]
@@ -199,7 +183,7 @@ fn two_readers_two_cards_no_cross_talk() {
 
 #[test]
 fn pool_stopped_mid_session_then_back() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let (mut serve, ctx, names) = serve(
         &sim,
         8,

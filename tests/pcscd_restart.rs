@@ -9,24 +9,9 @@ use std::time::Duration;
 use common::stack::{self, Serve};
 use pcsc::{Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
-use simpool::sim::{Faults, SimPool};
+use simpool::sim::Faults;
 
 const BASE_PORT: u16 = 36900;
-
-fn sim_pool() -> SimPool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
-                .await
-                .unwrap();
-            tx.send(sim).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
-}
 
 fn pcscd_private(args: &[&str], dir: &std::path::Path) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("driver/pcscd-private");
@@ -59,7 +44,7 @@ fn read_iccid(name: &std::ffi::CString) -> Vec<u8> {
 
 #[test]
 fn pcscd_restart_is_survived() {
-    let sim = sim_pool();
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let pcscd = stack::pcscd(BASE_PORT);
     let serve_args = [
         "--pool",

@@ -46,21 +46,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn sim_pool(cards: CardsFile) -> SimPool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let sim = SimPool::start("127.0.0.1:0", cards, Faults::default())
-                .await
-                .unwrap();
-            tx.send(sim).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
 enum Outcome {
     /// The card answered; the sequence goes on.
     Ok(Vec<u8>),
@@ -245,7 +230,7 @@ fn sixteen_readers_under_faults_lose_and_misroute_nothing() {
         .unwrap_or(20);
     let mut cards = CardsFile::default_set();
     cards.pool.nulls = 3;
-    let sim = sim_pool(cards);
+    let sim = common::sim_pool(cards, Faults::default());
     let pcscd = stack::pcscd(BASE_PORT);
     let mut args = vec![
         "--pool".to_string(),

@@ -63,3 +63,23 @@ pub fn case(name: &str) -> Case {
         .find(|c| c.name == name)
         .expect("known case")
 }
+
+/// A simulated pool serving from a runtime thread of its own, for synchronous tests (PC/SC,
+/// subprocesses). It serves until the test process ends.
+pub fn sim_pool(
+    cards: simpool::sim::profile::CardsFile,
+    faults: simpool::sim::Faults,
+) -> simpool::sim::SimPool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let sim = simpool::sim::SimPool::start("127.0.0.1:0", cards, faults)
+                .await
+                .unwrap();
+            tx.send(sim).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}

@@ -64,13 +64,7 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
 impl Pcscd {
     /// PC/SC name of reader `i` (0..16): two readers per vpcd config line.
     pub fn reader_name(&self, i: u16) -> CString {
-        let line = i / 2;
-        let name = if line == 0 {
-            format!("Virtual PCD 00 {:02}", i % 2)
-        } else {
-            format!("Virtual PCD {} 00 {:02}", line + 1, i % 2)
-        };
-        CString::new(name).unwrap()
+        CString::new(simpool::vpcd::reader_name(i)).unwrap()
     }
 
     pub fn vpcd_addr(&self, i: u16) -> String {
