@@ -84,6 +84,9 @@ pub struct Directory {
     search: tokio::sync::Mutex<()>,
 }
 
+/// Longer than pcscd's presence poll of vpcd readers (400 ms).
+const REMOVAL_GRACE: Duration = Duration::from_millis(600);
+
 /// Why a session with vpcd ended.
 #[derive(Debug)]
 enum End {
@@ -123,7 +126,7 @@ impl Reader {
         self.link.wait_up(self.cfg.retry * 4).await;
         let mut last_problem = String::new();
         loop {
-            let (card, atr) = match self.acquire().await {
+            let (card, atr, started_on) = match self.acquire().await {
                 Ok(x) => x,
                 Err(problem) => {
                     if problem != last_problem {
@@ -150,7 +153,7 @@ impl Reader {
                 card.slot(),
                 hex::encode_upper(&atr)
             );
-            let (end, conn) = self.session(conn, &card, atr).await;
+            let (end, conn) = self.session(conn, &card, atr, started_on).await;
             if let Some(conn) = conn {
                 conn.close_draining(Duration::from_millis(30), &t0::sw::TECHNICAL_PROBLEM)
                     .await;
@@ -164,10 +167,15 @@ impl Reader {
                 End::LinkDown => log::warn!("{}: pool link down: card shown as removed", self.name),
             }
             self.release(&card).await;
-            if matches!(end, End::VpcdClosed(_)) {
-                // pcscd going away (socket activation, restart): don't spin.
-                tokio::time::sleep(self.cfg.retry).await;
-            }
+            // VpcdClosed: pcscd going away (socket activation, restart): don't spin. Otherwise
+            // we closed: stay away until pcscd has polled the reader (every ~400 ms) and seen the
+            // card removed, or a quick comeback could look to it like the same card, and its
+            // applications would go on with a card that was reset under them.
+            let pause = match end {
+                End::VpcdClosed(_) => self.cfg.retry,
+                _ => REMOVAL_GRACE,
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -183,8 +191,9 @@ impl Reader {
     }
 
     /// Finds the bound card and starts it; answers its ATR.
-    async fn acquire(&self) -> Result<(Card, Vec<u8>), String> {
-        if !matches!(self.link.state(), LinkState::Up { .. }) {
+    async fn acquire(&self) -> Result<(Card, Vec<u8>, LinkState), String> {
+        let started_on = self.link.state();
+        if !matches!(started_on, LinkState::Up { .. }) {
             return Err("no connection to the pool".into());
         }
         let card = match &self.cfg.binding {
@@ -198,7 +207,7 @@ impl Reader {
             other => self.search(other).await?,
         };
         match card.start().await {
-            Ok(atr) => Ok((card, atr)),
+            Ok(atr) => Ok((card, atr, started_on)),
             Err(e) => {
                 self.dir.claimed.lock().unwrap().remove(&card.slot());
                 self.dir.known.lock().unwrap().remove(&card.slot());
@@ -284,23 +293,34 @@ impl Reader {
         mut conn: Connection,
         card: &Card,
         atr: Vec<u8>,
+        started_on: LinkState,
     ) -> (End, Option<Connection>) {
-        let end = self.serve_events(&mut conn, card, atr).await;
+        let end = self.serve_events(&mut conn, card, atr, started_on).await;
         match end {
             End::VpcdClosed(_) => (end, None),
             _ => (end, Some(conn)),
         }
     }
 
-    async fn serve_events(&self, conn: &mut Connection, card: &Card, mut atr: Vec<u8>) -> End {
+    async fn serve_events(
+        &self,
+        conn: &mut Connection,
+        card: &Card,
+        mut atr: Vec<u8>,
+        started_on: LinkState,
+    ) -> End {
         let mut link = self.link.watch();
-        link.borrow_and_update();
+        // `started_on` is the pool connection the card was started on: after a reconnect the
+        // pool may have powered the card off, so the session ends.
+        if *link.borrow_and_update() != started_on {
+            return End::LinkDown;
+        }
         let mut powered = true;
         loop {
             let ev = tokio::select! {
                 ev = conn.next_event() => ev,
                 changed = link.changed() => {
-                    if changed.is_err() || !matches!(*link.borrow_and_update(), LinkState::Up { .. }) {
+                    if changed.is_err() || *link.borrow_and_update() != started_on {
                         return End::LinkDown;
                     }
                     continue;

@@ -93,7 +93,9 @@ impl Client {
 
     fn expect(&self, what: &str, got: &[u8], want: &[u8], identity: bool) {
         if got != want {
-            let counter = if identity {
+            // Data of the right shape but not this card's: someone else's answer. A bare status
+            // word instead of the data is "unexpected" (the card lost its selection).
+            let counter = if identity && got.len() == want.len() {
                 &self.counts.misrouted
             } else {
                 &self.counts.unexpected

@@ -87,6 +87,10 @@ pub struct LinkStats {
 
 const ROUTE_DEPTH: usize = 64;
 
+/// A connection that lasted this long was a real one: the next reconnect starts from the
+/// shortest back-off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
+
 /// Where replies of one connection go.
 struct Conn {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
@@ -377,20 +381,27 @@ impl Link {
 
     /// Reconnects whenever the connection is gone, until closed.
     async fn supervise(&self, mut dial_now: bool) {
-        let mut backoff = self.shared.opts.backoff_min;
+        let opts = &self.shared.opts;
+        let mut backoff = opts.backoff_min;
         loop {
             if !dial_now {
+                let up_since = Instant::now();
                 let mut rx = self.watch();
                 loop {
-                    if matches!(
-                        *rx.borrow_and_update(),
-                        LinkState::Down { .. } | LinkState::Closed
-                    ) {
+                    let state = *rx.borrow_and_update();
+                    if matches!(state, LinkState::Down { .. } | LinkState::Closed) {
                         break;
                     }
                     if rx.changed().await.is_err() {
                         return;
                     }
+                }
+                // Only a connection that stayed up resets the back-off: one that dies at once
+                // (a pool rebooting, accepting and dropping) must not become a reconnect storm.
+                if up_since.elapsed() >= STABLE_CONNECTION {
+                    backoff = opts.backoff_min;
+                } else if !self.pause(&mut backoff).await {
+                    return;
                 }
             }
             if self.shared.closed.load(Ordering::SeqCst) {
@@ -398,21 +409,27 @@ impl Link {
             }
             match self.dial().await {
                 Ok(stream) => {
-                    backoff = self.shared.opts.backoff_min;
                     self.install(stream);
                     dial_now = false;
                 }
                 Err(e) => {
                     log::debug!("{e}");
-                    let wait = jitter(backoff);
-                    backoff = (backoff * 2).min(self.shared.opts.backoff_max);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.shared.shutdown.notified() => return,
+                    if !self.pause(&mut backoff).await {
+                        return;
                     }
                     dial_now = true;
                 }
             }
+        }
+    }
+
+    /// Sleeps the jittered back-off and doubles it (capped); false if the link was closed.
+    async fn pause(&self, backoff: &mut Duration) -> bool {
+        let wait = jitter(*backoff);
+        *backoff = (*backoff * 2).min(self.shared.opts.backoff_max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.shared.shutdown.notified() => false,
         }
     }
 
