@@ -16,7 +16,8 @@ use simpool::config::{ReaderSpec, ServeConfig};
 use simpool::vpcd::{Connection, Event};
 
 const BASE: u16 = 36500;
-const N: usize = 1000;
+const N: usize = 4000;
+const ROUNDS: usize = 20;
 
 fn reader_name(i: u16) -> CString {
     CString::new(simpool::vpcd::reader_name(i)).unwrap()
@@ -48,23 +49,21 @@ async fn floor_responder(port: u16, quickack: bool) {
     }
 }
 
-fn measure(ctx: &Context, reader: &CString, cmd: &[u8]) -> (Duration, Duration, Duration) {
-    let card = ctx
-        .connect(reader, ShareMode::Shared, Protocols::ANY)
-        .expect("connect");
-    let mut buf = [0u8; 300];
-    for _ in 0..50 {
-        card.transmit(cmd, &mut buf).unwrap();
-    }
-    let mut t: Vec<Duration> = (0..N)
-        .map(|_| {
-            let t0 = Instant::now();
-            card.transmit(cmd, &mut buf).unwrap();
-            t0.elapsed()
-        })
-        .collect();
+fn on_own_thread(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    });
+}
+
+/// Median, p99 and max of `samples`.
+fn stats(mut t: Vec<Duration>) -> (Duration, Duration, Duration) {
     t.sort();
-    (t[N / 2], t[N * 99 / 100], t[N - 1])
+    let n = t.len();
+    (t[n / 2], t[n * 99 / 100], t[n - 1])
 }
 
 fn main() {
@@ -90,9 +89,28 @@ fn main() {
     );
     std::env::set_var("PCSCLITE_CSOCK_NAME", dir.join("run/pcscd.comm"));
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // `simpool serve --pool sim`: the simulated pool inside simpool's own runtime. With
+    // SIMPOOL_BENCH_POOL=thread it runs on a thread of its own instead (a pool is a box of its
+    // own; on a 2-vCPU VM each cross-thread wake-up then adds tens of microseconds).
+    let pool = if std::env::var("SIMPOOL_BENCH_POOL").as_deref() == Ok("thread") {
+        let (tx, rx) = std::sync::mpsc::channel();
+        on_own_thread(async move {
+            let sim = simpool::sim::SimPool::start(
+                "127.0.0.1:0",
+                simpool::sim::profile::CardsFile::default_set(),
+                simpool::sim::Faults::default(),
+            )
+            .await
+            .unwrap();
+            tx.send(sim.addr().to_string()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        rx.recv().unwrap()
+    } else {
+        "sim".to_string()
+    };
     let serve = |port: u16, quickack: bool| ServeConfig {
-        pool: "sim".into(),
+        pool: pool.clone(),
         cards: None,
         command_timeout: Duration::from_millis(1500),
         reply_timeout: Duration::from_millis(1000),
@@ -100,37 +118,67 @@ fn main() {
         reset: ResetPolicy::Restart,
         quickack,
         readers: vec![ReaderSpec {
-            binding: Binding::Card(18),
+            binding: Binding::Card(if quickack { 18 } else { 2 }),
             vpcd: format!("127.0.0.1:{port}"),
         }],
     };
-    let _a = rt
-        .block_on(simpool::serve::start(serve(BASE, true)))
-        .unwrap();
-    let _b = rt
-        .block_on(simpool::serve::start(serve(BASE + 1, false)))
-        .unwrap();
-    rt.spawn(floor_responder(BASE + 2, true));
-    rt.spawn(floor_responder(BASE + 3, false));
+    // Each on a single-threaded runtime of its own, as `simpool serve` runs.
+    for (port, quickack) in [(BASE, true), (BASE + 1, false)] {
+        let cfg = serve(port, quickack);
+        on_own_thread(async move {
+            let _running = simpool::serve::start(cfg).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+    }
+    on_own_thread(floor_responder(BASE + 2, true));
+    on_own_thread(floor_responder(BASE + 3, false));
 
     let ctx = Context::establish(Scope::User).unwrap();
     let names: Vec<CString> = (0..4).map(reader_name).collect();
     simpool::client::wait_for_cards(&ctx, &names, Duration::from_secs(20)).unwrap();
     // STATUS of the MF: a real T=0 Out exchange on the simulated card (one pool round trip).
     let cmd = [0xA0, 0xF2, 0x00, 0x00, 0x16];
-    let rows = [
-        ("simpool + simulated pool, QUICKACK", 0),
-        ("simpool + simulated pool, no QUICKACK", 1),
-        ("floor (answers 9000), QUICKACK", 2),
-        ("floor (answers 9000), no QUICKACK", 3),
+    let labels = [
+        "simpool + simulated pool, QUICKACK",
+        "simpool + simulated pool, no QUICKACK",
+        "floor (answers 9000), QUICKACK",
+        "floor (answers 9000), no QUICKACK",
     ];
+    let cards: Vec<pcsc::Card> = names
+        .iter()
+        .map(|n| {
+            ctx.connect(n, ShareMode::Shared, Protocols::ANY)
+                .expect("connect")
+        })
+        .collect();
+    let mut buf = [0u8; 300];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    // Interleaved rounds, so that a drifting machine weighs on all four alike. The slow
+    // (no-QUICKACK) readers get fewer exchanges: each costs ~44 ms.
+    for round in 0..ROUNDS {
+        for (i, card) in cards.iter().enumerate() {
+            let n = if i % 2 == 0 {
+                N / ROUNDS
+            } else {
+                N / ROUNDS / 10
+            };
+            for k in 0..n + 5 {
+                let t0 = Instant::now();
+                card.transmit(&cmd, &mut buf).unwrap();
+                if k >= 5 || round > 0 {
+                    samples[i].push(t0.elapsed());
+                }
+            }
+        }
+    }
+    println!("round trip of one SCardTransmit (STATUS), interleaved over {ROUNDS} rounds:");
     let mut med = [Duration::ZERO; 4];
-    println!("round trip of one SCardTransmit, {N} exchanges each:");
-    for (label, i) in rows {
-        let (m, p99, max) = measure(&ctx, &names[i], &cmd);
+    for (i, label) in labels.iter().enumerate() {
+        let count = samples[i].len();
+        let (m, p99, max) = stats(std::mem::take(&mut samples[i]));
         med[i] = m;
         println!(
-            "  {label:<40} median {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
+            "  {label:<40} n {count:>5}  median {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
             m.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3

@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         "warn"
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
+        .format_timestamp_micros()
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -221,20 +222,13 @@ impl SimPool {
 
     async fn serve_conn(self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, wr) = stream.into_split();
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
         let mut epoch = self.shared.epoch.subscribe();
         epoch.borrow_and_update();
-        // Frames to write, in order; per-slot queues keep one card's replies in order while
-        // different cards' latencies overlap.
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let writer = tokio::spawn(async move {
-            while let Some(bytes) = out_rx.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut slot_queues: Vec<Option<mpsc::UnboundedSender<Batch>>> = vec![None; 257];
+        // Per-slot queues keep one card's replies in order while different cards' latencies
+        // overlap; with no latency and nothing queued, replies are written at once.
+        let mut slot_queues: Vec<Option<SlotQueue>> = (0..257).map(|_| None).collect();
         let mut dec = RequestDecoder::new();
         let mut buf = vec![0u8; 4096];
         loop {
@@ -260,29 +254,40 @@ impl SimPool {
                 if frames.is_empty() {
                     continue;
                 }
+                let q =
+                    slot_queues[queue].get_or_insert_with(|| self.spawn_queue(queue, wr.clone()));
+                let immediate = {
+                    let f = self.shared.faults.lock().unwrap();
+                    pace.is_none() && f.latency_max.is_zero() && f.garbage_every == 0
+                };
+                if immediate && q.pending.load(Ordering::SeqCst) == 0 {
+                    let bytes: Vec<u8> = frames.concat();
+                    self.shared
+                        .stats
+                        .replies
+                        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+                    if wr.lock().await.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let generation = self.shared.generation[queue].load(Ordering::SeqCst);
-                let q = slot_queues[queue]
-                    .get_or_insert_with(|| self.spawn_queue(queue, out_tx.clone()));
-                let _ = q.send(Batch {
+                q.pending.fetch_add(1, Ordering::SeqCst);
+                let _ = q.tx.send(Batch {
                     frames,
                     generation,
                     pace,
                 });
             }
         }
-        drop(slot_queues);
-        drop(out_tx);
-        writer.abort();
     }
 
     /// A task that delays and writes one slot's replies in order.
-    fn spawn_queue(
-        &self,
-        queue: usize,
-        out: mpsc::UnboundedSender<Vec<u8>>,
-    ) -> mpsc::UnboundedSender<Batch> {
+    fn spawn_queue(&self, queue: usize, wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>) -> SlotQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+        let pending = Arc::new(AtomicUsize::new(0));
         let shared = self.shared.clone();
+        let left = pending.clone();
         tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
                 let f = shared.faults.lock().unwrap().clone();
@@ -303,13 +308,14 @@ impl SimPool {
                     }
                     bytes.extend_from_slice(&frame);
                     shared.stats.replies.fetch_add(1, Ordering::Relaxed);
-                    if out.send(bytes).is_err() {
+                    if wr.lock().await.write_all(&bytes).await.is_err() {
                         return;
                     }
                 }
+                left.fetch_sub(1, Ordering::SeqCst);
             }
         });
-        tx
+        SlotQueue { tx, pending }
     }
 
     /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
@@ -402,6 +408,13 @@ impl SimPool {
             }
         }
     }
+}
+
+/// The delayed-reply queue of one slot on one connection.
+struct SlotQueue {
+    tx: mpsc::UnboundedSender<Batch>,
+    /// Batches queued and not yet written.
+    pending: Arc<AtomicUsize>,
 }
 
 /// Reply frames of one request for one queue.
