@@ -194,7 +194,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp_micros()
         .init();
-    let rt = match tokio::runtime::Runtime::new() {
+    // One thread does it: simpool's work is moving small frames, and a single-threaded runtime
+    // saves the cross-thread wake-ups that dominate an exchange's latency.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("simpool: error: cannot start the runtime: {e}");
