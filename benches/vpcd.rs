@@ -1,6 +1,9 @@
 //! Round trip of one exchange through pcscd + vpcd + simpool + simulated pool (zero card latency),
 //! beside the floor: the same pcscd + vpcd path with a minimal responder in simpool's place that
-//! answers `90 00` at once. Each with and without TCP_QUICKACK on the vpcd socket.
+//! answers `90 00` at once. Each with and without TCP_QUICKACK on the vpcd socket. Two more
+//! floors spend 5 and 25 µs before answering: on a VM, pcscd's and vpcd's threads sleep once an
+//! answer takes more than a few microseconds, and that wake-up, not simpool's work, is most of
+//! the difference to the instant floor.
 //!
 //! `cargo bench --bench vpcd` (needs pcscd and vsmartcard-vpcd: `driver/pcscd-private install`,
 //! and root for the private pcscd's mount namespace).
@@ -23,8 +26,9 @@ fn reader_name(i: u16) -> CString {
     CString::new(simpool::vpcd::reader_name(i)).unwrap()
 }
 
-/// A card that answers 90 00 to everything, as fast as a socket allows.
-async fn floor_responder(port: u16, quickack: bool) {
+/// A card that answers 90 00 to everything, as fast as a socket allows, or after spending
+/// `work` on the CPU (to show what any processing at all costs on this path).
+async fn floor_responder(port: u16, quickack: bool, work: Duration) {
     loop {
         let Ok(mut c) = Connection::connect(
             &format!("127.0.0.1:{port}"),
@@ -37,6 +41,10 @@ async fn floor_responder(port: u16, quickack: bool) {
             continue;
         };
         while let Ok(Some(ev)) = c.next_event().await {
+            let t0 = Instant::now();
+            while t0.elapsed() < work {
+                std::hint::spin_loop();
+            }
             let answer: &[u8] = match ev {
                 Event::GetAtr => &[0x3B, 0x02, 0x14, 0x50],
                 Event::Command(_) | Event::Invalid { .. } => &[0x90, 0x00],
@@ -70,11 +78,16 @@ fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join("simpool-bench-vpcd");
     let script = repo.join("driver/pcscd-private");
+    // A run that panicked may have left its pcscd behind.
+    let _ = Command::new(&script)
+        .args(["stop", "--dir"])
+        .arg(&dir)
+        .output();
     let out = Command::new(&script)
         .args([
             "start",
             "--readers",
-            "4",
+            "6",
             "--port",
             &BASE.to_string(),
             "--dir",
@@ -130,11 +143,13 @@ fn main() {
             std::future::pending::<()>().await;
         });
     }
-    on_own_thread(floor_responder(BASE + 2, true));
-    on_own_thread(floor_responder(BASE + 3, false));
+    on_own_thread(floor_responder(BASE + 2, true, Duration::ZERO));
+    on_own_thread(floor_responder(BASE + 3, false, Duration::ZERO));
+    on_own_thread(floor_responder(BASE + 4, true, Duration::from_micros(5)));
+    on_own_thread(floor_responder(BASE + 5, true, Duration::from_micros(25)));
 
     let ctx = Context::establish(Scope::User).unwrap();
-    let names: Vec<CString> = (0..4).map(reader_name).collect();
+    let names: Vec<CString> = (0..6).map(reader_name).collect();
     simpool::client::wait_for_cards(&ctx, &names, Duration::from_secs(20)).unwrap();
     // STATUS of the MF: a real T=0 Out exchange on the simulated card (one pool round trip).
     let cmd = [0xA0, 0xF2, 0x00, 0x00, 0x16];
@@ -143,6 +158,8 @@ fn main() {
         "simpool + simulated pool, no QUICKACK",
         "floor (answers 9000), QUICKACK",
         "floor (answers 9000), no QUICKACK",
+        "floor after 5 us of work, QUICKACK",
+        "floor after 25 us of work, QUICKACK",
     ];
     let cards: Vec<pcsc::Card> = names
         .iter()
@@ -152,12 +169,12 @@ fn main() {
         })
         .collect();
     let mut buf = [0u8; 300];
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 4];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 6];
     // Interleaved rounds, so that a drifting machine weighs on all four alike. The slow
     // (no-QUICKACK) readers get fewer exchanges: each costs ~44 ms.
     for round in 0..ROUNDS {
         for (i, card) in cards.iter().enumerate() {
-            let n = if i % 2 == 0 {
+            let n = if i % 2 == 0 || i >= 4 {
                 N / ROUNDS
             } else {
                 N / ROUNDS / 10
@@ -172,7 +189,7 @@ fn main() {
         }
     }
     println!("round trip of one SCardTransmit (STATUS), interleaved over {ROUNDS} rounds:");
-    let mut med = [Duration::ZERO; 4];
+    let mut med = [Duration::ZERO; 6];
     for (i, label) in labels.iter().enumerate() {
         let count = samples[i].len();
         let (m, p99, max) = stats(std::mem::take(&mut samples[i]));
@@ -188,6 +205,10 @@ fn main() {
         "ratio simpool/floor (median): {:.2} with QUICKACK, {:.2} without",
         med[0].as_secs_f64() / med[2].as_secs_f64(),
         med[1].as_secs_f64() / med[3].as_secs_f64()
+    );
+    println!(
+        "ratio simpool/floor after 5 us of work (median): {:.2}",
+        med[0].as_secs_f64() / med[4].as_secs_f64()
     );
     let _ = Command::new(&script)
         .args(["stop", "--dir"])
