@@ -250,16 +250,16 @@ impl SimPool {
                     }
                 };
                 self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let (queue, frames, pace) = self.handle(req);
+                // One look at the knobs per request, for handling and for how to reply.
+                let faults = self.shared.faults.lock().unwrap().clone();
+                let (queue, frames, pace) = self.handle(req, &faults);
                 if frames.is_empty() {
                     continue;
                 }
                 let q =
                     slot_queues[queue].get_or_insert_with(|| self.spawn_queue(queue, wr.clone()));
-                let immediate = {
-                    let f = self.shared.faults.lock().unwrap();
-                    pace.is_none() && f.latency_max.is_zero() && f.garbage_every == 0
-                };
+                let immediate =
+                    pace.is_none() && faults.latency_max.is_zero() && faults.garbage_every == 0;
                 if immediate && q.pending.load(Ordering::SeqCst) == 0 {
                     let bytes: Vec<u8> = frames.concat();
                     self.shared
@@ -319,8 +319,7 @@ impl SimPool {
     }
 
     /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
-    fn handle(&self, req: Request) -> (usize, Vec<Vec<u8>>, Option<Duration>) {
-        let faults = self.shared.faults.lock().unwrap().clone();
+    fn handle(&self, req: Request, faults: &Faults) -> (usize, Vec<Vec<u8>>, Option<Duration>) {
         if faults.silent {
             return (0, Vec::new(), None);
         }
