@@ -26,20 +26,32 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
     PCSCD.get_or_init(|| {
         let dir =
             std::env::temp_dir().join(format!("simpool-test-{}-{base_port}", std::process::id()));
-        let out = Command::new(repo().join("driver/pcscd-private"))
-            .args([
-                "start",
-                "--readers",
-                "16",
-                "--port",
-                &base_port.to_string(),
-                "--dir",
-            ])
-            .arg(&dir)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run driver/pcscd-private (see README: driver/pcscd-private install)");
-        assert!(out.status.success(), "private pcscd did not start");
+        // The previous run of this test binary may still be stopping its pcscd on the same
+        // ports (its watchdog polls every 0.5 s): retry for a while before giving up.
+        let start = || {
+            Command::new(repo().join("driver/pcscd-private"))
+                .args([
+                    "start",
+                    "--readers",
+                    "16",
+                    "--port",
+                    &base_port.to_string(),
+                    "--dir",
+                ])
+                .arg(&dir)
+                .stderr(Stdio::inherit())
+                .status()
+                .expect("run driver/pcscd-private (see README: driver/pcscd-private install)")
+                .success()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !start() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private pcscd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let sock = dir.join("run/pcscd.comm");
         // The client library reads this once per process, before the first context.
         std::env::set_var("PCSCLITE_CSOCK_NAME", &sock);
