@@ -1,4 +1,5 @@
-//! `simpool serve` configuration: a TOML file, overridden by command-line flags.
+//! `simpool serve` configuration: a TOML file, overridden by the environment (`SIMPOOL_POOL`,
+//! `SIMPOOL_CONTROL`, `SIMPOOL_CONTROL_TOKEN`), overridden by command-line flags.
 //!
 //! ```toml
 //! pool = "192.168.1.199:6666"   # or "sim" for the built-in simulated pool
@@ -178,9 +179,6 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
                 )));
             }
         }
-        if readers.iter().any(|r| r.binding.as_ref() == Some(&binding)) {
-            return Err(ConfigError::Invalid(format!("{binding} is bound twice")));
-        }
         let addr = match &e.vpcd {
             Some(a) => a.clone(),
             None => port_plus(&vpcd, i)?,
@@ -196,6 +194,7 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
             vpcd: port_plus(&vpcd, i)?,
         });
     }
+    check_clashes(&readers, |_| None)?;
     let control = match flags
         .control
         .or(file.control)
@@ -227,6 +226,44 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         control_token: flags.control_token.or(file.control_token),
         state: flags.state.or(file.state),
     })
+}
+
+/// Refuses start-up bindings that would show one card in two readers, naming both sides.
+/// `card_of` tells which card an ICCID/IMSI binding is, where the pool's contents are known
+/// (the simulated pool); identities it cannot place only clash when given twice verbatim.
+pub fn check_clashes(
+    readers: &[ReaderSpec],
+    card_of: impl Fn(&Binding) -> Option<u16>,
+) -> Result<(), ConfigError> {
+    // What each earlier reader shows: its card number if known, else its binding.
+    let mut seen: Vec<(usize, &Binding, Option<u16>)> = Vec::new();
+    for (i, r) in readers.iter().enumerate() {
+        let Some(b) = &r.binding else { continue };
+        let n = match b {
+            Binding::Card(n) => Some(*n),
+            other => card_of(other),
+        };
+        let clash = seen.iter().find(|(_, sb, sn)| match (n, sn) {
+            (Some(a), Some(c)) => a == *c,
+            _ => b == *sb,
+        });
+        if let Some((j, sb, _)) = clash {
+            let what = match (b, n) {
+                (Binding::Card(n), _) => format!("card {n} is"),
+                (b, Some(n)) => format!("{b} is card {n},"),
+                (b, None) => format!("{b} is"),
+            };
+            let by = match sb {
+                Binding::Card(_) => String::new(),
+                other => format!(" (as {other})"),
+            };
+            return Err(ConfigError::Invalid(format!(
+                "reader {i}: {what} already bound to reader {j}{by}"
+            )));
+        }
+        seen.push((i, b, n));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,5 +328,65 @@ mod tests {
         };
         assert!(resolve(both, FileConfig::default()).is_err());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let twice = FileConfig {
+            reader: vec![
+                ReaderEntry {
+                    card: Some(18),
+                    ..Default::default()
+                },
+                ReaderEntry {
+                    card: Some(18),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(twice, FileConfig::default())
+                .unwrap_err()
+                .to_string(),
+            "reader 1: card 18 is already bound to reader 0"
+        );
+    }
+
+    #[test]
+    fn clashes_by_identity_name_both_sides() {
+        let spec = |b: Binding| ReaderSpec {
+            binding: Some(b),
+            vpcd: "127.0.0.1:1".into(),
+        };
+        let iccid = Binding::Iccid("89860043191482190636".into());
+        let imsi = Binding::Imsi("460019894013615".into());
+        let card_of = |b: &Binding| match b {
+            Binding::Iccid(s) if s == "89860043191482190636" => Some(18),
+            Binding::Imsi(s) if s == "460019894013615" => Some(256),
+            _ => None,
+        };
+        let e = check_clashes(&[spec(Binding::Card(18)), spec(iccid.clone())], card_of)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "reader 1: ICCID 89860043191482190636 is card 18, already bound to reader 0"
+        );
+        let e = check_clashes(&[spec(imsi.clone()), spec(Binding::Card(256))], card_of)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "reader 1: card 256 is already bound to reader 0 (as IMSI 460019894013615)"
+        );
+        // Different cards, and identities that cannot be placed, are fine.
+        check_clashes(
+            &[
+                spec(Binding::Card(18)),
+                spec(imsi.clone()),
+                spec(Binding::Imsi("1".into())),
+            ],
+            card_of,
+        )
+        .unwrap();
+        // Without knowing the pool, the same identity twice still clashes.
+        assert!(check_clashes(&[spec(iccid.clone()), spec(iccid)], |_| None).is_err());
     }
 }

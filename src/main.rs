@@ -4,9 +4,22 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cmd::{CliError, ControlArgs, PoolArgs};
+
+/// Shown under every command's `--help` (and in the man pages): the same meaning everywhere.
+const AFTER_HELP: &str = "\
+Exit status (every command):
+  0    done
+  1    error: one line on stderr (pool or daemon unreachable, card refused or mute, ...)
+  2    usage: a wrong command line or configuration file
+  3    partial: some cards or readers failed; each is reported in the output
+  130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started
+A closed standard output (e.g. `| head`) ends a command quietly with 0.
+
+Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN) > configuration
+file (serve --config) > default. RUST_LOG, if set, wins over -v/-q.";
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +28,13 @@ use cmd::{CliError, ControlArgs, PoolArgs};
     about = "SIM cards of a networked Lit-K13e-V53 SIM pool as PC/SC readers"
 )]
 struct Cli {
+    /// More log output on stderr: -v one level more (info), -vv debug, -vvv trace.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output on stderr: -q one level less, -qq none. The default level is info for
+    /// `serve` and `sim`, warn for the other commands.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,12 +47,15 @@ enum Command {
     Info {
         #[command(flatten)]
         pool: PoolArgs,
+        /// Print JSON: {"id","version"}.
+        #[arg(long)]
+        json: bool,
     },
     /// The 256 slot states (through the daemon: and who holds which card).
     Status {
         #[command(flatten)]
         pool: PoolArgs,
-        /// Print JSON instead of the grid.
+        /// Print JSON instead of the grid: [{"card","state","holder"}, ...] (256 entries).
         #[arg(long)]
         json: bool,
     },
@@ -40,7 +63,7 @@ enum Command {
     Scan {
         #[command(flatten)]
         pool: PoolArgs,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table: [{"card","state","atr","iccid","imsi","holder","error"}, ...].
         #[arg(long)]
         json: bool,
     },
@@ -51,29 +74,22 @@ enum Command {
         /// Only readers whose name contains this.
         #[arg(long)]
         reader: Option<String>,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text: [{"reader","atr","iccid","imsi","error"}, ...].
         #[arg(long)]
         json: bool,
         /// Wait up to this many seconds for every reader to show a card.
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
-    /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal.
-    Apdu {
-        #[command(flatten)]
-        pool: PoolArgs,
-        /// Card number, 1–256 as on the front panel.
-        #[arg(long)]
-        card: u16,
-        /// Commands in hex (spaces and colons allowed inside one argument).
-        #[arg(required = true)]
-        commands: Vec<String>,
-    },
+    /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal; stop it after.
+    Apdu(cmd::apdu::ApduArgs),
+    /// Stop (power down) a card, or every running card.
+    Stop(cmd::stop::StopArgs),
     /// The running daemon's readers: binding, state, card.
     Readers {
         #[command(flatten)]
         control: ControlArgs,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table: [{"reader","name","vpcd","binding","card","state",...}, ...].
         #[arg(long)]
         json: bool,
     },
@@ -85,7 +101,7 @@ enum Command {
         target: cmd::daemon::Target,
         #[command(flatten)]
         control: ControlArgs,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text: the reader, as `readers --json` shows it.
         #[arg(long)]
         json: bool,
     },
@@ -95,24 +111,49 @@ enum Command {
         reader: String,
         #[command(flatten)]
         control: ControlArgs,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text: the reader, as `readers --json` shows it.
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write simpool.1 and simpool-COMMAND.1 here instead of printing simpool.1.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// The command line's definition, with the exit codes under every command's help.
+fn cli_command() -> clap::Command {
+    Cli::command()
+        .after_help(AFTER_HELP)
+        .mut_subcommands(|s| s.after_help(AFTER_HELP))
+}
+
+/// The log level: the command's default moved by -v/-q.
+fn log_level(cli: &Cli) -> &'static str {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    // Long-running commands say what they do at the default level; one-shot commands only warn.
+    let default = match cli.command {
+        Command::Serve(_) | Command::Sim(_) => 3,
+        _ => 2,
+    };
+    let i = (default + i32::from(cli.verbose) - i32::from(cli.quiet)).clamp(0, 5);
+    LEVELS[i as usize]
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = cli_command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let default_level = if matches!(cli.command, Command::Sim(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(log_level(&cli)))
         .format_timestamp_micros()
         .init();
     // One thread does it: simpool's work is moving small frames, and a single-threaded runtime
@@ -124,14 +165,16 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("simpool: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(cmd::EXIT_ERROR);
         }
     };
     match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): nothing left to say to anyone.
+        Err(CliError::ClosedPipe) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simpool: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -144,14 +187,11 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
         }
         Command::Read { reader, json, wait } => cmd::read::run(reader, json, wait).await,
         Command::Sim(args) => cmd::sim::run(args).await,
-        Command::Info { pool } => cmd::info::run(pool).await,
+        Command::Info { pool, json } => cmd::info::run(pool, json).await,
         Command::Status { pool, json } => cmd::status::run(pool, json).await,
         Command::Scan { pool, json } => cmd::scan::run(pool, json).await,
-        Command::Apdu {
-            pool,
-            card,
-            commands,
-        } => cmd::apdu::run(pool, card, commands).await,
+        Command::Apdu(args) => cmd::apdu::run(args).await,
+        Command::Stop(args) => cmd::stop::run(args).await,
         Command::Readers { control, json } => cmd::daemon::readers(control, json).await,
         Command::Bind {
             reader,
@@ -164,5 +204,29 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             control,
             json,
         } => cmd::daemon::unbind(control, reader, json).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "simpool", &mut buf);
+            cmd::out_bytes(&buf)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let page = cli_command();
+            match dir {
+                Some(d) => {
+                    std::fs::create_dir_all(&d)
+                        .and_then(|()| clap_mangen::generate_to(page, &d))
+                        .map_err(|e| CliError::Failed(format!("{}: {e}", d.display())))?;
+                }
+                None => {
+                    let mut buf = Vec::new();
+                    clap_mangen::Man::new(page)
+                        .render(&mut buf)
+                        .map_err(|e| CliError::Failed(e.to_string()))?;
+                    cmd::out_bytes(&buf)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

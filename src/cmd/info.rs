@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hyper::Method;
+use serde_json::json;
 
-use super::{CliError, PoolArgs, Via};
+use super::{out, out_json, CliError, PoolArgs, Via};
 
-pub async fn run(pool: PoolArgs) -> Result<ExitCode, CliError> {
+pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
     let (id, version) = match pool.via().await? {
         Via::Daemon(c) => {
             let v = c
@@ -29,7 +30,11 @@ pub async fn run(pool: PoolArgs) -> Result<ExitCode, CliError> {
             p.link.version().await?,
         ),
     };
-    println!("ID       {id}");
-    println!("version  {version}");
+    if json_out {
+        out_json(&json!({ "id": id, "version": version }))?;
+    } else {
+        out(format!("ID       {id}"))?;
+        out(format!("version  {version}"))?;
+    }
     Ok(ExitCode::SUCCESS)
 }

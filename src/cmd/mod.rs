@@ -8,20 +8,37 @@ pub mod scan;
 pub mod serve;
 pub mod sim;
 pub mod status;
+pub mod stop;
 
+use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use simpool::control::client::{Control, ControlClientError};
 use simpool::pool::{Link, LinkOptions, FACTORY_ADDRESS};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
+/// Exit codes, the same meaning for every command (listed in `--help` and the README).
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_PARTIAL: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// A wrong command line or configuration (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// Standard output was closed under us (`| head`): end quietly.
+    #[error("standard output closed")]
+    ClosedPipe,
+    #[error("writing the output: {0}")]
+    Output(std::io::Error),
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Pool(#[from] simpool::pool::PoolError),
     #[error("cannot start the simulator: {0}")]
@@ -32,8 +49,83 @@ pub enum CliError {
     Control(#[from] ControlClientError),
 }
 
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::ClosedPipe => 0,
+            _ => EXIT_ERROR,
+        }
+    }
+}
+
+/// Writes one line to standard output. A closed pipe (`simpool scan | head -1`) is an answer,
+/// not a crash: it comes back as [`CliError::ClosedPipe`], so a command can still stop the
+/// cards it started before it ends quietly. (Rust ignores SIGPIPE, so `println!` would panic;
+/// restoring SIGPIPE's default instead would kill the process before that cleanup.)
+pub fn out(line: impl std::fmt::Display) -> Result<(), CliError> {
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{line}")
+        .and_then(|()| o.flush())
+        .map_err(write_error)
+}
+
+/// Writes bytes as they are to standard output (a generated script or page).
+pub fn out_bytes(bytes: &[u8]) -> Result<(), CliError> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(bytes)
+        .and_then(|()| o.flush())
+        .map_err(write_error)
+}
+
+/// Prints `v` as one JSON document.
+pub fn out_json(v: &serde_json::Value) -> Result<(), CliError> {
+    out(serde_json::to_string_pretty(v).unwrap_or_default())
+}
+
+fn write_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::ClosedPipe
+    } else {
+        CliError::Output(e)
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, registered when created: a command that starts cards makes one
+/// first, so an interruption at any later point is seen and the cards are stopped.
+pub struct Interrupt {
+    int: Option<Signal>,
+    term: Option<Signal>,
+}
+
+impl Interrupt {
+    pub fn new() -> Interrupt {
+        Interrupt {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        async fn one(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.int) => {}
+            _ = one(&mut self.term) => {}
+        }
+    }
+}
+
 /// Where client commands find the running daemon.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Daemon")]
 pub struct ControlArgs {
     /// The daemon's control API, HOST:PORT.
     #[arg(long, env = "SIMPOOL_CONTROL", default_value = simpool::config::DEFAULT_CONTROL)]
@@ -63,6 +155,7 @@ impl ControlArgs {
 
 /// How client commands reach the pool: through the daemon when one answers, else directly.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Pool")]
 pub struct PoolArgs {
     /// The pool, HOST:PORT, or `sim` for the built-in simulated pool. Given, the command opens a
     /// pool connection of its own; without it the command goes through the running daemon
@@ -167,17 +260,7 @@ pub fn load_cards(path: &std::path::Path) -> Result<CardsFile, CliError> {
 }
 
 pub async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    Interrupt::new().recv().await
 }
 
 /// A JSON value as a string cell: "-" when null.

@@ -3,15 +3,22 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use simpool::client;
 
-use super::CliError;
+use super::{out, out_json, CliError, EXIT_PARTIAL};
 
-pub async fn run(filter: Option<String>, json: bool, wait: u64) -> Result<ExitCode, CliError> {
+pub async fn run(filter: Option<String>, json_out: bool, wait: u64) -> Result<ExitCode, CliError> {
     // pcsc calls block: keep them off the async workers.
-    let reports = tokio::task::spawn_blocking(move || -> Result<_, client::ClientError> {
-        let ctx = client::context()?;
-        let names: Vec<_> = client::readers(&ctx)?
+    let (all, reports) = tokio::task::spawn_blocking(move || -> Result<_, CliError> {
+        let ctx = client::context().map_err(|e| CliError::Card(e.to_string()))?;
+        let listed = client::readers(&ctx).map_err(|e| CliError::Card(e.to_string()))?;
+        let all: Vec<String> = listed
+            .iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        let names: Vec<_> = listed
             .into_iter()
             .filter(|n| {
                 filter
@@ -19,41 +26,60 @@ pub async fn run(filter: Option<String>, json: bool, wait: u64) -> Result<ExitCo
                     .is_none_or(|f| n.to_string_lossy().contains(f))
             })
             .collect();
-        if wait > 0 {
-            client::wait_for_cards(&ctx, &names, Duration::from_secs(wait))?;
+        if wait > 0 && !names.is_empty() {
+            client::wait_for_cards(&ctx, &names, Duration::from_secs(wait))
+                .map_err(|e| CliError::Card(e.to_string()))?;
         }
-        Ok(names
-            .iter()
-            .map(|n| client::report(&ctx, n))
-            .collect::<Vec<_>>())
+        let reports: Vec<_> = names.iter().map(|n| client::report(&ctx, n)).collect();
+        Ok((all, (filter, reports)))
     })
     .await
-    .map_err(|e| CliError::Card(e.to_string()))?
-    .map_err(|e| CliError::Card(e.to_string()))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
-    } else if reports.is_empty() {
-        println!("no PC/SC readers");
+    .map_err(|e| CliError::Failed(e.to_string()))??;
+    let (filter, reports) = reports;
+    if reports.is_empty() {
+        return Err(CliError::Card(match filter {
+            Some(f) if !all.is_empty() => format!(
+                "no reader matches {f:?}; the readers are: {}",
+                all.iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => "no PC/SC readers (is pcscd running with the vpcd readers? for a \
+                          private one set PCSCLITE_CSOCK_NAME)"
+                .into(),
+        }));
+    }
+    if json_out {
+        let rows: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "reader": r.reader,
+                    "atr": r.atr,
+                    "iccid": r.iccid,
+                    "imsi": r.imsi,
+                    "error": r.error,
+                })
+            })
+            .collect();
+        out_json(&Value::Array(rows))?;
     } else {
         for r in &reports {
-            println!("{}", r.reader);
+            out(&r.reader)?;
             match &r.error {
-                Some(e) => println!("  error  {e}"),
+                Some(e) => out(format!("  error  {e}"))?,
                 None => {
-                    println!("  ATR    {}", r.atr.as_deref().unwrap_or("-"));
-                    println!("  ICCID  {}", r.iccid.as_deref().unwrap_or("-"));
-                    println!("  IMSI   {}", r.imsi.as_deref().unwrap_or("-"));
+                    out(format!("  ATR    {}", r.atr.as_deref().unwrap_or("-")))?;
+                    out(format!("  ICCID  {}", r.iccid.as_deref().unwrap_or("-")))?;
+                    out(format!("  IMSI   {}", r.imsi.as_deref().unwrap_or("-")))?;
                 }
             }
         }
     }
-    let ok = !reports.is_empty() && reports.iter().any(|r| r.error.is_none());
-    Ok(if ok {
-        ExitCode::SUCCESS
+    Ok(if reports.iter().any(|r| r.error.is_some()) {
+        ExitCode::from(EXIT_PARTIAL)
     } else {
-        ExitCode::from(3)
+        ExitCode::SUCCESS
     })
 }

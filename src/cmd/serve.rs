@@ -2,17 +2,20 @@
 
 use std::process::ExitCode;
 
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 
-use simpool::bridge::ResetPolicy;
+use simpool::bridge::{Binding, ResetPolicy};
 use simpool::config::{self, FileConfig, ReaderEntry};
 
-use super::{wait_for_signal, CliError};
+use simpool::sim::profile::CardsFile;
+
+use super::{out, wait_for_signal, CliError};
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666].
-    #[arg(long)]
+    #[arg(long, env = "SIMPOOL_POOL")]
     pool: Option<String>,
     /// Bind the next reader to card N (1-256; repeatable).
     #[arg(long)]
@@ -26,7 +29,7 @@ pub struct ServeArgs {
     /// vpcd's first port, HOST:PORT; the next reader uses PORT+1 and so on [default: 127.0.0.1:35963].
     #[arg(long)]
     vpcd: Option<String>,
-    /// Configuration file (TOML); flags override it.
+    /// Configuration file (TOML); the environment and flags override it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// What PC/SC power-on/reset does: `restart` the card (default) or answer the `cached` ATR.
@@ -49,14 +52,18 @@ pub struct ServeArgs {
     #[arg(long)]
     readers: Option<usize>,
     /// Serve the control API on HOST:PORT, or `off` [default: 127.0.0.1:6680].
-    #[arg(long)]
+    #[arg(long, env = "SIMPOOL_CONTROL")]
     control: Option<String>,
     /// File holding a bearer token the control API requires (needed off loopback).
-    #[arg(long)]
+    #[arg(long, env = "SIMPOOL_CONTROL_TOKEN")]
     control_token: Option<std::path::PathBuf>,
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
+    /// Check the configuration (and, on the simulated pool, the bindings against its cards),
+    /// print the readers it gives, and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -106,13 +113,61 @@ fn bindings_in_order(args: &ServeArgs, m: &ArgMatches) -> Vec<ReaderEntry> {
     all.into_iter().map(|(_, e)| e).collect()
 }
 
+/// A value given in the environment rather than on the command line: it ranks below the
+/// command line and above the configuration file.
+fn from_env<T: Clone>(m: &ArgMatches, id: &str, v: &Option<T>) -> (Option<T>, Option<T>) {
+    match m.value_source(id) {
+        Some(ValueSource::EnvVariable) => (None, v.clone()),
+        _ => (v.clone(), None),
+    }
+}
+
+/// The card an ICCID/IMSI binding is, on the simulated pool (whose cards are known before
+/// anything starts). A real pool's identities are only known once its cards are read: the
+/// daemon then refuses a held card per reader at run time instead.
+fn sim_card_of(cards: &CardsFile) -> impl Fn(&Binding) -> Option<u16> + '_ {
+    move |b| {
+        cards
+            .card
+            .iter()
+            .find(|e| match b {
+                Binding::Iccid(s) => e.profile.iccid == *s,
+                Binding::Imsi(s) => e.profile.imsi == *s,
+                Binding::Card(_) => false,
+            })
+            .map(|e| e.slot)
+    }
+}
+
+/// Many readers and API clients need file descriptors: raise the soft limit to the hard one
+/// (no privilege needed), so a 1024 default does not cap the control API's 256 connections
+/// plus readers, pool and bank links.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("open files limit raised from {soft} to {hard}"),
+            Err(e) => log::debug!("open files limit stays {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::debug!("cannot read the open files limit: {e}"),
+    }
+}
+
 pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> {
-    let file = match &args.config {
+    let mut file = match &args.config {
         Some(p) => FileConfig::load(p).map_err(|e| CliError::Usage(e.to_string()))?,
         None => FileConfig::default(),
     };
+    // flag > environment > configuration file > default
+    let (pool, env_pool) = from_env(m, "pool", &args.pool);
+    let (control, env_control) = from_env(m, "control", &args.control);
+    let (control_token, env_token) = from_env(m, "control_token", &args.control_token);
+    file.pool = env_pool.or(file.pool);
+    file.control = env_control.or(file.control);
+    file.control_token = env_token.or(file.control_token);
     let flags = FileConfig {
-        pool: args.pool.clone(),
+        pool,
         vpcd: args.vpcd.clone(),
         command_timeout_ms: args.command_timeout_ms,
         reply_timeout_ms: args.reply_timeout_ms,
@@ -121,15 +176,42 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         quickack: args.no_quickack.then_some(false),
         cards: args.cards.clone(),
         readers: args.readers,
-        control: args.control.clone(),
-        control_token: args.control_token.clone(),
+        control,
+        control_token,
         state: args.state.clone(),
         reader: bindings_in_order(&args, m),
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    if cfg.pool == "sim" {
+        let cards = match &cfg.cards {
+            Some(p) => super::load_cards(p)?,
+            None => CardsFile::default_set(),
+        };
+        config::check_clashes(&cfg.readers, sim_card_of(&cards))
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+    }
+    if args.check {
+        out(format!("pool     {}", cfg.pool))?;
+        out(format!(
+            "control  {}",
+            cfg.control.as_deref().unwrap_or("off")
+        ))?;
+        for (i, r) in cfg.readers.iter().enumerate() {
+            out(format!(
+                "reader {i}  {:<20} {:<16} {}",
+                simpool::vpcd::reader_name(i as u16),
+                r.vpcd,
+                r.binding
+                    .as_ref()
+                    .map_or("no card".to_string(), ToString::to_string)
+            ))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    raise_nofile_limit();
     let running = simpool::serve::start(cfg)
         .await
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     wait_for_signal().await;
     log::info!("stopping");
     running.shutdown();

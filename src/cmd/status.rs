@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 use simpool::inventory;
 use simpool::pool::SlotState;
 
-use super::{CliError, PoolArgs, Via};
+use super::{out, out_json, CliError, PoolArgs, Via};
 
-pub async fn run(pool: PoolArgs, json: bool) -> Result<ExitCode, CliError> {
+pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
     let rows: Vec<(SlotState, Value)> = match pool.via().await? {
         Via::Daemon(c) => {
             let v = c
@@ -35,29 +35,30 @@ pub async fn run(pool: PoolArgs, json: bool) -> Result<ExitCode, CliError> {
             .map(|s| (s, Value::Null))
             .collect(),
     };
-    if json {
+    if json_out {
+        // One shape for every list the commands print: an array of rows with fixed keys.
         let cards: Vec<_> = rows
             .iter()
             .enumerate()
             .map(|(i, (s, h))| json!({ "card": i + 1, "state": s, "holder": h }))
             .collect();
-        println!("{}", json!({ "slots": cards }));
+        out_json(&Value::Array(cards))?;
     } else {
         let states: Vec<SlotState> = rows.iter().map(|(s, _)| *s).collect();
-        print!("{}", inventory::grid(&states));
+        out(inventory::grid(&states).trim_end())?;
         let held: Vec<String> = rows
             .iter()
             .enumerate()
             .filter_map(|(i, (_, h))| h.as_str().map(|h| format!("{} {h}", i + 1)))
             .collect();
         if !held.is_empty() {
-            println!("held: {}", held.join(", "));
+            out(format!("held: {}", held.join(", ")))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_of(v: &Value) -> SlotState {
+pub fn state_of(v: &Value) -> SlotState {
     match v.as_str() {
         Some("empty") => SlotState::Empty,
         Some("inserted") => SlotState::Inserted,

@@ -5,6 +5,7 @@
 //! - `GET /api/v1/readers`, `GET|PUT|DELETE /api/v1/readers/{i}`
 //! - `GET /api/v1/cards`, `GET /api/v1/cards/{n}`, `POST /api/v1/cards/{n}/apdu`
 //! - `POST /api/v1/scan`
+//! - `POST /api/v1/cards/{n}/stop`, `POST /api/v1/stop-all` with optional `{"force":true}`
 //!
 //! Errors are `{"error": "…"}` with the fitting status.
 
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::bridge::{BindError, Binding, ReaderHandle};
 use crate::cards::{Front, Holder, LeaseError};
-use crate::pool::LinkState;
+use crate::pool::{LinkState, Slot, SlotState};
 use crate::serve::Daemon;
 
 /// Largest request body.
@@ -78,6 +79,8 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
         .route("/api/v1/cards/{n}", get(card))
         .route("/api/v1/cards/{n}/apdu", post(apdu))
         .route("/api/v1/scan", post(scan))
+        .route("/api/v1/cards/{n}/stop", post(stop_card))
+        .route("/api/v1/stop-all", post(stop_all))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -376,6 +379,9 @@ async fn card(State(d): State<Arc<Daemon>>, Path(n): Path<String>) -> ApiResult 
 #[derive(Deserialize)]
 struct ApduBody {
     tpdus: Vec<String>,
+    /// Leave the card running after the request (default: stopped).
+    #[serde(default)]
+    keep: bool,
 }
 
 fn parse_tpdu(s: &str) -> Result<Vec<u8>, ApiError> {
@@ -463,6 +469,9 @@ async fn apdu(
             }
         }
     }
+    if body.keep {
+        lease.keep_running();
+    }
     lease.release().await;
     Ok(Json(json!({
         "card": n,
@@ -480,6 +489,125 @@ async fn scan(State(d): State<Arc<Daemon>>) -> ApiResult {
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok(Json(json!(rows)).into_response())
+}
+
+/// `{"force": bool}`; an empty body means no force.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StopBody {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stop_body(body: Body) -> Result<StopBody, ApiError> {
+    let v: Value = match json_body::<Value>(body).await {
+        Ok(v) => v,
+        // No body at all: the defaults.
+        Err(e) if e.status == StatusCode::BAD_REQUEST => Value::Null,
+        Err(e) => return Err(e),
+    };
+    if v.is_null() {
+        return Ok(StopBody::default());
+    }
+    serde_json::from_value(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("want {{\"force\":true|false}}: {e}"),
+        )
+    })
+}
+
+/// Stops card `n` under a lease of this request; a card someone holds is left alone unless
+/// `force` (then it is stopped under its holder, whose session breaks). One row:
+/// `{"card","state","stopped","holder","error"}`.
+async fn stop_one(d: &Daemon, n: u16, state: Option<SlotState>, force: bool, peer: &str) -> Value {
+    let row = |stopped: bool, holder: Option<String>, error: Option<String>| {
+        json!({
+            "card": n,
+            "state": state,
+            "stopped": stopped,
+            "holder": holder,
+            "error": error,
+        })
+    };
+    match d.cards.lease(n, Holder::Api(peer.to_string())) {
+        Ok(mut lease) => {
+            let r = lease.stop().await;
+            lease.release().await;
+            row(r.is_ok(), None, r.err().map(|e| e.to_string()))
+        }
+        Err(LeaseError::Held { holder, .. }) if force => {
+            log::warn!("API {peer}: card {n} stopped under its holder {holder} (forced)");
+            let card = d.link.card(Slot::from_card(n).expect("checked 1..=256"));
+            let r = card.stop().await;
+            row(
+                r.is_ok(),
+                Some(holder.to_string()),
+                r.err().map(|e| e.to_string()),
+            )
+        }
+        Err(LeaseError::Held { holder, .. }) => row(
+            false,
+            Some(holder.to_string()),
+            Some(format!(
+                "card {n} is held by {holder} (force stops it anyway)"
+            )),
+        ),
+        Err(e) => row(false, None, Some(e.to_string())),
+    }
+}
+
+async fn stop_card(
+    State(d): State<Arc<Daemon>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(n): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let n = card_number(&n)?;
+    let body = stop_body(req.into_body()).await?;
+    if !d.link_up() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no connection to the pool",
+        ));
+    }
+    let state = d.link.states().await.ok().map(|s| s[usize::from(n - 1)]);
+    let row = stop_one(&d, n, state, body.force, &peer.to_string()).await;
+    if row["stopped"] == true {
+        return Ok(Json(row).into_response());
+    }
+    let msg = cell_str(&row["error"]);
+    Err(if row["holder"].is_string() {
+        ApiError::new(StatusCode::CONFLICT, msg).with("holder", row["holder"].clone())
+    } else {
+        ApiError::new(StatusCode::BAD_GATEWAY, msg)
+    })
+}
+
+/// Stops every card the pool reports working (held ones only with `force`); one row each.
+async fn stop_all(
+    State(d): State<Arc<Daemon>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Request,
+) -> ApiResult {
+    let body = stop_body(req.into_body()).await?;
+    let states = d
+        .link
+        .states()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let peer = peer.to_string();
+    let mut rows = Vec::new();
+    for (i, st) in states.iter().enumerate() {
+        if *st == SlotState::Working {
+            rows.push(stop_one(&d, i as u16 + 1, Some(*st), body.force, &peer).await);
+        }
+    }
+    Ok(Json(Value::Array(rows)).into_response())
+}
+
+fn cell_str(v: &Value) -> String {
+    v.as_str().unwrap_or("not stopped").to_string()
 }
 
 #[cfg(test)]
