@@ -9,17 +9,14 @@ use serde::Serialize;
 use crate::pool::{Card, ExchangeError, Link, PoolError, Slot, SlotState};
 use crate::sim::profile::{decode_iccid, decode_imsi};
 
+/// One scanned card. Every key is always present (`null` where unknown): tools rely on it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CardReport {
     pub card: u16,
     pub state: SlotState,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub atr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub iccid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub imsi: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

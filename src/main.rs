@@ -84,6 +84,7 @@ enum Command {
     /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal; stop it after.
     Apdu(cmd::apdu::ApduArgs),
     /// Stop (power down) a card, or every running card.
+    #[command(override_usage = "simpool stop [OPTIONS] (--card <N> | --all)")]
     Stop(cmd::stop::StopArgs),
     /// The running daemon's readers: binding, state, card.
     Readers {
@@ -94,6 +95,9 @@ enum Command {
         json: bool,
     },
     /// Bind a reader of the running daemon to a card (pcscd sees the old card removed first).
+    #[command(
+        override_usage = "simpool bind [OPTIONS] <READER> (--card <N> | --iccid <ICCID> | --imsi <IMSI>)"
+    )]
     Bind {
         /// Reader index (0-based, as `simpool readers` shows).
         reader: String,

@@ -134,9 +134,9 @@ fn status_shows_a_grid_and_json() {
     let (ok, out, _) = simpool(&["status", "--pool", &addr, "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["slots"].as_array().unwrap().len(), 256);
-    assert_eq!(v["slots"][2]["state"], "abnormal");
-    assert_eq!(v["slots"][200]["state"], "empty");
+    assert_eq!(v.as_array().unwrap().len(), 256);
+    assert_eq!(v[2]["state"], "abnormal");
+    assert_eq!(v[200]["state"], "empty");
 }
 
 #[test]

@@ -78,6 +78,7 @@ pub async fn run(a: ApduArgs) -> Result<ExitCode, CliError> {
                 if let Err(e) = handle.stop().await {
                     log::warn!("card {card}: stop: {e}");
                 }
+                super::settle(&p.link).await;
             }
             match r {
                 Some(r) => r?,

@@ -241,6 +241,15 @@ impl PoolArgs {
     }
 }
 
+/// Waits until the pool has received every request sent so far on `link`. A stop is sent
+/// without an answer; the pool handles requests in order, so the answer to a later slot-state
+/// query proves the stops arrived (before the process ends and takes the connection with it).
+pub async fn settle(link: &Link) {
+    if let Err(e) = link.states().await {
+        log::warn!("the pool did not confirm the last requests: {e}");
+    }
+}
+
 pub fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
     let clean: String = s
         .chars()

@@ -212,7 +212,10 @@ async fn scan_own(
             }
         }
     }
-    let Some(cut) = cut else { return Ok(false) };
+    let Some(cut) = cut else {
+        super::settle(link).await;
+        return Ok(false);
+    };
     // Abandon the reads still going on, then stop the cards they may have started.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -232,6 +235,7 @@ async fn scan_own(
             failed.push(format!("card {n}: {e}"));
         }
     }
+    super::settle(link).await;
     view.clear_progress();
     if matches!(cut, Cut::Interrupted) {
         eprintln!(

@@ -149,7 +149,7 @@ fn raise_nofile_limit() {
             Ok(()) => log::debug!("open files limit raised from {soft} to {hard}"),
             Err(e) => log::debug!("open files limit stays {soft}: {e}"),
         },
-        Ok(_) => {}
+        Ok((soft, _)) => log::debug!("open files limit {soft} (already the hard limit)"),
         Err(e) => log::debug!("cannot read the open files limit: {e}"),
     }
 }

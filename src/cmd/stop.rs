@@ -128,6 +128,7 @@ async fn stop_own(link: &Link, card: Option<u16>) -> Result<Vec<Value>, CliError
             rows.push(v);
         }
     }
+    super::settle(link).await;
     rows.sort_by_key(|r| r["card"].as_u64());
     Ok(rows)
 }
