@@ -8,6 +8,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
+use simpool::control::client::ControlClientError;
 use simpool::pool::{Link, Slot, SlotState};
 
 use super::{cell, out, out_json, CliError, PoolArgs, Via, EXIT_PARTIAL};
@@ -18,7 +19,7 @@ pub struct Which {
     /// Card number 1-256 as on the front panel.
     #[arg(long)]
     card: Option<u16>,
-    /// Every running card.
+    /// Every running card nobody holds (with --force: held ones too).
     #[arg(long)]
     all: bool,
 }
@@ -53,7 +54,19 @@ pub async fn run(a: StopArgs) -> Result<ExitCode, CliError> {
             match a.which.card {
                 Some(n) => {
                     let path = format!("/api/v1/cards/{n}/stop");
-                    vec![c.call(Method::POST, &path, Some(&body), t).await?]
+                    match c.call(Method::POST, &path, Some(&body), t).await {
+                        Ok(v) => vec![v],
+                        Err(ControlClientError::Refused {
+                            status: 409,
+                            message,
+                            ..
+                        }) => {
+                            return Err(CliError::Card(format!(
+                                "{message} (--force stops it anyway)"
+                            )))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 None => {
                     let v = c
@@ -71,15 +84,24 @@ pub async fn run(a: StopArgs) -> Result<ExitCode, CliError> {
         out("no card running")?;
     } else {
         for r in &rows {
-            let what = match (r["stopped"].as_bool(), r["error"].as_str()) {
-                (Some(true), _) => "stopped".to_string(),
-                (_, Some(e)) => format!("not stopped: {e}"),
+            let what = match (
+                r["stopped"].as_bool(),
+                r["holder"].as_str(),
+                r["error"].as_str(),
+            ) {
+                (Some(true), _, _) => "stopped".to_string(),
+                (_, Some(h), _) => format!("left running: held by {h} (--force stops it)"),
+                (_, _, Some(e)) => format!("not stopped: {e}"),
                 _ => "not stopped".to_string(),
             };
             out(format!("card {:>3}  {what}", cell(&r["card"])))?;
         }
     }
-    let failed = rows.iter().filter(|r| r["stopped"] != true).count();
+    // Held cards left alone are what `--all` without `--force` means, not failures.
+    let failed = rows
+        .iter()
+        .filter(|r| r["stopped"] != true && (a.which.card.is_some() || r["holder"].is_null()))
+        .count();
     Ok(match (failed, a.which.card) {
         (0, _) => ExitCode::SUCCESS,
         // One card asked for and not stopped: the command failed.

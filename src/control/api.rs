@@ -549,9 +549,7 @@ async fn stop_one(d: &Daemon, n: u16, state: Option<SlotState>, force: bool, pee
         Err(LeaseError::Held { holder, .. }) => row(
             false,
             Some(holder.to_string()),
-            Some(format!(
-                "card {n} is held by {holder} (force stops it anyway)"
-            )),
+            Some(format!("card {n} is held by {holder}")),
         ),
         Err(e) => row(false, None, Some(e.to_string())),
     }

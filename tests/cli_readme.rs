@@ -1,0 +1,394 @@
+//! README.md's examples, run verbatim: every `sh` block of the README runs as one shell script
+//! in a private network namespace (only loopback: nothing can be dialled off this machine, and
+//! the default ports cannot clash with anything), with the `simpool` just built first in
+//! `PATH`. What a line's comment promises is checked: text in double quotes appears in its
+//! output, "refused" means a non-zero exit, hex lines under a command are its output lines.
+//! Examples that cannot run here are listed in [`SKIP`] with the reason; a new example must be
+//! runnable or listed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Examples that cannot run here: (the line as in the README, why, what runs instead if
+/// anything).
+const SKIP: &[(&str, &str, Option<&str>)] = &[
+    (
+        "driver/demo",
+        "installs packages, builds a release and starts a pcscd: needs root and minutes; its \
+         --keep/--stop/--help are tested in cli_first_hour",
+        None,
+    ),
+    (
+        "driver/test",
+        "the whole test suite, this test among it",
+        None,
+    ),
+    (
+        "simpool scan --pool 10.1.2.3:6666 --json",
+        "needs the real pool at 10.1.2.3",
+        None,
+    ),
+    (
+        "simpool serve --pool 10.1.2.3:6666 --card 18 --card 256",
+        "needs the real pool at 10.1.2.3",
+        None,
+    ),
+    (
+        "simpool serve --config /etc/simpool/simpool.toml",
+        "needs the installed configuration; the README's configuration example is checked \
+         by readme_config_example_is_valid_and_binds_no_card_twice",
+        None,
+    ),
+    (
+        "simpool serve --pool 10.1.2.3:6666 --readers 16 --state /var/lib/simpool/state.json &",
+        "the lab's real pool; the rest of the lab workflow runs against this daemon on the \
+         simulated pool instead (no state file: nothing written outside the test)",
+        Some("simpool serve --pool sim --readers 16 &"),
+    ),
+];
+
+/// Commands a block needs before its first line (the README shows them elsewhere): (a line of
+/// the block, the command, why).
+const PRELUDE: &[(&str, &str, &str)] = &[(
+    "curl -s localhost:6680/api/v1/readers",
+    "simpool serve --pool sim --readers 2 &",
+    "the control API examples talk to a running daemon",
+)];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(repo().join("README.md")).unwrap()
+}
+
+/// The fenced blocks of one language, as lines.
+fn blocks(text: &str, lang: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur: Option<Vec<String>> = None;
+    for line in text.lines() {
+        if let Some(c) = cur.as_mut() {
+            if line.trim_start().starts_with("```") {
+                out.push(cur.take().unwrap());
+            } else {
+                c.push(line.to_string());
+            }
+        } else if line.trim() == format!("```{lang}") {
+            cur = Some(Vec::new());
+        }
+    }
+    out
+}
+
+/// One example: a command, its inline comment, the output lines listed under it.
+#[derive(Debug, Default)]
+struct Example {
+    command: String,
+    comment: String,
+    output: Vec<String>,
+}
+
+/// Splits `line` into command and comment at the first `#` outside quotes that follows a space.
+fn split_comment(line: &str) -> (String, String) {
+    let (mut single, mut double) = (false, false);
+    let b = line.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\'' if !double => single = !single,
+            b'"' if !single => double = !double,
+            b'#' if !single && !double && (i == 0 || b[i - 1] == b' ') => {
+                return (
+                    line[..i].trim().to_string(),
+                    line[i + 1..].trim().to_string(),
+                )
+            }
+            _ => {}
+        }
+    }
+    (line.trim().to_string(), String::new())
+}
+
+fn examples(block: &[String]) -> Vec<Example> {
+    let mut out: Vec<Example> = Vec::new();
+    let mut pending = String::new();
+    for line in block {
+        if let Some(cont) = line.strip_suffix('\\') {
+            pending.push_str(cont);
+            continue;
+        }
+        let full = format!("{pending}{line}");
+        pending.clear();
+        let (command, comment) = split_comment(&full);
+        if command.is_empty() {
+            // A comment line: output of the command above it when it looks like output.
+            let looks_like_output = !comment.is_empty()
+                && (comment.starts_with('<') || comment.bytes().all(|c| c.is_ascii_hexdigit()));
+            match out.last_mut() {
+                Some(e) if looks_like_output => e.output.push(comment),
+                _ => {}
+            }
+            continue;
+        }
+        out.push(Example {
+            command,
+            comment,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn skip_entry(cmd: &str) -> Option<&'static (&'static str, &'static str, Option<&'static str>)> {
+    SKIP.iter().find(|(c, _, _)| *c == cmd)
+}
+
+/// A `serve` that runs until stopped (not backgrounded, not `--check`).
+fn long_running(cmd: &str) -> bool {
+    cmd.starts_with("simpool serve") && !cmd.contains("--check") && !cmd.ends_with('&')
+}
+
+/// Quoted texts of a comment (up to an ellipsis: what follows it is left open).
+fn promises(comment: &str) -> Vec<String> {
+    comment
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(|q| {
+            q.split('…')
+                .next()
+                .unwrap()
+                .trim_end_matches([',', ' '])
+                .to_string()
+        })
+        .filter(|q| !q.is_empty())
+        .collect()
+}
+
+/// Checks one output line against a README line like `<SRES 4 bytes><Kc 8 bytes>9000`.
+fn output_matches(want: &str, got: &str) -> bool {
+    if !want.starts_with('<') {
+        return want == got;
+    }
+    let bytes: usize = want
+        .split('<')
+        .filter_map(|p| p.split('>').next())
+        .filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<usize>().ok())
+        .sum();
+    let tail = want.rsplit('>').next().unwrap_or("");
+    got.len() == bytes * 2 + tail.len()
+        && got.ends_with(tail)
+        && got.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the block's lines as one script in a private network namespace, in `dir`.
+fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_simpool"));
+    let mut script = String::from("ip link set lo up || exit 99\npids=\n");
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(bg) = l.strip_suffix('&') {
+            // A daemon: start it, wait (bounded) for its control API.
+            // A simple command: `$!` is simpool itself, stopped at the end.
+            script.push_str(&format!(
+                "{bg} >o{i} 2>e{i} &\npids=\"$pids $!\"\necho 0 >r{i}\n\
+                 for n in $(seq 100); do simpool readers >/dev/null 2>&1 && break; sleep 0.1; done\n"
+            ));
+        } else if long_running(l) {
+            script.push_str(&format!(
+                "timeout -s INT 3 {l} >o{i} 2>e{i}; echo $? >r{i}\n"
+            ));
+        } else if l.starts_with("export ") {
+            script.push_str(&format!("{l}; echo $? >r{i}; : >o{i}; : >e{i}\n"));
+        } else {
+            script.push_str(&format!("( {l} ) >o{i} 2>e{i}; echo $? >r{i}\n"));
+        }
+    }
+    script.push_str("[ -z \"$pids\" ] || { kill $pids; wait; }\nexit 0\n");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let st = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("SIMPOOL_POOL")
+        .env_remove("SIMPOOL_CONTROL")
+        .env_remove("SIMPOOL_CONTROL_TOKEN")
+        .env_remove("RUST_LOG")
+        .status()
+        .expect("unshare");
+    assert!(
+        st.success(),
+        "the block's script failed ({st}); this test needs root for `unshare -n`:\n{script}"
+    );
+    let read = |p: String| std::fs::read_to_string(dir.join(p)).unwrap_or_default();
+    (0..lines.len())
+        .map(|i| Ran {
+            code: read(format!("r{i}")).trim().parse().unwrap_or(-1),
+            stdout: read(format!("o{i}")),
+            stderr: read(format!("e{i}")),
+        })
+        .collect()
+}
+
+#[test]
+fn readme_examples_run_verbatim_and_do_what_they_say() {
+    let text = readme();
+    let sh = blocks(&text, "sh");
+    assert!(sh.len() >= 4, "README's sh blocks: {}", sh.len());
+    let mut ran = 0;
+    let mut skipped = Vec::new();
+    for (b, block) in sh.iter().enumerate() {
+        let exs = examples(block);
+        let mut lines = Vec::new();
+        let mut checked = Vec::new();
+        if let Some((_, pre, _)) = PRELUDE
+            .iter()
+            .find(|(first, _, _)| exs.iter().any(|e| e.command == *first))
+        {
+            lines.push(pre.to_string());
+        }
+        for e in &exs {
+            match skip_entry(&e.command) {
+                Some((_, why, instead)) => {
+                    skipped.push(format!("{}: {why}", e.command));
+                    if let Some(i) = instead {
+                        lines.push(i.to_string());
+                    }
+                }
+                None => {
+                    checked.push((lines.len(), e));
+                    lines.push(e.command.clone());
+                }
+            }
+        }
+        if checked.is_empty() {
+            continue;
+        }
+        let dir = std::env::temp_dir().join(format!("simpool-readme-{}-{b}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let results = run_block(&lines, &dir);
+        for (i, e) in checked {
+            let r = &results[i];
+            let both = format!("{}{}", r.stdout, r.stderr);
+            let what = format!(
+                "README example `{}` (# {})\nexit {}\nstdout:\n{}\nstderr:\n{}",
+                e.command, e.comment, r.code, r.stdout, r.stderr
+            );
+            assert!(!both.contains("panicked"), "{what}");
+            if long_running(&e.command) {
+                assert_eq!(r.code, 124, "still serving after 3 s: {what}");
+            } else if e.comment.contains("refused") {
+                assert!(r.code != 0, "refused: {what}");
+            } else {
+                assert_eq!(r.code, 0, "{what}");
+            }
+            for p in promises(&e.comment) {
+                assert!(both.contains(&p), "promised {p:?}: {what}");
+            }
+            if !e.output.is_empty() {
+                let got: Vec<&str> = r.stdout.lines().collect();
+                assert_eq!(got.len(), e.output.len(), "{what}");
+                for (w, g) in e.output.iter().zip(&got) {
+                    assert!(output_matches(w, g), "want {w}, got {g}: {what}");
+                }
+            }
+            ran += 1;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!(
+        "{ran} README examples ran; skipped:\n  {}",
+        skipped.join("\n  ")
+    );
+    assert!(ran >= 20, "only {ran} examples ran");
+    // Every SKIP entry is still in the README (no stale reasons).
+    for (c, _, _) in SKIP {
+        assert!(
+            text.contains(c),
+            "SKIP lists {c:?}, which the README no longer has"
+        );
+    }
+}
+
+/// The README's configuration example: valid, and no card bound twice (it once bound card 18
+/// and then card 18's own ICCID). Checked against the simulated pool, whose cards are known.
+#[test]
+fn readme_config_example_is_valid_and_binds_no_card_twice() {
+    let text = readme();
+    let toml = blocks(&text, "toml")
+        .into_iter()
+        .find(|b| b.iter().any(|l| l.starts_with("[[reader]]")))
+        .expect("the config example")
+        .join("\n");
+    let dir = std::env::temp_dir().join(format!("simpool-readme-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("simpool.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
+        .args(["serve", "--check", "--pool", "sim", "--config"])
+        .arg(&file)
+        .env_remove("SIMPOOL_POOL")
+        .env_remove("SIMPOOL_CONTROL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let readers: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("reader "))
+        .collect();
+    assert_eq!(readers.len(), 4, "{stdout}");
+    assert!(readers[0].ends_with("card 18"), "{stdout}");
+    assert!(readers[1].ends_with("IMSI 460019894013615"), "{stdout}");
+    assert!(readers[2].ends_with("no card") && readers[3].ends_with("no card"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The README's cards file example loads, and its card shows as the README says (mute).
+#[test]
+fn readme_cards_file_example_loads() {
+    let text = readme();
+    let toml = blocks(&text, "toml")
+        .into_iter()
+        .find(|b| b.iter().any(|l| l.starts_with("[[card]]")))
+        .expect("the cards file example")
+        .join("\n");
+    let dir = std::env::temp_dir().join(format!("simpool-readme-cards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cards.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
+        .args([
+            "scan",
+            "--pool",
+            "sim",
+            "--reply-timeout-ms",
+            "200",
+            "--json",
+            "--cards",
+        ])
+        .arg(&file)
+        .env_remove("SIMPOOL_CONTROL")
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["card"], 7);
+    assert!(rows[0]["error"].is_string(), "a mute card: {rows:?}");
+    assert_eq!(out.status.code(), Some(3));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
