@@ -592,6 +592,61 @@ fn stop_through_the_daemon_refuses_held_cards_unless_forced() {
     }
 }
 
+#[test]
+fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
+    // Card 7 never answers: the scan cannot end before its 3 s timeout, the others can.
+    let addr = pool(Faults {
+        mute: [7].into(),
+        ..Faults::default()
+    });
+    let mut child = cmd(&["scan", "--pool", &addr, "--reply-timeout-ms", "3000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    let mut first = String::new();
+    lines.read_line(&mut header).unwrap();
+    lines.read_line(&mut first).unwrap();
+    assert!(first.contains("inserted"), "{first}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first row came only when the scan was over"
+    );
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(st.code(), Some(3), "card 7 failed: {err}");
+    assert!(
+        rest.lines()
+            .last()
+            .unwrap_or("")
+            .contains("   7  inserted  error"),
+        "{rest}"
+    );
+    assert!(!err.contains("cards"), "progress off a terminal: {err}");
+    // On a terminal (`script` gives the command a pty), progress shows on stderr.
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} scan --pool {addr} --reply-timeout-ms 500"),
+            "/dev/null",
+        ])
+        .env_remove("SIMPOOL_CONTROL")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("/36 cards"), "{tty}");
+}
+
 // ---------------------------------------------------------------- 7. JSON, exit codes, help
 
 #[test]
