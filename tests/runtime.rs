@@ -319,7 +319,7 @@ fn scan_through_the_daemon_leaves_a_live_session_intact() {
     // status and apdu go through the daemon too, and respect the lease.
     let out = d.cli(&["status", "--json"]);
     let st = json(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(st["slots"][17]["holder"], "reader 0");
+    assert_eq!(st[17]["holder"], "reader 0");
     let out = d.cli(&["apdu", "--card", "18", "A0F2000016"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("held by reader 0"));
