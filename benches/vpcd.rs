@@ -130,6 +130,7 @@ fn main() {
         keepalive: Duration::from_secs(5),
         reset: ResetPolicy::Restart,
         quickack,
+        health: Default::default(),
         control: None,
         control_token: None,
         state: None,
