@@ -443,12 +443,6 @@ fn build_tree(p: &CardProfile) -> Tree {
     t
 }
 
-/// Checks a `files` override of a cards file against the file tree.
-pub fn check_override(path: &str, data: &[u8]) -> Result<(), String> {
-    let mut t = build_tree(&super::profile::generated(1));
-    t.set_content(path, data)
-}
-
 #[derive(Debug, Clone)]
 struct Secret {
     code: [u8; 8],
@@ -1148,6 +1142,34 @@ mod tests {
         assert_eq!(x(&mut s, "A02C000010", "3132").sw, [0x67, 0x10]);
         assert_eq!(x(&mut s, "B0A4000002", "3F00").sw, SW_WRONG_CLASS);
         assert_eq!(x(&mut s, "A0EE000000", "").sw, SW_UNKNOWN_INS);
+    }
+
+    /// The tree and `layout::GSM_EFS` (which the cards file checks overrides against) agree.
+    #[test]
+    fn tree_matches_layout() {
+        use crate::sim::layout::{shape, Shape, GSM_EFS};
+        let t = build_tree(&generated(1));
+        let mut paths = Vec::new();
+        let mut stack = vec![(0usize, String::from("3F00"))];
+        while let Some((i, path)) = stack.pop() {
+            for &c in &t.nodes[i].children {
+                let p = format!("{path}/{:04X}", t.nodes[c].fid);
+                match &t.nodes[c].kind {
+                    Kind::Df { .. } => stack.push((c, p)),
+                    Kind::Ef(ef) => {
+                        let want = match &ef.body {
+                            Body::Transparent(_) => Shape::Transparent,
+                            Body::Linear { rec_len, .. } | Body::Cyclic { rec_len, .. } => {
+                                Shape::Records { len: *rec_len }
+                            }
+                        };
+                        assert_eq!(shape(&p), Some(want), "{p}");
+                        paths.push(p);
+                    }
+                }
+            }
+        }
+        assert_eq!(paths.len(), GSM_EFS.len());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod algo;
 pub mod card;
 pub mod fs;
+pub mod layout;
 pub mod profile;
 pub mod server;
 

@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::algo::{opc_from_op, Algo};
+use super::layout;
 use super::PoolKnobs;
 
 /// pySim's sysmoSIM-GR1 ATR (T=0 only), used by generated cards.
@@ -152,7 +153,7 @@ impl CardProfile {
             }
         }
         for (path, data) in &self.files {
-            super::fs::check_override(path, data).map_err(|e| invalid("files", e))?;
+            layout::check_override(path, data).map_err(|e| invalid("files", e))?;
         }
         Ok(())
     }
