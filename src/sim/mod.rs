@@ -2,6 +2,7 @@
 //! its transparent byte pipe, and fault knobs for tests.
 
 pub mod algo;
+pub mod auth;
 pub mod card;
 pub mod fs;
 pub mod layout;
