@@ -329,8 +329,10 @@ mod tests {
         let s = SETS[0];
         let k = h::<16>(s[0]);
         let std = Milenage::new(&k, &h(s[2]), MilenageConsts::default());
-        let mut c = MilenageConsts::default();
-        c.r = [8, 16, 24, 40, 72];
+        let mut c = MilenageConsts {
+            r: [8, 16, 24, 40, 72],
+            ..Default::default()
+        };
         c.c[0][0] = 0x80;
         c.c[1][0] = 0x40;
         c.c[2][0] = 0x20;
