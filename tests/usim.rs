@@ -829,3 +829,75 @@ fn cards_file_usim_keys() {
         assert!(CardsFile::from_toml(&text).is_err(), "{bad}");
     }
 }
+
+// ---------------------------------------------------------------- hostile input (mirrors fuzz/fuzz_targets/uicc_card.rs)
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+    use simpool::sim::uicc::Uicc;
+
+    /// Mostly well-formed classes and known instructions, so that the parser's depths are
+    /// reached, with arbitrary P1/P2/P3 and data of any length.
+    fn command() -> impl Strategy<Value = ([u8; 5], Vec<u8>)> {
+        let cla = prop_oneof![Just(0x00u8), Just(0x80), Just(0xA0), any::<u8>()];
+        let ins = prop_oneof![
+            proptest::sample::select(vec![
+                0xA4u8, 0xB0, 0xB2, 0xD6, 0xDC, 0x20, 0x24, 0x26, 0x28, 0x2C, 0x88, 0xC0, 0xF2
+            ]),
+            any::<u8>()
+        ];
+        (
+            cla,
+            ins,
+            any::<[u8; 3]>(),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(c, i, p, d)| ([c, i, p[0], p[1], p[2]], d))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn execute_never_panics_and_keeps_its_contract(
+            cmds in proptest::collection::vec(command(), 0..30),
+            pin in any::<bool>(),
+        ) {
+            let mut p = generated_usim(4);
+            if pin {
+                p.chv1 = Some("1234".into());
+            }
+            let mut u = Uicc::new(&p);
+            for (hdr, data) in &cmds {
+                let a = u.execute(hdr, data);
+                prop_assert!(a.data.len() <= 256);
+                prop_assert!(matches!(a.sw[0] & 0xF0, 0x60 | 0x90) && a.sw[0] != 0x60);
+                if !a.data.is_empty() {
+                    prop_assert!(a.sw == [0x90, 0x00] || a.sw[0] == 0x61);
+                }
+            }
+        }
+
+        #[test]
+        fn t0_bytes_never_panic_and_output_is_bounded(
+            cmds in proptest::collection::vec(command(), 0..20),
+            cut in 1usize..9,
+            nulls in 0u8..4,
+            single in any::<bool>(),
+        ) {
+            let mut p = generated_usim(4);
+            p.t0.nulls = nulls;
+            p.t0.single_byte_out = single;
+            let mut c = SimCard::new(p);
+            c.reset();
+            let stream: Vec<u8> = cmds.iter().flat_map(|(h, d)| [&h[..], d].concat()).collect();
+            for piece in stream.chunks(cut) {
+                let out = c.receive(piece);
+                // per started command ≤ 389 bytes at the header, ≤ 258 after the data
+                let hdrs = 1 + (piece.len() - 1) / 5;
+                prop_assert!(out.len() <= hdrs * 389 + (hdrs + 1) * 258);
+            }
+        }
+    }
+}

@@ -518,7 +518,8 @@ impl Uicc {
     }
 
     /// Executes one command: `hdr` = CLA INS P1 P2 P3; `data` = the P3 incoming bytes of an
-    /// incoming command (empty for outgoing ones and case 1). Data come back only with `90 00`.
+    /// incoming command (empty for outgoing ones and case 1). Data come back only with `90 00`,
+    /// or with `61 xx` from a GET RESPONSE that leaves xx bytes pending.
     pub fn execute(&mut self, hdr: &[u8; 5], data: &[u8]) -> Answer {
         let pending = self.pending.take();
         let [cla, ins, p1, p2, p3] = *hdr;
