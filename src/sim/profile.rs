@@ -30,9 +30,22 @@
 //! [[card]]
 //! slot = 38
 //! state = "abnormal"            # normal | mute | abnormal
+//!
+//! [[card]]
+//! slot = 40
+//! profile = "usim"              # "sim" (default) | "usim": also a UICC with ADF.USIM
+//! ki = "465b5ce8b199b49faa5f0a2ee238a6bc"
+//! opc = "cd63cb71954a9f4e48a5994e37a02baf"   # a USIM needs Milenage (opc or op)
+//! sqn = "ff9bb4d0b5e7"          # highest SQN accepted so far (hex, default 0)
+//! sqn_ind_bits = 5              # IND length (TS 33.102 Annex C), default 5
+//! sqn_delta = 268435456         # Δ, default 2^28; 0 = no limit
+//! pin1 = "1234"                 # = chv1: PIN1 enabled with this value
+//! puk1 = "12345678"             # default 12345678
+//! adm1 = "88888888"             # default 88888888
+//! milenage = { r = [64, 0, 32, 64, 96] }   # and/or c = [5 × 32 hex]; default: standard
 //! "#;
 //! let f = CardsFile::from_toml(text).unwrap();
-//! assert_eq!(f.card.len(), 2);
+//! assert_eq!(f.card.len(), 3);
 //! assert_eq!(f.pool.latency_ms, 5);
 //! ```
 
