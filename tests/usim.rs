@@ -216,7 +216,8 @@ fn pysim_session_select_adf_by_aid_and_read_imsi() {
     // Le = 00: 6C09, then the re-issue
     assert_eq!(s.tx("00B0000000"), h("6C09"));
     assert_eq!(s.apdu("00B0000000"), (imsi.clone(), "9000".into()));
-    // STATUS as pySim sends it: 6Cxx first, then the FCP of the ADF
+    // STATUS as pySim sends it (`80F20000`, case 1 → P3 = 00): 6Cxx first, then the FCP
+    assert_eq!(s.tx("80F20000")[0], 0x6C);
     let st = s.tx("80F2000000");
     assert_eq!(st[0], 0x6C);
     let f = fcp(&s.ok(&format!("80F20000{:02X}", st[1])));
@@ -632,8 +633,12 @@ fn authenticate_ind_slots_delta_and_gsm_context() {
     assert_eq!(sw, "9000");
     let (sres, kc) = run_gsm(&p.algo, &p.ki, &arr(rand));
     assert_eq!(hx(&r), hx(&[&[0x04][..], &sres, &[0x08], &kc].concat()));
+    // pySim sends an AUTN in the GSM context too: ignored
+    let (r2, _) = s.apdu(&format!("0088008022 10{rand} 10{}", "00".repeat(16)));
+    assert_eq!(r2, r);
     // wrong lengths and P2
     assert_eq!(s.tx(&format!("0088008111 10{rand}")), h("6700"));
+    assert_eq!(s.tx(&format!("0088008012 10{rand}00")), h("6700"));
     assert_eq!(s.tx(&format!("0088008211 10{rand}")), h("6A86"));
     assert_eq!(
         s.tx(&format!("0088008122 11{rand}00 10{}", "00".repeat(15))),
@@ -707,7 +712,8 @@ fn a_usim_still_answers_class_a0_as_a_sim() {
     // the UICC face has its own selection: still the MF after the GSM selects
     assert_eq!(s.card.uicc().unwrap().current(), (0x3F00, None));
     let rand = [0x42u8; 16];
-    assert_eq!(s.tx(&format!("A088000010{}", hx(&rand))), h("9F0C"));
+    // pySim's run_gsm appends Le 00; the terminal strips it
+    assert_eq!(s.tx(&format!("A088000010{}00", hx(&rand))), h("9F0C"));
     let (sres, kc) = run_gsm(&p.algo, &p.ki, &rand);
     assert_eq!(s.tx("A0C000000C"), [&sres[..], &kc, &[0x90, 0x00]].concat());
     // GSM-style wrong P3 (67xx) on A0, UICC-style (6Cxx) on 00

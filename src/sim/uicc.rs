@@ -27,7 +27,8 @@
 //!   `69 85`. A successful UNBLOCK sets the new PIN1, verified and enabled.
 //! - AUTHENTICATE needs ADF.USIM selected as the current application (`69 85` otherwise) and
 //!   PIN1 (`69 82`). Kc is appended to a 3G answer (service 27 is in EF.UST); the GSM context
-//!   (P2 `80`) gives SRES/Kc by c2/c3 (service 38).
+//!   (P2 `80`) gives SRES/Kc by c2/c3 (service 38) and also takes `10 RAND 10 AUTN`, ignoring
+//!   the AUTN, as pySim's `authenticate --context gsm` sends it.
 
 use super::algo::Algo;
 use super::auth::{c2_c3, usim_aka, AuthFailure, Milenage, MilenageConsts, SqnState};
@@ -1011,11 +1012,16 @@ impl Uicc {
             return Err(SW_SECURITY);
         }
         let m = Milenage::new(&self.ki, &self.opc, self.consts.clone());
-        let want_len = if p2 == 0x81 { 34 } else { 17 };
-        if data.len() != want_len {
+        // GSM context: RAND only, or RAND + an AUTN that is ignored (pySim's `authenticate`
+        // sends one in either context).
+        let lengths_ok = match p2 {
+            0x81 => data.len() == 34,
+            _ => data.len() == 17 || data.len() == 34,
+        };
+        if !lengths_ok {
             return Err(SW_WRONG_LENGTH);
         }
-        if data[0] != 16 || (p2 == 0x81 && data[17] != 16) {
+        if data[0] != 16 || (data.len() == 34 && data[17] != 16) {
             return Err(SW_WRONG_DATA);
         }
         let rand: [u8; 16] = data[1..17].try_into().expect("16 bytes");
