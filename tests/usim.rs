@@ -816,6 +816,18 @@ fn cards_file_usim_keys() {
         u.read_ef("3F00/7FF0/6F40").unwrap()[16..20],
         h("07 91 9471")
     );
+    // other constants
+    let f2 = CardsFile::from_toml(&format!(
+        "[[card]]\nslot = 8\nprofile = \"usim\"\nmilenage = {{ r = [1, 2, 3, 4, 5], c = [{}] }}",
+        (0..5)
+            .map(|i| format!("\"{:032x}\"", 0x10u128 << i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    let m = &f2.card[0].profile.usim.milenage;
+    assert_eq!(m.r, [1, 2, 3, 4, 5]);
+    assert_eq!(m.c[4], (0x10u128 << 4).to_be_bytes());
     // defaults of a bare USIM entry = generated_usim
     assert_eq!(f.get(41).unwrap().profile, generated_usim(41));
     assert_eq!(f.get(42).unwrap().profile, generated(42));
