@@ -16,7 +16,11 @@ fn command() -> impl Strategy<Value = Vec<u8>> {
     let ins = any::<u8>().prop_filter("6X/9X are procedure bytes", |i| {
         !matches!(i & 0xF0, 0x60 | 0x90)
     });
-    let well_formed = (any::<[u8; 4]>(), ins, prop_oneof![Just(0usize), 2usize..=255])
+    let well_formed = (
+        any::<[u8; 4]>(),
+        ins,
+        prop_oneof![Just(0usize), 2usize..=255],
+    )
         .prop_flat_map(|(h, ins, lc)| {
             let head = [h[0], ins, h[2], h[3]];
             if lc == 0 {
@@ -95,11 +99,7 @@ fn t0_terminal_never_panics_and_stays_in_bounds() {
         .unwrap();
     // The checks above ran often enough to mean something (measured: ~79 % parse, ~12 %
     // send their data, ~22 % complete).
-    let (parsed, sends, done) = (
-        parsed.into_inner(),
-        sends.into_inner(),
-        done.into_inner(),
-    );
+    let (parsed, sends, done) = (parsed.into_inner(), sends.into_inner(), done.into_inner());
     let cases = u64::from(cases);
     eprintln!("{cases} cases: {parsed} parsed, {sends} sent data, {done} completed");
     assert!(parsed > cases / 2, "{parsed} of {cases} commands parsed");
