@@ -58,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let atr = profile.atr.clone();
     let mut card = SimCard::new(profile);
-    assert!(card.receive(&[0xA0, 0xF2, 0, 0, 0x16]).is_empty(), "powered-off card answered");
+    assert!(
+        card.receive(&[0xA0, 0xF2, 0, 0, 0x16]).is_empty(),
+        "powered-off card answered"
+    );
     assert_eq!(card.reset(), atr);
 
     let sp = common::split(rest);
