@@ -227,12 +227,24 @@ fn pool_stopped_mid_session_then_back() {
         "card still shown"
     );
 
-    // The pool switched off altogether, then back.
+    // The card is back once it answers again …
     sim.update_faults(|f| {
         f.mute.clear();
     });
+    assert!(
+        stack::wait_card(&ctx, &names[0], true, Duration::from_secs(15)),
+        "card back after the mute; log:\n{}",
+        serve.log_text()
+    );
+    let card = connect(&ctx, &names[0]);
+    assert_eq!(tx(&card, "A0A40000023F00"), h("9F17"));
+
+    // … then the pool is switched off altogether: the reader shows no card, simpool knows why.
     sim.go_down();
-    // simpool knows the pool is gone, and meanwhile the reader shows no card.
+    assert!(
+        stack::wait_card(&ctx, &names[0], false, Duration::from_secs(10)),
+        "card still shown while the pool is down"
+    );
     let t0 = Instant::now();
     while !serve
         .log_text()
