@@ -107,6 +107,23 @@ fn scan_copes_with_split_replies_nulls_latency_and_a_mute_card() {
     assert!(others_ok, "{v}");
     // concurrent: far less than 36 cards × 7 exchanges × (frames × 20-50 ms)
     assert!(took < Duration::from_secs(30), "scan took {took:?}");
+
+    // The scan reads files only; RUN GSM ALGORITHM is a slow command: its answer comes after
+    // the NULL bytes.
+    let (ok, out, err) = simpool(&[
+        "apdu",
+        "--pool",
+        &addr,
+        "--card",
+        "2",
+        "A0A40000027F20",
+        "A088000010 12305263415263524195637485967463",
+        "A0C000000C",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["9F17", "9F0C"]);
+    assert!(lines[2].len() == 28 && lines[2].ends_with("9000"), "{out}");
 }
 
 #[test]
