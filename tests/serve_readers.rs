@@ -262,10 +262,11 @@ fn readers_bound_in_flag_order_by_identity_never_touching_a_used_card() {
         assert!(t0.elapsed() < Duration::from_secs(10), "no search ran");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        tx(&r5, "A0F2000017")[4..6],
-        [0x7F, 0x20],
-        "card 18 untouched"
+    let status = tx(&r5, "A0F2000017");
+    assert!(
+        status.len() == 25 && status[4..6] == [0x7F, 0x20],
+        "card 18 touched: STATUS answered {}",
+        hex::encode_upper(&status)
     );
     assert_eq!(slot_state(&sim, 18), "working");
 }
