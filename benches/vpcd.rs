@@ -20,7 +20,7 @@ use simpool::bridge::{Binding, ResetPolicy};
 use simpool::config::{ReaderSpec, ServeConfig};
 use simpool::vpcd::{Connection, Event};
 
-const BASE: u16 = 36500;
+const BASE: u16 = 26500;
 /// Exchanges per fast reader, in rounds (the full run, and the quick one).
 const N: usize = 4000;
 const ROUNDS: usize = 20;

@@ -13,7 +13,7 @@ use simpool::sim::algo::run_gsm;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-const BASE_PORT: u16 = 36300;
+const BASE_PORT: u16 = 26300;
 
 fn h(s: &str) -> Vec<u8> {
     common::hex(s)

@@ -18,7 +18,7 @@ use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-const BASE_PORT: u16 = 37300;
+const BASE_PORT: u16 = 27300;
 
 fn h(s: &str) -> Vec<u8> {
     common::hex(s)

@@ -23,7 +23,7 @@ use simpool::sim::algo::run_gsm;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-const BASE_PORT: u16 = 36700;
+const BASE_PORT: u16 = 26700;
 const READERS: u16 = 16;
 /// simpool's bound on any command, and what pcscd + a restart may add on top.
 const BOUND: Duration = Duration::from_millis(1500);
