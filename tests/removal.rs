@@ -13,7 +13,7 @@ use pcsc::{Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
-const BASE_PORT: u16 = 37300;
+const BASE_PORT: u16 = 27500;
 
 #[test]
 fn a_tight_loop_sees_the_card_removed_soon_after_the_pool_goes_away() {
@@ -120,7 +120,7 @@ fn a_mute_card_is_marked_bad_once_and_tried_again_after_reinsertion() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let vpcd = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let control = "127.0.0.1:37391";
+    let control = "127.0.0.1:27591";
     let serve = Serve::start(
         &[
             "--pool",
