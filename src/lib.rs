@@ -3,6 +3,7 @@
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod gsmtap;
 pub mod inventory;
 pub mod pool;
 pub mod serve;
