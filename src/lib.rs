@@ -9,4 +9,5 @@ pub mod pool;
 pub mod serve;
 pub mod sim;
 pub mod t0;
+pub mod trace;
 pub mod vpcd;
