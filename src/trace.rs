@@ -113,7 +113,15 @@ fn selected(sw: [u8; 2]) -> bool {
 /// Turns datagrams into lines; keeps the last selected file of each card.
 #[derive(Default)]
 pub struct Printer {
-    current: HashMap<Option<u32>, String>,
+    cards: HashMap<Option<u32>, CardState>,
+}
+
+#[derive(Default)]
+struct CardState {
+    /// The file selected last, as shown.
+    current: Option<String>,
+    /// INS of the card's previous command: a GET RESPONSE belongs to a SELECT only right after it.
+    last_ins: Option<u8>,
 }
 
 impl Printer {
@@ -140,7 +148,7 @@ impl Printer {
         match d.body {
             Body::Atr(atr) => {
                 // A (re)started card: its file selection is gone.
-                self.current.remove(&d.card);
+                self.cards.remove(&d.card);
                 format!("{time} {card} {:<18} {}", "ATR", hex::encode_upper(atr))
             }
             Body::Apdu(a) => {
@@ -172,7 +180,9 @@ impl Printer {
     /// The file a command works on, when it can be told; `-` otherwise.
     fn file(&mut self, card: Option<u32>, a: &Apdu) -> String {
         let [_, ins, p1, p2, _] = a.header;
-        let current = || self.current.get(&card).cloned();
+        let state = self.cards.entry(card).or_default();
+        let after_select = state.last_ins == Some(0xA4);
+        state.last_ins = Some(ins);
         let shown = match ins {
             0xA4 => {
                 let f = match (p1, a.data.len()) {
@@ -188,17 +198,16 @@ impl Printer {
                     }
                     _ => None,
                 };
-                if let Some(f) = &f {
-                    if selected(a.sw) {
-                        self.current.insert(card, f.clone());
-                    }
+                if f.is_some() && selected(a.sw) {
+                    state.current = f.clone();
                 }
                 f
             }
             // Short file identifier in P1 (binary) or P2 (record).
             0xB0 | 0xD6 if p1 & 0x80 != 0 => Some(format!("SFI {:02X}", p1 & 0x1F)),
             0xB2 | 0xDC if p2 >> 3 != 0 => Some(format!("SFI {:02X}", p2 >> 3)),
-            0xB0 | 0xD6 | 0xB2 | 0xDC | 0xA2 | 0x32 | 0xC0 | 0x04 | 0x44 => current(),
+            0xC0 if after_select => state.current.clone(),
+            0xB0 | 0xD6 | 0xB2 | 0xDC | 0xA2 | 0x32 | 0x04 | 0x44 => state.current.clone(),
             _ => None,
         };
         shown.unwrap_or_else(|| "-".into())
