@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use simpool::gsmtap::{encode_exchange, CardFilter, Front, Observer, Tracer, MAX_DATAGRAM};
+use simpool::cards::{Front, Observer};
+use simpool::gsmtap::{encode_exchange, CardFilter, Tracer, MAX_DATAGRAM};
 use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};

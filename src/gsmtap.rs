@@ -21,24 +21,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-pub use observer_api::{Front, Observer};
-
-/// The exchange-path observer hook; stands in for `crate::cards::{Observer, Front}` until that
-/// module exists, with the same signatures.
-mod observer_api {
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Front {
-        Vpcd,
-        Api,
-        Scan,
-        Bank,
-    }
-
-    pub trait Observer: Send + Sync {
-        fn atr(&self, _card: u16, _atr: &[u8]) {}
-        fn exchange(&self, _card: u16, _front: Front, _cmd: &[u8], _resp: &[u8]) {}
-    }
-}
+use crate::cards::{Front, Observer};
 
 /// IANA port "gsmtap"; senders send to it, listeners (pySim-trace, `simpool trace`) bind it.
 pub const PORT: u16 = 4729;
@@ -294,10 +277,36 @@ impl CardFilter {
     }
 }
 
+/// As `--gsmtap-cards` takes it: `1-256`, `3-5,18,256`.
+impl std::fmt::Display for CardFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        let mut n = 1u16;
+        while n <= 256 {
+            if !self.contains(n) {
+                n += 1;
+                continue;
+            }
+            let lo = n;
+            while n < 256 && self.contains(n + 1) {
+                n += 1;
+            }
+            let sep = if first { "" } else { "," };
+            first = false;
+            if lo == n {
+                write!(f, "{sep}{lo}")?;
+            } else {
+                write!(f, "{sep}{lo}-{n}")?;
+            }
+            n += 1;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for CardFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cards: Vec<u16> = (1..=256).filter(|&n| self.contains(n)).collect();
-        write!(f, "CardFilter({cards:?})")
+        write!(f, "CardFilter({self})")
     }
 }
 
@@ -320,6 +329,13 @@ pub fn destination(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("GSMTAP destination `{s}`: {e}"))?
         .next()
         .ok_or_else(|| format!("GSMTAP destination `{s}`: no address"))
+}
+
+/// Tracing as configured (`serve --gsmtap`, `--gsmtap-cards`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub dest: SocketAddr,
+    pub cards: CardFilter,
 }
 
 /// Datagrams sent and dropped (send error or full socket buffer), for logs and metrics.
@@ -574,6 +590,9 @@ mod tests {
         let f = CardFilter::parse("18,256, 3-5").unwrap();
         let on: Vec<u16> = (0..=300).filter(|&n| f.contains(n)).collect();
         assert_eq!(on, [3, 4, 5, 18, 256]);
+        assert_eq!(f.to_string(), "3-5,18,256");
+        assert_eq!(CardFilter::all().to_string(), "1-256");
+        assert_eq!(CardFilter::parse("256,1").unwrap().to_string(), "1,256");
         assert!(!CardFilter::all().contains(0));
         assert!(CardFilter::all().contains(256));
         for bad in ["0", "257", "x", "5-3", "", "1,,2"] {

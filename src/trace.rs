@@ -227,10 +227,9 @@ fn clock(at: SystemTime) -> String {
     )
 }
 
-/// Receives GSMTAP on `listen` and writes one line per datagram to `out`, until an I/O error.
-pub async fn listen(listen: &str, out: &mut impl Write) -> std::io::Result<()> {
-    let socket = tokio::net::UdpSocket::bind(listen).await?;
-    log::info!("listening for GSMTAP on {}", socket.local_addr()?);
+/// Receives GSMTAP on `socket` and writes one line per datagram to `out`, until an I/O error
+/// (stdout closed, e.g. `simpool trace | head`).
+pub async fn listen(socket: tokio::net::UdpSocket, out: &mut impl Write) -> std::io::Result<()> {
     let mut printer = Printer::new();
     let mut buf = vec![0u8; 65_536];
     loop {

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simpool::gsmtap::{self, CardFilter, Front, Observer, Tracer};
+use simpool::cards::{Front, Observer};
+use simpool::gsmtap::{self, CardFilter, Tracer};
 use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;

@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
+    /// Send every card exchange as GSMTAP (UDP) to HOST[:PORT] (port 4729 if left out), or `off`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    gsmtap: Option<String>,
+    /// Trace only these cards, e.g. `18,256` or `1-16` [default: all].
+    #[arg(long, value_name = "LIST")]
+    gsmtap_cards: Option<String>,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -124,6 +130,8 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         control: args.control.clone(),
         control_token: args.control_token.clone(),
         state: args.state.clone(),
+        gsmtap: args.gsmtap.clone(),
+        gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(&args, m),
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -357,7 +357,10 @@ impl SimPool {
                     return (0, Vec::new(), None);
                 }
                 let atr = card.reset();
-                self.shared.stats.card_starts.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .card_starts
+                    .fetch_add(1, Ordering::Relaxed);
                 s.state = SlotState::Working;
                 self.shared.generation[usize::from(slot.0)].fetch_add(1, Ordering::SeqCst);
                 (
