@@ -11,9 +11,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simpool::cards::{Front, Observer};
+use std::sync::Arc;
+
+use simpool::cards::{Cards, Front, Holder};
 use simpool::gsmtap::{self, CardFilter, Tracer};
-use simpool::pool::{Link, LinkOptions, Slot};
+use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
@@ -198,27 +200,38 @@ struct Exchange {
     resp: Vec<u8>,
 }
 
-/// Checks tshark's view of each frame against the exchange (or ATR) that produced it.
-fn check(decoded: &Decoded, atr: &[u8], exchanges: &[Exchange]) {
+/// What a frame must show: an ATR, or one exchange as the card really answered it.
+enum Expect<'a> {
+    Atr(&'a [u8]),
+    Exchange(&'a Exchange),
+}
+
+/// Checks tshark's view of each frame against the ATR or exchange that produced it.
+fn check(decoded: &Decoded, expected: &[Expect]) {
     assert!(
         !decoded.verbose.contains("Malformed") && !decoded.verbose.contains("Exception"),
         "tshark found malformed packets:\n{}",
         decoded.verbose
     );
     let frames = &decoded.frames;
-    assert_eq!(frames.len(), 1 + exchanges.len(), "{frames:#?}");
-    for f in frames {
+    assert_eq!(frames.len(), expected.len(), "{frames:#?}");
+    for (f, e) in frames.iter().zip(expected) {
         assert!(f.protocols.ends_with("udp:gsmtap:gsm_sim"), "{f:?}");
         assert_eq!((f.malformed.as_str(), f.expert.as_str()), ("", ""), "{f:?}");
-    }
-    // Wireshark 4.0 has no ATR view for GSMTAP SIM: it shows the ATR as a (bogus) APDU, whose
-    // "SW" is the ATR's last two bytes. That proves the frame carried the ATR as its body.
-    let n = atr.len();
-    assert_eq!(
-        frames[0].sw,
-        format!("0x{:02x}{:02x}", atr[n - 2], atr[n - 1])
-    );
-    for (f, x) in frames[1..].iter().zip(exchanges) {
+        let x = match e {
+            // Wireshark 4.0 has no ATR view for GSMTAP SIM: it shows the ATR as a (bogus)
+            // APDU whose "SW" is the ATR's last two bytes, which proves the ATR was the body.
+            Expect::Atr(atr) => {
+                let n = atr.len();
+                assert_eq!(
+                    f.sw,
+                    format!("0x{:02x}{:02x}", atr[n - 2], atr[n - 1]),
+                    "{f:?}"
+                );
+                continue;
+            }
+            Expect::Exchange(x) => x,
+        };
         let what = format!(
             "{} -> {}: {f:?}",
             hex::encode_upper(&x.cmd),
@@ -281,7 +294,7 @@ fn pysim_session(mut transmit: impl FnMut(&[u8]) -> Vec<u8>) -> Vec<Exchange> {
 }
 
 #[test]
-fn tshark_decodes_a_pysim_style_session_sent_by_the_tracer() {
+fn tshark_decodes_a_pysim_style_session_on_the_exchange_path() {
     let capture = Capture::start("session");
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let tracer = Tracer::new(capture.addr(), CardFilter::all()).unwrap();
@@ -296,19 +309,143 @@ fn tshark_decodes_a_pysim_style_session_sent_by_the_tracer() {
             LinkOptions::default(),
         ))
         .unwrap();
-    let card = link.card(Slot::from_card(18).unwrap());
-    let atr = rt.block_on(card.start()).unwrap();
-    tracer.atr(18, &atr);
-    // Each command through the pool, then traced, as the exchange path does.
+    // The daemon's one exchange path, with the tracer as its observer.
+    let cards = Cards::new(link, vec![Arc::new(tracer)]);
+    let mut lease = cards.lease(18, Holder::Api("test".into())).unwrap();
+    let atr = rt.block_on(lease.start()).unwrap();
     let exchanges = pysim_session(|cmd| {
-        let resp = rt
-            .block_on(card.transmit(cmd, Duration::from_secs(2)))
-            .unwrap();
-        tracer.exchange(18, Front::Api, cmd, &resp);
-        resp
+        rt.block_on(lease.transmit(cmd, Duration::from_secs(2), Front::Api))
+            .unwrap()
     });
+    // Refused by simpool itself (one data byte cannot go over the pool): not card traffic.
+    assert!(rt
+        .block_on(lease.transmit(&h("A0D600000101"), Duration::from_secs(2), Front::Api))
+        .is_err());
     let got = capture.receive(1 + exchanges.len());
     assert_eq!((counters.sent(), counters.dropped()), (got.len() as u64, 0));
     assert_eq!(got[0][12], gsmtap::SUB_ATR);
-    check(&capture.decode(), &atr, &exchanges);
+    let mut expected = vec![Expect::Atr(&atr)];
+    expected.extend(exchanges.iter().map(Expect::Exchange));
+    check(&capture.decode(), &expected);
+}
+
+/// The pcscd of this test binary: 16 vpcd readers from this port.
+const BASE_PORT: u16 = 37500;
+const CONTROL: &str = "127.0.0.1:37590";
+
+fn get(path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(CONTROL).expect("control API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {CONTROL}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The acceptance run: pySim-style traffic through reader 0 of a running `simpool serve
+/// --gsmtap`, captured by tshark: one datagram per exchange the pool carried, one ATR datagram
+/// per real card start, every command decoded.
+#[test]
+fn serve_traces_every_exchange_and_card_start_of_reader_0() {
+    let capture = Capture::start("serve");
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let pcscd = common::stack::pcscd(BASE_PORT);
+    let gsmtap = capture.addr().to_string();
+    let pool = sim.addr().to_string();
+    let vpcd = pcscd.vpcd_addr(0);
+    let serve = common::stack::Serve::start(
+        &[
+            "--pool",
+            &pool,
+            "--vpcd",
+            &vpcd,
+            "--card",
+            "18",
+            "--control",
+            CONTROL,
+            "--gsmtap",
+            &gsmtap,
+            "--gsmtap-cards",
+            "18,256",
+        ],
+        "gsmtap",
+    );
+    let ctx = common::stack::context();
+    let reader = pcscd.reader_name(0);
+    assert!(
+        common::stack::wait_card(&ctx, &reader, true, Duration::from_secs(15)),
+        "reader 0 shows no card; log:\n{}",
+        serve.log_text()
+    );
+    let card = ctx
+        .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        .expect("connect");
+    let exchanges = pysim_session(|cmd| {
+        let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+        card.transmit(cmd, &mut buf).expect("transmit").to_vec()
+    });
+    card.disconnect(pcsc::Disposition::LeaveCard)
+        .map_err(|(_, e)| e)
+        .unwrap();
+
+    let starts = sim
+        .stats()
+        .card_starts
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert!(starts >= 1);
+    // Every exchange the pool carried for card 18: the daemon's identity read when it bound
+    // the card, then the session.
+    let api = get("/api/v1/cards/18");
+    assert_eq!(api["errors"], 0, "{api}");
+    let carried = api["exchanges"].as_u64().unwrap() as usize;
+    assert!(carried >= exchanges.len(), "{api}");
+    let got = capture.receive(starts + carried);
+    let (atrs, traced): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        got.iter().partition(|d| d[12] == gsmtap::SUB_ATR);
+    assert_eq!(atrs.len(), starts, "one ATR datagram per card start");
+    let atr = sim.with_card(18, |c| c.atr().to_vec()).unwrap();
+    for d in &got {
+        assert_eq!(gsmtap::decode(d).unwrap().card, Some(18));
+    }
+    for d in &atrs {
+        assert_eq!(&d[gsmtap::HEADER_LEN..], atr.as_slice());
+    }
+    // The session's datagrams are exactly what the PC/SC application saw, byte for byte.
+    let earlier = traced.len() - exchanges.len();
+    for (d, x) in traced[earlier..].iter().zip(&exchanges) {
+        let mut want = [0u8; gsmtap::MAX_DATAGRAM];
+        let n = gsmtap::encode_exchange(18, &x.cmd, &x.resp, &mut want).unwrap();
+        assert_eq!(hex::encode_upper(d), hex::encode_upper(&want[..n]));
+    }
+    // Before it, the daemon's own exchanges, checked in tshark against their datagrams.
+    let own: Vec<Exchange> = traced[..earlier]
+        .iter()
+        .map(|d| match gsmtap::decode(d).unwrap().body {
+            gsmtap::Body::Apdu(a) if a.data_in() == Some(true) => Exchange {
+                cmd: [&a.header[..], a.data].concat(),
+                resp: a.sw.to_vec(),
+            },
+            gsmtap::Body::Apdu(a) => Exchange {
+                cmd: a.header.to_vec(),
+                resp: [a.data, &a.sw[..]].concat(),
+            },
+            b => panic!("{b:?}"),
+        })
+        .collect();
+    let mut exchanges_in_order = own.iter().chain(&exchanges);
+    let expected: Vec<Expect> = got
+        .iter()
+        .map(|d| match d[12] {
+            gsmtap::SUB_ATR => Expect::Atr(&atr),
+            _ => Expect::Exchange(exchanges_in_order.next().unwrap()),
+        })
+        .collect();
+    drop(serve);
+    check(&capture.decode(), &expected);
 }
