@@ -4,16 +4,19 @@
 //! 1. Encoding one datagram (a 9-byte READ BINARY and a 256-byte one).
 //! 2. Encode + send from the tracer: to a loopback listener that reads, to a port nobody
 //!    listens on, and to a listener that never reads (its queue full: the kernel drops).
-//! 3. Exchanges per second on one simulated card over the pool link (single-threaded runtime,
-//!    like the daemon), without and with the tracer called after each exchange.
+//! 3. Exchanges per second on one simulated card through the daemon's exchange path
+//!    (`Lease::transmit`, single-threaded runtime like the daemon), without and with the tracer
+//!    as observer.
 
 use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use simpool::cards::{Front, Observer};
+use std::sync::Arc;
+
+use simpool::cards::{Cards, Front, Holder, Observer};
 use simpool::gsmtap::{encode_exchange, CardFilter, Tracer, MAX_DATAGRAM};
-use simpool::pool::{Link, LinkOptions, Slot};
+use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
@@ -48,20 +51,23 @@ fn send_cost(what: &str, dest: SocketAddr) {
     );
 }
 
-async fn exchanges_per_s(link: &Link, tracer: Option<&Tracer>, period: Duration) -> f64 {
-    let card = link.card(Slot::from_card(18).unwrap());
-    card.start().await.unwrap();
+/// Exchanges per second through the daemon's exchange path (`Lease::transmit`).
+async fn exchanges_per_s(cards: &Cards, period: Duration) -> f64 {
+    let mut lease = cards.lease(18, Holder::Scan).unwrap();
+    lease.start().await.unwrap();
     let cmd = [0xA0, 0xF2, 0x00, 0x00, 0x16];
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed() < period {
-        let r = card.transmit(&cmd, Duration::from_secs(2)).await.unwrap();
-        if let Some(t) = tracer {
-            t.exchange(18, Front::Vpcd, &cmd, &r);
-        }
+        lease
+            .transmit(&cmd, Duration::from_secs(2), Front::Vpcd)
+            .await
+            .unwrap();
         n += 1;
     }
-    n as f64 / t0.elapsed().as_secs_f64()
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    lease.release().await;
+    rate
 }
 
 fn main() {
@@ -118,12 +124,15 @@ fn main() {
             .await
             .unwrap();
         let tracer = Tracer::new(reading, CardFilter::all()).unwrap();
+        let counters = tracer.counters();
+        let off_cards = Cards::new(link.clone(), Vec::new());
+        let on_cards = Cards::new(link.clone(), vec![Arc::new(tracer)]);
         let period = Duration::from_secs(3);
         // Alternate to spread the machine's noise over both.
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for _ in 0..2 {
-            off.push(exchanges_per_s(&link, None, period).await);
-            on.push(exchanges_per_s(&link, Some(&tracer), period).await);
+            off.push(exchanges_per_s(&off_cards, period).await);
+            on.push(exchanges_per_s(&on_cards, period).await);
         }
         let off = off.iter().sum::<f64>() / off.len() as f64;
         let on = on.iter().sum::<f64>() / on.len() as f64;
@@ -135,6 +144,11 @@ fn main() {
             "  tracing on  {on:>8.0}/s ({:.1} us each), {:+.1}%",
             1e6 / on,
             (1e6 / on - 1e6 / off) / (1e6 / off) * 100.0
+        );
+        println!(
+            "  datagrams sent {}, dropped {}",
+            counters.sent(),
+            counters.dropped()
         );
     });
 }

@@ -1,7 +1,9 @@
 //! simpool's GSMTAP as the real decoder sees it: Debian's tshark captures the datagrams on the
 //! loopback interface while a pySim-style session runs (SELECT MF, DF.GSM, EF.IMSI with GET
 //! RESPONSE, READ BINARY) and must show each command with its file id, data and status word,
-//! nothing malformed. Needs tshark (`driver/ensure-build-deps` installs it) and root, to capture.
+//! nothing malformed. First on the cards' exchange path in-process, then through a running
+//! `simpool serve --gsmtap` behind the private pcscd (fixed ports: run it in a network namespace
+//! on a shared machine). Needs tshark (`driver/ensure-build-deps` installs it) and root, to capture.
 
 mod common;
 

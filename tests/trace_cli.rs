@@ -136,3 +136,98 @@ fn a_port_in_use_is_an_error_not_a_hang() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn post(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("control API");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The whole chain a user sets up: `simpool serve --gsmtap` (simulated pool, commands through
+/// its control API) and `simpool trace` printing them.
+#[test]
+fn serve_gsmtap_into_simpool_trace() {
+    let port = free_port();
+    let t = trace(&format!("127.0.0.1:{port}"));
+    let control = format!("127.0.0.1:{}", free_tcp_port());
+    // A reader with no card, on a vpcd port nobody serves: only the control API carries traffic.
+    let vpcd = format!("127.0.0.1:{}", free_tcp_port());
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_simpool"))
+        .args(["serve", "--pool", "sim", "--readers", "1", "--vpcd", &vpcd])
+        .args([
+            "--control",
+            &control,
+            "--gsmtap",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--gsmtap-cards", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&control).is_err() {
+        assert!(std::time::Instant::now() < end, "control API never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"tpdus":["A0A40000023F00","A0A40000027F20","A0A40000026F07","A0B0000009"]}"#;
+    let r3 = post(&control, "/api/v1/cards/3/apdu", body);
+    let r2 = post(&control, "/api/v1/cards/2/apdu", body);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        r2.starts_with("HTTP/1.1 200") && r3.starts_with("HTTP/1.1 200"),
+        "{r2}\n{r3}"
+    );
+    let lines: Vec<String> = (0..5)
+        .map(|_| {
+            t.lines
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a line")
+        })
+        .collect();
+    // Card 3 is not traced (--gsmtap-cards 2); card 2: its start, then the four commands.
+    assert!(
+        lines[0].contains(" card   2 ATR                3B"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains(" card   2 SELECT             A0A4000002 3F00 MF          9F"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains(" card   2 SELECT             A0A4000002 7F20 DF.GSM      9F"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[3].contains(" card   2 SELECT             A0A4000002 6F07 EF.IMSI     9F"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[4].contains(" card   2 READ BINARY        A0B0000009 6F07 EF.IMSI     9000 <08"),
+        "{lines:#?}"
+    );
+    assert!(
+        t.lines.recv_timeout(Duration::from_millis(300)).is_err(),
+        "more lines than exchanges"
+    );
+}
