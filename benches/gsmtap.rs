@@ -136,9 +136,7 @@ fn main() {
         }
         let off = off.iter().sum::<f64>() / off.len() as f64;
         let on = on.iter().sum::<f64>() / on.len() as f64;
-        println!(
-            "STATUS exchanges on one card over the pool link (simulator in-process, one thread):"
-        );
+        println!("STATUS on one card through Lease::transmit (simulator in-process, one thread):");
         println!("  tracing off {off:>8.0}/s ({:.1} us each)", 1e6 / off);
         println!(
             "  tracing on  {on:>8.0}/s ({:.1} us each), {:+.1}%",
