@@ -299,12 +299,17 @@ fn pysim_session(mut transmit: impl FnMut(&[u8]) -> Vec<u8>) -> Vec<Exchange> {
 fn tshark_decodes_a_pysim_style_session_on_the_exchange_path() {
     let capture = Capture::start("session");
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let tracer = Tracer::new(capture.addr(), CardFilter::all()).unwrap();
-    let counters = tracer.counters();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // A worker thread runs the link's and the tracer's tasks while this thread blocks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    let tracer = {
+        let _in = rt.enter();
+        Tracer::new(capture.addr(), CardFilter::all()).unwrap()
+    };
+    let counters = tracer.counters();
     let link = rt
         .block_on(Link::connect(
             &sim.addr().to_string(),

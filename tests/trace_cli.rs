@@ -69,6 +69,13 @@ fn free_port() -> u16 {
 fn prints_one_decoded_line_per_exchange_and_atr() {
     let port = free_port();
     let t = trace(&format!("127.0.0.1:{port}"));
+    // The tracer's sending task runs on this runtime's worker thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
     let tracer = Tracer::new(
         format!("127.0.0.1:{port}").parse().unwrap(),
         CardFilter::all(),
@@ -192,8 +199,6 @@ fn serve_gsmtap_into_simpool_trace() {
     let body = r#"{"tpdus":["A0A40000023F00","A0A40000027F20","A0A40000026F07","A0B0000009"]}"#;
     let r3 = post(&control, "/api/v1/cards/3/apdu", body);
     let r2 = post(&control, "/api/v1/cards/2/apdu", body);
-    let _ = serve.kill();
-    let _ = serve.wait();
     assert!(
         r2.starts_with("HTTP/1.1 200") && r3.starts_with("HTTP/1.1 200"),
         "{r2}\n{r3}"
@@ -205,6 +210,8 @@ fn serve_gsmtap_into_simpool_trace() {
                 .expect("a line")
         })
         .collect();
+    let _ = serve.kill();
+    let _ = serve.wait();
     // Card 3 is not traced (--gsmtap-cards 2); card 2: its start, then the four commands.
     assert!(
         lines[0].contains(" card   2 ATR                3B"),
