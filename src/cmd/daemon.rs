@@ -7,7 +7,7 @@ use clap::Args;
 use hyper::Method;
 use serde_json::{json, Value};
 
-use super::{cell, CliError, ControlArgs};
+use super::{cell, out, out_json, CliError, ControlArgs};
 
 /// A bind or unbind waits for the card to show (up to 5 s in the daemon) and a little more.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,15 +32,15 @@ pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, C
         .call(Method::GET, "/api/v1/readers", None, CALL_TIMEOUT)
         .await?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    out(format!(
         "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} IMSI",
         "reader", "PC/SC name", "vpcd", "state", "binding", "ICCID"
-    );
+    ))?;
     for r in v.as_array().into_iter().flatten() {
-        print_reader(r);
+        print_reader(r)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -62,8 +62,8 @@ fn binding_text(r: &Value) -> String {
     }
 }
 
-fn print_reader(r: &Value) {
-    println!(
+fn print_reader(r: &Value) -> Result<(), CliError> {
+    out(format!(
         "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} {}",
         cell(&r["reader"]),
         cell(&r["name"]),
@@ -72,10 +72,11 @@ fn print_reader(r: &Value) {
         binding_text(r),
         cell(&r["iccid"]),
         cell(&r["imsi"]),
-    );
+    ))?;
     if let Some(d) = r["detail"].as_str() {
-        println!("{:>6}  ({d})", "");
+        out(format!("{:>6}  ({d})", ""))?;
     }
+    Ok(())
 }
 
 pub async fn bind(
@@ -99,7 +100,7 @@ pub async fn bind(
             CALL_TIMEOUT,
         )
         .await?;
-    show(&v, json_out);
+    show(&v, json_out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -117,14 +118,14 @@ pub async fn unbind(
             CALL_TIMEOUT,
         )
         .await?;
-    show(&v, json_out);
+    show(&v, json_out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(v: &Value, json_out: bool) {
+fn show(v: &Value, json_out: bool) -> Result<(), CliError> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        out_json(v)
     } else {
-        print_reader(v);
+        print_reader(v)
     }
 }

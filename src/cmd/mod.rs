@@ -9,6 +9,7 @@ pub mod serve;
 pub mod sim;
 pub mod status;
 pub mod stop;
+pub mod trace;
 
 use std::io::Write;
 use std::time::Duration;

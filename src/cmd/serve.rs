@@ -60,10 +60,16 @@ pub struct ServeArgs {
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
-    /// Check the configuration (and, on the simulated pool, the bindings against its cards),
-    /// print the readers it gives, and exit.
+    /// Run the start-up checks (pool answers, vpcd ports accept, bound cards present, control
+    /// address free), print one verdict per line and exit (1 if any failed).
     #[arg(long)]
     check: bool,
+    /// Send every card exchange as GSMTAP (UDP) to HOST[:PORT] (port 4729 if left out), or `off`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    gsmtap: Option<String>,
+    /// Trace only these cards, e.g. `18,256` or `1-16` [default: all].
+    #[arg(long, value_name = "LIST")]
+    gsmtap_cards: Option<String>,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -179,7 +185,10 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         control,
         control_token,
         state: args.state.clone(),
+        gsmtap: args.gsmtap.clone(),
+        gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(&args, m),
+        ..FileConfig::default()
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
     if cfg.pool == "sim" {
@@ -191,22 +200,7 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
             .map_err(|e| CliError::Usage(e.to_string()))?;
     }
     if args.check {
-        out(format!("pool     {}", cfg.pool))?;
-        out(format!(
-            "control  {}",
-            cfg.control.as_deref().unwrap_or("off")
-        ))?;
-        for (i, r) in cfg.readers.iter().enumerate() {
-            out(format!(
-                "reader {i}  {:<20} {:<16} {}",
-                simpool::vpcd::reader_name(i as u16),
-                r.vpcd,
-                r.binding
-                    .as_ref()
-                    .map_or("no card".to_string(), ToString::to_string)
-            ))?;
-        }
-        return Ok(ExitCode::SUCCESS);
+        return check(&cfg, cfg.cards.as_deref()).await;
     }
     raise_nofile_limit();
     let running = simpool::serve::start(cfg)
@@ -216,4 +210,35 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
     log::info!("stopping");
     running.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check(
+    cfg: &simpool::config::ServeConfig,
+    cards: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    // `sim`: check against a simulator of our own, as the daemon would run it.
+    let mut _sim = None;
+    let addr = if cfg.pool == "sim" {
+        let set = match cards {
+            Some(p) => super::load_cards(p)?,
+            None => simpool::sim::profile::CardsFile::default_set(),
+        };
+        let sim = simpool::sim::SimPool::start("127.0.0.1:0", set, simpool::sim::Faults::default())
+            .await
+            .map_err(|e| CliError::Sim(e.to_string()))?;
+        let a = sim.addr().to_string();
+        _sim = Some(sim);
+        a
+    } else {
+        cfg.pool.clone()
+    };
+    let verdicts = simpool::check::run(cfg, &addr).await;
+    for v in &verdicts {
+        out(v)?;
+    }
+    Ok(if verdicts.iter().all(|v| v.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
