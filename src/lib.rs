@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod inventory;
+pub mod metrics;
 pub mod pool;
 pub mod serve;
 pub mod sim;
