@@ -64,16 +64,40 @@ pub fn http(
     if s.write_all(req.as_bytes()).is_err() {
         return (0, String::new(), String::new());
     }
+    // Some servers (chromedriver) keep the connection open despite `Connection: close`: read
+    // the head, then Content-Length bytes (or to the end without one).
     let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return (0, String::new(), String::new()),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut body = raw[head_end + 4..].to_vec();
+    match header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => {
+            while body.len() < len {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
+    (status, head, String::from_utf8_lossy(&body).to_string())
 }
 
 /// The value of header `name` in a response head.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::{free_port, http};
 
 /// The W3C key of an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735467cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -79,7 +79,11 @@ impl Browser {
     /// One WebDriver command; answers its `value`, panics on a WebDriver error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let body = body.map(|b| b.to_string());
+        let t0 = Instant::now();
         let (status, _, text) = http(&self.addr, method, path, &[], body.as_deref());
+        if std::env::var_os("SIMPOOL_WEBDRIVER_DEBUG").is_some() {
+            eprintln!("webdriver: {method} {path}: {status} in {:?}", t0.elapsed());
+        }
         let v: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {status}: {e}: {text:?}"));
         if status != 200 {
@@ -115,7 +119,14 @@ impl Browser {
             if truthy {
                 return v;
             }
-            assert!(Instant::now() < end, "timed out waiting for {what}");
+            if Instant::now() >= end {
+                let shot = super::screenshot_dir().join("failure.png");
+                let _ = std::fs::write(&shot, self.screenshot());
+                panic!(
+                    "timed out waiting for {what} (screenshot: {})",
+                    shot.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

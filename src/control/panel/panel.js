@@ -235,7 +235,7 @@
       const s = r.stats || {};
       const per = readerRate.get(r.reader) || 0;
       const items = [["commands", s.commands], ["/s", fmtRate(per)], ["errors", s.errors],
-                     ["resets", s.resets], ["sessions", s.sessions], ["vpcd connects", s.vpcd_connects]];
+                     ["resets", s.resets], ["sessions", s.sessions], ["connects", s.vpcd_connects]];
       const text = items.map(([k, x]) => k + " " + x).join("|");
       if (v.counters.dataset.text !== text) {
         v.counters.dataset.text = text;
