@@ -2,13 +2,16 @@
 
 pub mod bridge;
 pub mod cards;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod gsmtap;
 pub mod inventory;
 pub mod metrics;
 pub mod pool;
 pub mod serve;
 pub mod sim;
 pub mod t0;
+pub mod trace;
 pub mod vpcd;

@@ -62,13 +62,13 @@ pub struct GsmtapCounts {
     pub dropped: u64,
 }
 
-/// GSMTAP HOOK: the GSMTAP tracer (branch `gsmtap`, `Daemon::gsmtap:
-/// Option<Arc<gsmtap::Counters>>`) is not on this branch yet. When it is merged, this becomes
-/// `d.gsmtap.as_ref().map(|c| GsmtapCounts { sent: c.sent(), dropped: c.dropped() })`; the
-/// series `simpool_gsmtap_datagrams_{sent,dropped}_total` are written whenever it answers
-/// `Some` (tracing on) and left out otherwise.
-fn gsmtap_counts(_d: &Daemon) -> Option<GsmtapCounts> {
-    None
+/// GSMTAP datagram counts while tracing is on (`serve --gsmtap`); the series are left out
+/// when it is off.
+fn gsmtap_counts(d: &Daemon) -> Option<GsmtapCounts> {
+    d.gsmtap.as_ref().map(|c| GsmtapCounts {
+        sent: c.sent(),
+        dropped: c.dropped(),
+    })
 }
 
 /// The metrics text of `daemon` in `format`.

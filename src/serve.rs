@@ -21,6 +21,8 @@ pub enum ServeError {
     Sim(String),
     #[error("control API: {0}")]
     Control(String),
+    #[error("GSMTAP socket: {0}")]
+    Gsmtap(std::io::Error),
 }
 
 /// A running daemon.
@@ -53,6 +55,8 @@ pub struct Daemon {
     pub cards: Cards,
     pub readers: Vec<ReaderHandle>,
     pub command_timeout: Duration,
+    /// GSMTAP datagrams sent/dropped, when tracing is on.
+    pub gsmtap: Option<Arc<crate::gsmtap::Counters>>,
     state: Option<PathBuf>,
     /// The bindings the command line/config asked for at start-up (saved with the state, so a
     /// changed command line wins over an old state file).
@@ -211,9 +215,22 @@ pub async fn start_with(
         LinkOptions {
             reply_timeout: cfg.reply_timeout,
             keepalive: Some(cfg.keepalive),
+            health: cfg.health.clone(),
             ..LinkOptions::default()
         },
     );
+    let mut observers = observers;
+    let gsmtap = match &cfg.gsmtap {
+        Some(g) => {
+            let tracer =
+                crate::gsmtap::Tracer::new(g.dest, g.cards.clone()).map_err(ServeError::Gsmtap)?;
+            log::info!("GSMTAP to {}, cards {}", g.dest, g.cards);
+            let counters = tracer.counters();
+            observers.push(Arc::new(tracer));
+            Some(counters)
+        }
+        None => None,
+    };
     let cards = Cards::new(link.clone(), observers);
     let startup: Vec<Option<Binding>> = cfg.readers.iter().map(|r| r.binding.clone()).collect();
     let bindings = initial_bindings(&startup, cfg.state.as_deref().and_then(load_state));
@@ -244,6 +261,7 @@ pub async fn start_with(
         cards,
         readers,
         command_timeout: cfg.command_timeout,
+        gsmtap,
         state: cfg.state.clone(),
         startup,
         save: tokio::sync::Mutex::new(()),

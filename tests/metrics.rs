@@ -136,21 +136,25 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
     let vpcd = FakeVpcd::start(2);
     let control = format!("127.0.0.1:{}", watch::free_port());
     let pool = sim.addr().to_string();
-    let serve = Serve::start(
-        &[
-            "--pool",
-            &pool,
-            "--card",
-            "18",
-            "--readers",
-            "2",
-            "--vpcd",
-            &vpcd.addr(),
-            "--control",
-            &control,
-        ],
-        "metrics",
-    );
+    // A GSMTAP listener, so the tracer's counters move too.
+    let gsmtap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gsmtap_to = gsmtap.local_addr().unwrap().to_string();
+    let vpcd_at = vpcd.addr();
+    let args = [
+        "--pool",
+        &pool,
+        "--card",
+        "18",
+        "--readers",
+        "2",
+        "--vpcd",
+        &vpcd_at,
+        "--control",
+        &control,
+        "--gsmtap",
+        &gsmtap_to,
+    ];
+    let serve = Serve::start(&args, "metrics");
     watch::wait_until("the control API", Duration::from_secs(15), || {
         http(&control, "GET", "/healthz", &[], None).0 == 200
     });
@@ -183,6 +187,8 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
         ("process_resident_memory_bytes", "gauge"),
         ("process_open_fds", "gauge"),
         ("process_cpu_seconds", "counter"),
+        ("simpool_gsmtap_datagrams_sent", "counter"),
+        ("simpool_gsmtap_datagrams_dropped", "counter"),
     ] {
         assert_eq!(
             before.types.get(name).map(String::as_str),
@@ -269,6 +275,9 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
     assert!(after.get("simpool_pool_garbage_bytes_total") > 0.0);
     assert_eq!(after.get("simpool_pool_unsolicited_replies_total"), 0.0);
     assert_eq!(after.get("simpool_pool_reconnects_total"), 0.0);
+    // Traced: the 10 + 2 exchanges the cards answered and the starts' ATRs (not the refusals).
+    assert!(delta("simpool_gsmtap_datagrams_sent_total") >= 12.0);
+    assert_eq!(after.get("simpool_gsmtap_datagrams_dropped_total"), 0.0);
 
     // The pool goes away and comes back: link down, then a reconnect.
     sim.go_down();

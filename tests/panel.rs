@@ -78,6 +78,17 @@ fn panel_in_headless_chromium() {
         );
     }
     assert_eq!(http(&control, "GET", "/ui/nothing", &[], None).0, 404);
+    // With the token, metrics; without --gsmtap, no GSMTAP series.
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, metrics) = http(
+        &control,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(metrics.contains("simpool_pool_link_up 1") && !metrics.contains("simpool_gsmtap"));
     assert_eq!(http(&control, "POST", "/", &[], None).0, 405);
 
     // Both bound readers show their cards (the fake vpcd accepted them); scan for identities.

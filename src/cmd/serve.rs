@@ -57,6 +57,16 @@ pub struct ServeArgs {
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
+    /// Run the start-up checks (pool answers, vpcd ports accept, bound cards present, control
+    /// address free), print one verdict per line and exit (1 if any failed).
+    #[arg(long)]
+    check: bool,
+    /// Send every card exchange as GSMTAP (UDP) to HOST[:PORT] (port 4729 if left out), or `off`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    gsmtap: Option<String>,
+    /// Trace only these cards, e.g. `18,256` or `1-16` [default: all].
+    #[arg(long, value_name = "LIST")]
+    gsmtap_cards: Option<String>,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -124,9 +134,15 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         control: args.control.clone(),
         control_token: args.control_token.clone(),
         state: args.state.clone(),
+        gsmtap: args.gsmtap.clone(),
+        gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(&args, m),
+        ..FileConfig::default()
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    if args.check {
+        return check(&cfg, args.cards.as_deref()).await;
+    }
     let running = simpool::serve::start(cfg)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -134,4 +150,35 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
     log::info!("stopping");
     running.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check(
+    cfg: &simpool::config::ServeConfig,
+    cards: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    // `sim`: check against a simulator of our own, as the daemon would run it.
+    let mut _sim = None;
+    let addr = if cfg.pool == "sim" {
+        let set = match cards {
+            Some(p) => super::load_cards(p)?,
+            None => simpool::sim::profile::CardsFile::default_set(),
+        };
+        let sim = simpool::sim::SimPool::start("127.0.0.1:0", set, simpool::sim::Faults::default())
+            .await
+            .map_err(|e| CliError::Sim(e.to_string()))?;
+        let a = sim.addr().to_string();
+        _sim = Some(sim);
+        a
+    } else {
+        cfg.pool.clone()
+    };
+    let verdicts = simpool::check::run(cfg, &addr).await;
+    for v in &verdicts {
+        println!("{v}");
+    }
+    Ok(if verdicts.iter().all(|v| v.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

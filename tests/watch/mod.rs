@@ -150,7 +150,12 @@ impl FakeVpcd {
                 for s in l.incoming().flatten() {
                     s.set_nodelay(true).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    conns.lock().unwrap()[i] = Some(s);
+                    // vpcd's first presence poll (GET ATR): only then does the reader count
+                    // its card as shown.
+                    let mut c = VpcdConn(s);
+                    c.send(&[0x04]);
+                    c.recv();
+                    conns.lock().unwrap()[i] = Some(c.0);
                 }
             });
         }
