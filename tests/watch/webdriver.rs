@@ -1,6 +1,6 @@
 //! Headless Chromium driven through Debian's chromedriver (W3C WebDriver: JSON over HTTP on
 //! loopback). Just what the page test needs: open a page, find, click, type, run a script,
-//! take a screenshot.
+//! take a screenshot. `SIMPOOL_WEBDRIVER_DEBUG=1` logs every WebDriver command and its time.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -106,14 +106,15 @@
     for (const c of cards) {
       const b = slots[c.card];
       if (!b) continue;
-      const st = c.state || "unknown";
-      if (st !== "empty") inserted++;
+      // No state while the pool link is down; an object for a state byte the manual lacks.
+      const st = c.state == null ? "none" : typeof c.state === "string" ? c.state : "unknown";
+      if (st !== "empty" && st !== "none") inserted++;
       if (st === "working") working++;
       if (c.holder) held++;
       const r = rate.get(c.card) || { perSec: 0, newErrors: 0 };
       perSec += r.perSec;
       const hk = holderKind(c.holder);
-      let cls = "slot st-" + (["empty", "inserted", "working", "abnormal"].includes(st) ? st : "unknown");
+      let cls = "slot st-" + st;
       if (r.perSec > 0) cls += " busy";
       if (r.newErrors > 0) cls += " err";
       if (selected === c.card) cls += " sel";
@@ -131,8 +132,9 @@
       if (c.errors) tip.push(c.errors + " errors");
       b.title = tip.join(" · ");
     }
-    setText($("summary"), `${inserted} cards · ${working} working · ${held} held · ` +
-                          `${fmtRate(perSec)} exchanges/s`);
+    const known = cards.some((c) => c.state != null);
+    setText($("summary"), (known ? `${inserted} cards · ${working} working` : "slot states not known") +
+                          ` · ${held} held · ${fmtRate(perSec)} exchanges/s`);
   }
 
   // ---- the detail pane of the selected card ------------------------------------------------
@@ -150,7 +152,8 @@
     $("d-hint").hidden = !!c;
     if (!c) return;
     setText($("d-card"), String(c.card));
-    setText($("d-state"), c.state || "unknown (pool link down)");
+    setText($("d-state"), c.state == null ? "not known (pool link down)"
+                          : typeof c.state === "string" ? c.state : "unknown " + JSON.stringify(c.state));
     setText($("d-holder"), c.holder || "nobody");
     setText($("d-iccid"), c.iccid || "–");
     setText($("d-imsi"), c.imsi || "–");
@@ -319,6 +322,7 @@
     clearTimeout(timer);
     if (busy) { if (now) timer = setTimeout(() => poll(true), 100); return; }
     busy = true;
+    const started = performance.now();
     try {
       const [h, c, r] = await Promise.all([
         api("GET", "/healthz"), api("GET", "/api/v1/cards"), api("GET", "/api/v1/readers")]);
@@ -335,14 +339,21 @@
       setText($("updated"), "not updated: " + e.message);
     } finally {
       busy = false;
-      timer = setTimeout(poll, POLL_MS);
+      // One poll per second, whatever a poll takes (never two at once).
+      timer = setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - started)));
     }
   }
 
   // ---- token -------------------------------------------------------------------------------
   function showTokenBox(show) {
-    $("token-box").hidden = !show;
-    if (show) $("token-input").focus();
+    const box = $("token-box");
+    // Focus only when it opens: polls keep answering 401 until the token is given.
+    if (show && box.hidden) {
+      box.hidden = false;
+      $("token-input").focus();
+    } else if (!show) {
+      box.hidden = true;
+    }
   }
   $("token-toggle").addEventListener("click", () => showTokenBox($("token-box").hidden));
   $("token-box").addEventListener("submit", (ev) => {
