@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod gsmtap;
 pub mod inventory;
+pub mod metrics;
 pub mod pool;
 pub mod serve;
 pub mod sim;
