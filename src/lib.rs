@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod inventory;
 pub mod pool;
+pub mod remsim;
 pub mod serve;
 pub mod sim;
 pub mod t0;

@@ -1,0 +1,5 @@
+//! simpool as an osmo-remsim bank: remote modems, phones and hosts use the pool's cards over
+//! RSPRO (see docs/rspro.md). `ipa` and `rspro` are the sans-IO codecs.
+
+pub mod ipa;
+pub mod rspro;
