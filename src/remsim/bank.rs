@@ -524,6 +524,7 @@ impl Session {
                         continue;
                     }
                     let Frame::Rspro(bytes) = f else { continue };
+                    log::trace!("remsim: {} > {}", self.peer, hex::encode_upper(&bytes));
                     let pdu = Pdu::decode(&bytes)?;
                     self.on_msg(conn, pdu.msg).await?;
                 }
