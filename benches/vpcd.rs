@@ -130,8 +130,11 @@ fn main() {
         keepalive: Duration::from_secs(5),
         reset: ResetPolicy::Restart,
         quickack,
+        control: None,
+        control_token: None,
+        state: None,
         readers: vec![ReaderSpec {
-            binding: Binding::Card(if quickack { 18 } else { 2 }),
+            binding: Some(Binding::Card(if quickack { 18 } else { 2 })),
             vpcd: format!("127.0.0.1:{port}"),
         }],
     };

@@ -1,19 +1,24 @@
-//! A virtual reader: one vpcd connection bound to one card of the pool.
+//! A virtual reader: one vpcd port that shows the card it is bound to, if any.
 //!
 //! The reader connects to vpcd only while its card can be used, so pcscd shows "card present"
 //! exactly then; closing the connection is how pcscd learns the card is gone (vpcd has no other
 //! way, and an empty ATR would confuse pcscd). Every command gets an answer within
 //! `command_timeout`: the card's, or `6F 00` with the cause in the log.
+//!
+//! The binding can change at runtime ([`ReaderHandle::bind`]): the reader ends its session
+//! (pcscd sees the card removed, so open handles get "card removed", never silently another
+//! card), releases its card's lease, and shows the new card after pcscd's next poll. The card
+//! is held through a [`Lease`] the whole time it is bound, so nothing else restarts it.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::inventory::read_identity;
-use crate::pool::{Card, ExchangeError, Link, LinkState, Slot};
+use crate::cards::{Cards, FindError, Front, Holder, Lease, LeaseError, Wanted};
+use crate::pool::{LinkState, PoolError};
 use crate::t0;
 use crate::vpcd::{Connection, Event};
 
@@ -53,7 +58,6 @@ pub enum ResetPolicy {
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub vpcd: String,
-    pub binding: Binding,
     /// Longest time any command from PC/SC waits for its answer.
     pub command_timeout: Duration,
     pub reset: ResetPolicy,
@@ -62,7 +66,7 @@ pub struct ReaderConfig {
     pub retry: Duration,
 }
 
-/// Counters of one reader (for logs, tests, the soak run).
+/// Counters of one reader (for logs, the API, tests, the soak run).
 #[derive(Debug, Default)]
 pub struct ReaderStats {
     pub commands: AtomicU64,
@@ -70,18 +74,78 @@ pub struct ReaderStats {
     pub resets: AtomicU64,
     pub sessions: AtomicU64,
     pub refused: AtomicU64,
+    pub vpcd_connects: AtomicU64,
 }
 
-/// ICCID and IMSI read from a card.
-type Ids = (Option<String>, Option<String>);
+impl ReaderStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "commands": l(&self.commands),
+            "errors": l(&self.errors),
+            "resets": l(&self.resets),
+            "sessions": l(&self.sessions),
+            "refused": l(&self.refused),
+            "vpcd_connects": l(&self.vpcd_connects),
+        })
+    }
+}
 
-/// Cards claimed by readers and identities already read, shared by the readers of one daemon
-/// so that looking for a card by ICCID/IMSI never restarts a card another reader is using.
-#[derive(Default)]
-pub struct Directory {
-    claimed: Mutex<HashSet<Slot>>,
-    known: Mutex<HashMap<Slot, Ids>>,
-    search: tokio::sync::Mutex<()>,
+/// What pcscd sees in a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// The card is shown (vpcd connected).
+    Present,
+    /// No binding: pcscd sees a reader without a card.
+    Absent,
+    /// Bound, but the card is not shown yet (searching, held elsewhere, pool or vpcd away).
+    Waiting,
+}
+
+/// A reader's state as the API shows it; changes only at session boundaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReaderStatus {
+    pub binding: Option<Binding>,
+    pub card: Option<u16>,
+    pub state: Presence,
+    /// Why the reader is waiting (for people; not a stable interface).
+    pub detail: Option<String>,
+    /// Counts binding changes, so a caller can wait for the one it asked for.
+    pub generation: u64,
+}
+
+/// Why a bound card cannot be shown right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no connection to the pool")]
+    LinkDown,
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("{want}: {error}")]
+    Find { want: String, error: FindError },
+    #[error("card {card} did not start: {error}")]
+    Start { card: u16, error: PoolError },
+}
+
+/// Why a binding request was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Held(#[from] LeaseError),
+    #[error("{0} is held by {1}")]
+    IdentityHeld(Binding, Holder),
+    #[error("reader {0} has stopped")]
+    Stopped(u16),
+}
+
+/// A change of binding sent to a reader task.
+#[derive(Debug)]
+struct Rebind {
+    binding: Option<Binding>,
+    /// The new card's lease, taken by the caller so a refusal is immediate.
+    lease: Option<Lease>,
+    done: oneshot::Sender<()>,
 }
 
 /// Longer than pcscd's presence poll of vpcd readers (400 ms).
@@ -95,207 +159,423 @@ enum End {
     /// The card was reset after a failed exchange; reconnect so pcscd reports it.
     CardReset,
     LinkDown,
+    /// The binding changed.
+    Rebound(Rebind),
 }
 
-pub struct Reader {
-    pub name: String,
-    link: Link,
-    cfg: ReaderConfig,
-    dir: Arc<Directory>,
+/// The control side of a running reader: status, counters, rebinding.
+#[derive(Clone)]
+pub struct ReaderHandle {
+    pub index: u16,
+    pub vpcd: String,
+    cards: Cards,
+    control: mpsc::Sender<Rebind>,
+    status: watch::Receiver<ReaderStatus>,
     stats: Arc<ReaderStats>,
+    /// Serialises binding requests to this reader.
+    binding_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl Reader {
-    pub fn new(name: String, link: Link, cfg: ReaderConfig, dir: Arc<Directory>) -> Reader {
-        Reader {
-            name,
-            link,
-            cfg,
-            dir,
-            stats: Arc::default(),
-        }
+impl ReaderHandle {
+    pub fn status(&self) -> ReaderStatus {
+        self.status.borrow().clone()
     }
 
     pub fn stats(&self) -> Arc<ReaderStats> {
         self.stats.clone()
     }
 
-    /// Serves forever: find and start the card, show it through vpcd, repeat after any loss.
-    pub async fn run(self) {
+    /// Watches state changes.
+    pub fn watch(&self) -> watch::Receiver<ReaderStatus> {
+        self.status.clone()
+    }
+
+    /// Binds the reader to `binding` (or unbinds it with `None`). A card held by another holder
+    /// is refused at once, naming it. Answers once the reader has taken the change; then
+    /// [`ReaderHandle::wait_settled`] waits for the card to show.
+    pub async fn bind(&self, binding: Option<Binding>) -> Result<(), BindError> {
+        let _one = self.binding_lock.lock().await;
+        let me = Holder::Reader(self.index);
+        if self.status().binding == binding {
+            return Ok(());
+        }
+        let lease = match &binding {
+            Some(Binding::Card(n)) => match self.cards.lease(*n, me.clone()) {
+                Ok(l) => Some(l),
+                Err(LeaseError::Held { holder, .. }) if holder == me => None,
+                Err(e) => return Err(e.into()),
+            },
+            Some(b @ (Binding::Iccid(_) | Binding::Imsi(_))) => {
+                // A card known to have it and held by someone else: refuse now rather than
+                // searching in vain.
+                for v in self.cards.views() {
+                    let hit = match b {
+                        Binding::Iccid(w) => v.known.iccid.as_deref() == Some(w.as_str()),
+                        Binding::Imsi(w) => v.known.imsi.as_deref() == Some(w.as_str()),
+                        Binding::Card(_) => false,
+                    };
+                    if let (true, Some(h)) = (hit, v.holder) {
+                        if h != me {
+                            return Err(BindError::IdentityHeld(b.clone(), h));
+                        }
+                    }
+                }
+                None
+            }
+            None => None,
+        };
+        let (done, taken) = oneshot::channel();
+        self.control
+            .send(Rebind {
+                binding,
+                lease,
+                done,
+            })
+            .await
+            .map_err(|_| BindError::Stopped(self.index))?;
+        taken.await.map_err(|_| BindError::Stopped(self.index))
+    }
+
+    /// Waits until the reader shows its card (or has none to show), at most `within`.
+    pub async fn wait_settled(&self, within: Duration) -> ReaderStatus {
+        let mut rx = self.status.clone();
+        let _ = tokio::time::timeout(within, async {
+            loop {
+                let st = rx.borrow_and_update().clone();
+                let settled = match st.binding {
+                    None => st.state == Presence::Absent,
+                    Some(_) => st.state == Presence::Present,
+                };
+                if settled || rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.status()
+    }
+}
+
+pub struct Reader {
+    pub index: u16,
+    pub name: String,
+    cards: Cards,
+    cfg: ReaderConfig,
+    binding: Option<Binding>,
+    lease: Option<Lease>,
+    control: mpsc::Receiver<Rebind>,
+    control_open: bool,
+    status: watch::Sender<ReaderStatus>,
+    stats: Arc<ReaderStats>,
+}
+
+/// What interrupted a wait.
+enum Woken {
+    Elapsed,
+    Rebind(Rebind),
+}
+
+impl Reader {
+    /// A reader and its control handle; `run` the reader in a task of its own.
+    pub fn new(
+        index: u16,
+        cards: Cards,
+        cfg: ReaderConfig,
+        binding: Option<Binding>,
+    ) -> (Reader, ReaderHandle) {
+        let (ctl_tx, ctl_rx) = mpsc::channel(4);
+        let (st_tx, st_rx) = watch::channel(ReaderStatus {
+            binding: binding.clone(),
+            card: None,
+            state: if binding.is_some() {
+                Presence::Waiting
+            } else {
+                Presence::Absent
+            },
+            detail: None,
+            generation: 0,
+        });
+        let stats = Arc::new(ReaderStats::default());
+        let handle = ReaderHandle {
+            index,
+            vpcd: cfg.vpcd.clone(),
+            cards: cards.clone(),
+            control: ctl_tx,
+            status: st_rx,
+            stats: stats.clone(),
+            binding_lock: Arc::default(),
+        };
+        let reader = Reader {
+            index,
+            name: format!("reader {index} ({})", cfg.vpcd),
+            cards,
+            cfg,
+            binding,
+            lease: None,
+            control: ctl_rx,
+            control_open: true,
+            status: st_tx,
+            stats,
+        };
+        (reader, handle)
+    }
+
+    fn link(&self) -> &crate::pool::Link {
+        self.cards.link()
+    }
+
+    fn set_state(&self, state: Presence, detail: Option<String>) {
+        let card = self.lease.as_ref().map(Lease::number);
+        self.status.send_if_modified(|s| {
+            let new = (state, card, detail);
+            if (s.state, s.card, s.detail.clone()) == new {
+                return false;
+            }
+            (s.state, s.card, s.detail) = new;
+            true
+        });
+    }
+
+    /// Takes a binding change: drops the old card, keeps the new lease, tells the caller.
+    async fn apply(&mut self, r: Rebind) {
+        if let Some(old) = self.lease.take() {
+            let n = old.number();
+            old.release().await;
+            log::info!("{}: released card {n}", self.name);
+        }
+        match &r.binding {
+            Some(b) => log::info!("{}: bound to {b}", self.name),
+            None => log::info!("{}: unbound", self.name),
+        }
+        self.binding = r.binding;
+        self.lease = r.lease;
+        self.status.send_modify(|s| {
+            s.binding.clone_from(&self.binding);
+            s.card = self.lease.as_ref().map(Lease::number);
+            s.state = if self.binding.is_some() {
+                Presence::Waiting
+            } else {
+                Presence::Absent
+            };
+            s.detail = None;
+            s.generation += 1;
+        });
+        let _ = r.done.send(());
+    }
+
+    /// Waits `d`, or less if the binding changes.
+    async fn pause(&mut self, d: Duration) -> Woken {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Woken::Elapsed,
+            r = self.control.recv() => match r {
+                Some(r) => Woken::Rebind(r),
+                // The daemon dropped the handle: nothing will change any more.
+                None => { tokio::time::sleep(d).await; Woken::Elapsed }
+            },
+        }
+    }
+
+    /// Waits `retry`, or less if the link changes state or the binding changes.
+    async fn pause_or_link_change(&mut self) -> Woken {
+        let mut w = self.link().watch();
+        w.borrow_and_update();
+        let retry = self.cfg.retry;
+        tokio::select! {
+            _ = tokio::time::timeout(retry, w.changed()) => Woken::Elapsed,
+            r = self.control.recv() => match r {
+                Some(r) => Woken::Rebind(r),
+                None => { tokio::time::sleep(retry).await; Woken::Elapsed }
+            },
+        }
+    }
+
+    /// Serves forever: find and start the bound card, show it through vpcd, repeat after any
+    /// loss or binding change.
+    pub async fn run(mut self) {
         // Give the pool link its first connection before reporting it missing.
-        self.link.wait_up(self.cfg.retry * 4).await;
+        self.link().wait_up(self.cfg.retry * 4).await;
         let mut last_problem = String::new();
         loop {
-            let (card, atr, started_on) = match self.acquire().await {
+            let Some(binding) = self.binding.clone() else {
+                self.set_state(Presence::Absent, None);
+                match self.control.recv().await {
+                    Some(r) => self.apply(r).await,
+                    None => return,
+                }
+                continue;
+            };
+            let (atr, started_on) = match self.acquire(&binding).await {
                 Ok(x) => x,
                 Err(problem) => {
-                    if problem != last_problem {
-                        log::warn!("{}: {} unavailable: {problem}", self.name, self.cfg.binding);
-                        last_problem = problem;
+                    let text = problem.to_string();
+                    if text != last_problem {
+                        log::warn!("{}: {binding} unavailable: {text}", self.name);
+                        last_problem = text.clone();
                     }
-                    self.pause_or_link_change().await;
+                    self.set_state(Presence::Waiting, Some(text));
+                    if let Woken::Rebind(r) = self.pause_or_link_change().await {
+                        self.apply(r).await;
+                        last_problem.clear();
+                    }
                     continue;
                 }
             };
             last_problem.clear();
             let conn = match self.connect_vpcd().await {
-                Some(c) => c,
-                None => {
-                    self.release(&card).await;
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(r) => {
+                    self.apply(r).await;
                     continue;
                 }
             };
             self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+            let n = self.lease.as_ref().map(Lease::number).unwrap_or_default();
             log::info!(
-                "{}: {} ({}) present, ATR {}",
+                "{}: {binding} (card {n}) present, ATR {}",
                 self.name,
-                self.cfg.binding,
-                card.slot(),
                 hex::encode_upper(&atr)
             );
-            let (end, conn) = self.session(conn, &card, atr, started_on).await;
+            self.set_state(Presence::Present, None);
+            let (end, conn) = self.session(conn, atr, started_on).await;
             if let Some(conn) = conn {
                 conn.close_draining(Duration::from_millis(30), &t0::sw::TECHNICAL_PROBLEM)
                     .await;
             }
-            match &end {
-                End::VpcdClosed(why) => {
-                    log::info!("{}: vpcd closed the connection ({why})", self.name)
-                }
-                End::CardGone(why) => log::warn!("{}: card gone: {why}", self.name),
-                End::CardReset => log::info!("{}: card reset after a failed exchange", self.name),
-                End::LinkDown => log::warn!("{}: pool link down: card shown as removed", self.name),
-            }
-            self.release(&card).await;
-            // VpcdClosed: pcscd going away (socket activation, restart): don't spin. Otherwise
-            // we closed: stay away until pcscd has polled the reader (every ~400 ms) and seen the
-            // card removed, or a quick comeback could look to it like the same card, and its
-            // applications would go on with a card that was reset under them.
+            self.set_state(Presence::Waiting, Some("card removed".into()));
             let pause = match end {
-                End::VpcdClosed(_) => self.cfg.retry,
-                _ => REMOVAL_GRACE,
+                End::VpcdClosed(why) => {
+                    log::info!("{}: vpcd closed the connection ({why})", self.name);
+                    // pcscd going away (socket activation, restart): don't spin.
+                    self.cfg.retry
+                }
+                End::CardGone(why) => {
+                    log::warn!("{}: card gone: {why}", self.name);
+                    if !matches!(binding, Binding::Card(_)) {
+                        // Cards move: look for it again.
+                        if let Some(l) = self.lease.take() {
+                            self.cards.forget(l.number());
+                            l.release().await;
+                        }
+                    }
+                    REMOVAL_GRACE
+                }
+                End::CardReset => {
+                    log::info!("{}: card reset after a failed exchange", self.name);
+                    REMOVAL_GRACE
+                }
+                End::LinkDown => {
+                    log::warn!("{}: pool link down: card shown as removed", self.name);
+                    REMOVAL_GRACE
+                }
+                End::Rebound(r) => {
+                    self.apply(r).await;
+                    REMOVAL_GRACE
+                }
             };
-            tokio::time::sleep(pause).await;
+            // Stay away until pcscd has polled the reader (every ~400 ms) and seen the card
+            // removed, or a quick comeback could look to it like the same card, and its
+            // applications would go on with a card that was reset under them (or another one).
+            if let Woken::Rebind(r) = self.pause(pause).await {
+                self.apply(r).await;
+                // Still wait out pcscd's poll before showing the next card.
+                tokio::time::sleep(REMOVAL_GRACE).await;
+            }
         }
     }
 
-    async fn release(&self, card: &Card) {
-        self.dir.claimed.lock().unwrap().remove(&card.slot());
-    }
-
-    /// Waits `retry`, or less if the link changes state.
-    async fn pause_or_link_change(&self) {
-        let mut w = self.link.watch();
-        w.borrow_and_update();
-        let _ = tokio::time::timeout(self.cfg.retry, w.changed()).await;
-    }
-
-    /// Finds the bound card and starts it; answers its ATR.
-    async fn acquire(&self) -> Result<(Card, Vec<u8>, LinkState), String> {
-        let started_on = self.link.state();
+    /// Makes sure this reader holds its card and starts it; answers its ATR.
+    async fn acquire(&mut self, binding: &Binding) -> Result<(Vec<u8>, LinkState), Unavailable> {
+        let started_on = self.link().state();
         if !matches!(started_on, LinkState::Up { .. }) {
-            return Err("no connection to the pool".into());
+            return Err(Unavailable::LinkDown);
         }
-        let card = match &self.cfg.binding {
-            Binding::Card(n) => {
-                let slot = Slot::from_card(*n).ok_or("no such card")?;
-                if !self.dir.claimed.lock().unwrap().insert(slot) {
-                    return Err(format!("{slot} is used by another reader"));
-                }
-                self.link.card(slot)
-            }
-            other => self.search(other).await?,
-        };
-        match card.start().await {
-            Ok(atr) => Ok((card, atr, started_on)),
-            Err(e) => {
-                self.dir.claimed.lock().unwrap().remove(&card.slot());
-                self.dir.known.lock().unwrap().remove(&card.slot());
-                Err(format!("{} did not start: {e}", card.slot()))
-            }
-        }
-    }
-
-    /// Looks for the card with this ICCID/IMSI among the unclaimed cards; claims it.
-    async fn search(&self, binding: &Binding) -> Result<Card, String> {
-        let _one_at_a_time = self.dir.search.lock().await;
-        let matches = |id: &Ids| match binding {
-            Binding::Iccid(want) => id.0.as_deref() == Some(want.as_str()),
-            Binding::Imsi(want) => id.1.as_deref() == Some(want.as_str()),
-            Binding::Card(_) => false,
-        };
-        let states = self.link.states().await.map_err(|e| e.to_string())?;
-        let timeout = self.cfg.command_timeout;
-        for (i, st) in states.iter().enumerate() {
-            let slot = Slot(i as u8);
-            if !st.has_card() || self.dir.claimed.lock().unwrap().contains(&slot) {
-                continue;
-            }
-            let cached = self.dir.known.lock().unwrap().get(&slot).cloned();
-            if cached.as_ref().is_some_and(|id| !matches(id)) {
-                continue;
-            }
-            // Unknown, or known to match (cards move: read it again to be sure).
-            let card = self.link.card(slot);
-            let id = match read_identity(&card, timeout).await {
-                Ok(id) => (id.iccid, id.imsi),
-                Err(e) => {
-                    log::debug!("{}: {slot}: {e}", self.name);
-                    continue;
-                }
+        let me = Holder::Reader(self.index);
+        if self.lease.is_none() {
+            let lease = match binding {
+                Binding::Card(n) => self.cards.lease(*n, me)?,
+                Binding::Iccid(s) => self.find(Wanted::Iccid(s), me).await?,
+                Binding::Imsi(s) => self.find(Wanted::Imsi(s), me).await?,
             };
-            self.dir.known.lock().unwrap().insert(slot, id.clone());
-            if matches(&id) && self.dir.claimed.lock().unwrap().insert(slot) {
-                return Ok(card);
-            }
-            let _ = card.stop().await;
+            self.lease = Some(lease);
+            self.set_state(Presence::Waiting, Some("starting the card".into()));
         }
-        Err("no inserted card has it".into())
+        let timeout = self.cfg.command_timeout;
+        let lease = self.lease.as_mut().expect("set above");
+        let n = lease.number();
+        // Read ICCID/IMSI once, so scans and the API can report the card without touching it.
+        if self.cards.known(n).iccid.is_none() {
+            if let Err(e) = lease.read_identity(timeout).await {
+                log::debug!("{}: card {n}: identity not read: {e}", self.name);
+            }
+        }
+        match lease.restart().await {
+            Ok(atr) => Ok((atr, started_on)),
+            Err(error) => {
+                self.cards.forget(n);
+                if !matches!(binding, Binding::Card(_)) {
+                    if let Some(l) = self.lease.take() {
+                        l.release().await;
+                    }
+                }
+                Err(Unavailable::Start { card: n, error })
+            }
+        }
     }
 
-    /// Connects to vpcd, retrying with back-off; gives up (None) if the pool link drops.
-    async fn connect_vpcd(&self) -> Option<Connection> {
+    async fn find(&self, want: Wanted<'_>, me: Holder) -> Result<Lease, Unavailable> {
+        self.cards
+            .find(&want, me, self.cfg.command_timeout)
+            .await
+            .map_err(|error| Unavailable::Find {
+                want: want.to_string(),
+                error,
+            })
+    }
+
+    /// Connects to vpcd, retrying with back-off; `Ok(None)` if the pool link drops, `Err` if
+    /// the binding changes meanwhile.
+    async fn connect_vpcd(&mut self) -> Result<Option<Connection>, Rebind> {
         let mut backoff = Duration::from_millis(50);
         let mut logged = false;
         loop {
-            if !matches!(self.link.state(), LinkState::Up { .. }) {
-                return None;
+            if !matches!(self.link().state(), LinkState::Up { .. }) {
+                return Ok(None);
             }
             match Connection::connect(&self.cfg.vpcd, self.cfg.quickack, Duration::from_secs(2))
                 .await
             {
-                Ok(c) => return Some(c),
+                Ok(c) => {
+                    self.stats.vpcd_connects.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(c));
+                }
                 Err(e) => {
                     if !logged {
                         log::info!("{}: waiting for vpcd at {} ({e})", self.name, self.cfg.vpcd);
+                        self.set_state(
+                            Presence::Waiting,
+                            Some(format!("waiting for vpcd at {}: {e}", self.cfg.vpcd)),
+                        );
                         logged = true;
                     }
-                    tokio::time::sleep(backoff).await;
+                    if let Woken::Rebind(r) = self.pause(backoff).await {
+                        return Err(r);
+                    }
                     backoff = (backoff * 2).min(self.cfg.retry.max(Duration::from_millis(50)));
                 }
             }
         }
     }
 
-    /// Stops (if running) and starts the card; answers the new ATR.
-    async fn restart(&self, card: &Card, running: bool) -> Result<Vec<u8>, crate::pool::PoolError> {
-        self.stats.resets.fetch_add(1, Ordering::Relaxed);
-        if running {
-            card.stop().await?;
-        }
-        card.start().await
-    }
-
     /// Serves vpcd until the session ends; hands the connection back when it is still open
     /// (the card went away), to be closed without losing a command.
     async fn session(
-        &self,
+        &mut self,
         mut conn: Connection,
-        card: &Card,
         atr: Vec<u8>,
         started_on: LinkState,
     ) -> (End, Option<Connection>) {
-        let end = self.serve_events(&mut conn, card, atr, started_on).await;
+        let end = self.serve_events(&mut conn, atr, started_on).await;
         match end {
             End::VpcdClosed(_) => (end, None),
             _ => (end, Some(conn)),
@@ -303,54 +583,62 @@ impl Reader {
     }
 
     async fn serve_events(
-        &self,
+        &mut self,
         conn: &mut Connection,
-        card: &Card,
         mut atr: Vec<u8>,
         started_on: LinkState,
     ) -> End {
-        let mut link = self.link.watch();
+        let mut link = self.link().watch();
         // `started_on` is the pool connection the card was started on: after a reconnect the
         // pool may have powered the card off, so the session ends.
         if *link.borrow_and_update() != started_on {
             return End::LinkDown;
         }
+        let Some(mut lease) = self.lease.take() else {
+            return End::CardGone("no lease".into());
+        };
         let mut powered = true;
-        loop {
+        let end = loop {
             let ev = tokio::select! {
                 ev = conn.next_event() => ev,
                 changed = link.changed() => {
                     if changed.is_err() || *link.borrow_and_update() != started_on {
-                        return End::LinkDown;
+                        break End::LinkDown;
                     }
                     continue;
                 }
+                r = self.control.recv(), if self.control_open => match r {
+                    Some(r) => break End::Rebound(r),
+                    // No handle left: the binding can no longer change.
+                    None => { self.control_open = false; continue }
+                },
             };
             let ev = match ev {
                 Ok(Some(ev)) => ev,
-                Ok(None) => return End::VpcdClosed("end of stream".into()),
-                Err(e) => return End::VpcdClosed(e.to_string()),
+                Ok(None) => break End::VpcdClosed("end of stream".into()),
+                Err(e) => break End::VpcdClosed(e.to_string()),
             };
             match ev {
                 Event::GetAtr => {
                     if let Err(e) = conn.reply(&atr).await {
-                        return End::VpcdClosed(e.to_string());
+                        break End::VpcdClosed(e.to_string());
                     }
                 }
                 Event::PowerOn | Event::Reset => {
                     log::info!("{}: {ev:?}", self.name);
                     if !powered || self.cfg.reset == ResetPolicy::Restart {
-                        match self.restart(card, powered).await {
+                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                        match lease.restart().await {
                             Ok(a) => atr = a,
-                            Err(e) => return End::CardGone(format!("restart failed: {e}")),
+                            Err(e) => break End::CardGone(format!("restart failed: {e}")),
                         }
                         powered = true;
                     }
                 }
                 Event::PowerOff => {
                     log::info!("{}: PowerOff", self.name);
-                    if let Err(e) = card.stop().await {
-                        return End::CardGone(format!("stop failed: {e}"));
+                    if let Err(e) = lease.stop().await {
+                        break End::CardGone(format!("stop failed: {e}"));
                     }
                     powered = false;
                 }
@@ -364,7 +652,7 @@ impl Reader {
                         self.name
                     );
                     if let Err(e) = conn.reply(&t0::sw::WRONG_LENGTH).await {
-                        return End::VpcdClosed(e.to_string());
+                        break End::VpcdClosed(e.to_string());
                     }
                 }
                 Event::Command(cmd) => {
@@ -375,30 +663,23 @@ impl Reader {
                             "{}: command while powered off: starting the card",
                             self.name
                         );
-                        match self.restart(card, false).await {
+                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                        match lease.restart().await {
                             Ok(a) => atr = a,
-                            Err(e) => return End::CardGone(format!("start failed: {e}")),
+                            Err(e) => break End::CardGone(format!("start failed: {e}")),
                         }
                         powered = true;
                     }
                     log::debug!("{}: > {}", self.name, hex::encode_upper(&cmd));
                     let bound = self.cfg.command_timeout;
-                    let result = match tokio::time::timeout(bound, card.transmit(&cmd, bound)).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(ExchangeError::Deadline {
-                            ms: bound.as_millis() as u64,
-                            seen: Vec::new(),
-                        }),
-                    };
-                    let (answer, touched) = match result {
+                    let (answer, touched) = match lease.transmit(&cmd, bound, Front::Vpcd).await {
                         Ok(resp) => {
                             log::debug!("{}: < {}", self.name, hex::encode_upper(&resp));
                             (resp, false)
                         }
                         Err(e) => {
                             self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            if matches!(e, ExchangeError::Refused(_)) {
+                            if matches!(e, crate::pool::ExchangeError::Refused(_)) {
                                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                             }
                             let sw = e.status();
@@ -412,16 +693,18 @@ impl Reader {
                         }
                     };
                     if let Err(e) = conn.reply(&answer).await {
-                        return End::VpcdClosed(e.to_string());
+                        break End::VpcdClosed(e.to_string());
                     }
                     if touched {
                         // The card's T=0 state is unknown: restart it and make pcscd see the
                         // card removed, so no application goes on with lost selections or PIN.
-                        let _ = card.stop().await;
-                        return End::CardReset;
+                        let _ = lease.stop().await;
+                        break End::CardReset;
                     }
                 }
             }
-        }
+        };
+        self.lease = Some(lease);
+        end
     }
 }

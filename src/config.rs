@@ -8,6 +8,11 @@
 //! keepalive_ms = 5000           # query the pool after this much silence
 //! reset = "restart"             # or "cached"
 //!
+//! readers = 4                   # readers on the vpcd ports; those without [[reader]] start unbound
+//! control = "127.0.0.1:6680"    # the control API ("off" to disable)
+//! control_token = "/etc/simpool/token"  # needed to listen on a non-loopback address
+//! state = "/var/lib/simpool/state.json" # runtime bindings, kept across restarts
+//!
 //! [[reader]]
 //! card = 18                     # bind by front-panel number …
 //! [[reader]]
@@ -49,6 +54,14 @@ pub struct FileConfig {
     pub quickack: Option<bool>,
     /// Cards file for `pool = "sim"`.
     pub cards: Option<PathBuf>,
+    /// Number of readers (bound ones first); default: one per `[[reader]]`.
+    pub readers: Option<usize>,
+    /// Control API address, or "off".
+    pub control: Option<String>,
+    /// File holding the bearer token the control API requires.
+    pub control_token: Option<PathBuf>,
+    /// State file for runtime bindings.
+    pub state: Option<PathBuf>,
     #[serde(default)]
     pub reader: Vec<ReaderEntry>,
 }
@@ -72,9 +85,13 @@ impl FileConfig {
 /// One reader of the resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderSpec {
-    pub binding: Binding,
+    /// The card shown at start-up; `None`: the reader starts without a card.
+    pub binding: Option<Binding>,
     pub vpcd: String,
 }
+
+/// The control API's default address: loopback only.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:6680";
 
 /// Everything `serve` needs, resolved and checked.
 #[derive(Debug, Clone)]
@@ -87,6 +104,10 @@ pub struct ServeConfig {
     pub reset: ResetPolicy,
     pub quickack: bool,
     pub readers: Vec<ReaderSpec>,
+    /// Control API address; `None`: off.
+    pub control: Option<String>,
+    pub control_token: Option<PathBuf>,
+    pub state: Option<PathBuf>,
 }
 
 impl ReaderEntry {
@@ -126,14 +147,24 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
     } else {
         flags.reader
     };
-    if entries.is_empty() {
+    let count = flags.readers.or(file.readers);
+    if entries.is_empty() && count.is_none() {
         return Err(ConfigError::Invalid(
-            "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config)".into(),
+            "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config), \
+             or --readers N for readers that start without a card"
+                .into(),
         ));
     }
-    if entries.len() > MAX_READERS {
+    let count = count.unwrap_or(entries.len());
+    if entries.len() > MAX_READERS || count > MAX_READERS {
         return Err(ConfigError::Invalid(format!(
             "{} readers asked, pcsc-lite takes at most {MAX_READERS}",
+            entries.len().max(count)
+        )));
+    }
+    if entries.len() > count {
+        return Err(ConfigError::Invalid(format!(
+            "{} bindings for --readers {count}: give more readers or fewer bindings",
             entries.len()
         )));
     }
@@ -147,7 +178,7 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
                 )));
             }
         }
-        if readers.iter().any(|r| r.binding == binding) {
+        if readers.iter().any(|r| r.binding.as_ref() == Some(&binding)) {
             return Err(ConfigError::Invalid(format!("{binding} is bound twice")));
         }
         let addr = match &e.vpcd {
@@ -155,10 +186,24 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
             None => port_plus(&vpcd, i)?,
         };
         readers.push(ReaderSpec {
-            binding,
+            binding: Some(binding),
             vpcd: addr,
         });
     }
+    for i in entries.len()..count {
+        readers.push(ReaderSpec {
+            binding: None,
+            vpcd: port_plus(&vpcd, i)?,
+        });
+    }
+    let control = match flags
+        .control
+        .or(file.control)
+        .unwrap_or_else(|| DEFAULT_CONTROL.into())
+    {
+        s if s == "off" => None,
+        s => Some(s),
+    };
     let command_timeout = pick(flags.command_timeout_ms, file.command_timeout_ms, 1500);
     let reply_timeout = pick(flags.reply_timeout_ms, file.reply_timeout_ms, 1000);
     if command_timeout < Duration::from_millis(10) || reply_timeout < Duration::from_millis(10) {
@@ -178,6 +223,9 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         reset: flags.reset.or(file.reset).unwrap_or_default(),
         quickack: flags.quickack.or(file.quickack).unwrap_or(true),
         readers,
+        control,
+        control_token: flags.control_token.or(file.control_token),
+        state: flags.state.or(file.state),
     })
 }
 
@@ -197,7 +245,7 @@ mod tests {
         assert_eq!(c.readers[1].vpcd, "127.0.0.1:35964");
         assert_eq!(
             c.readers[1].binding,
-            Binding::Imsi("460019894013615".into())
+            Some(Binding::Imsi("460019894013615".into()))
         );
         let flags = FileConfig {
             vpcd: Some("127.0.0.1:40000".into()),
@@ -211,7 +259,7 @@ mod tests {
         assert_eq!(
             c.readers,
             vec![ReaderSpec {
-                binding: Binding::Card(2),
+                binding: Some(Binding::Card(2)),
                 vpcd: "127.0.0.1:40000".into()
             }]
         );

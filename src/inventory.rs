@@ -1,6 +1,7 @@
 //! `scan`: ATR, ICCID and IMSI of every inserted card, read concurrently over the one link,
 //! with the manual's command sequences (sessions 1 and 2). Each card's failure is its own.
 
+use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -43,15 +44,18 @@ pub struct Identity {
     pub imsi: Option<String>,
 }
 
-struct Reader<'a> {
-    card: &'a Card,
-    deadline: Duration,
+/// Runs the manual's read sequences through `transmit` (one exchange per call).
+struct Reader<F> {
+    transmit: F,
 }
 
-impl Reader<'_> {
+impl<F, Fut> Reader<F>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, ExchangeError>>,
+{
     async fn run(&self, what: &'static str, cmd: &[u8]) -> Result<Vec<u8>, ReadError> {
-        self.card
-            .transmit(cmd, self.deadline)
+        (self.transmit)(cmd.to_vec())
             .await
             .map_err(|error| ReadError::Exchange { what, error })
     }
@@ -83,10 +87,14 @@ impl Reader<'_> {
     }
 }
 
-/// Starts `card` and reads its ATR, ICCID and IMSI. A missing file leaves that field empty.
-pub async fn read_identity(card: &Card, deadline: Duration) -> Result<Identity, ReadError> {
-    let atr = card.start().await.map_err(ReadError::Start)?;
-    let r = Reader { card, deadline };
+/// Reads ICCID and IMSI of a started card (whose ATR is `atr`) through `transmit`. A missing
+/// file leaves that field empty.
+pub async fn read_files<F, Fut>(atr: Vec<u8>, transmit: F) -> Result<Identity, ReadError>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, ExchangeError>>,
+{
+    let r = Reader { transmit };
     let mut id = Identity {
         atr,
         ..Default::default()
@@ -106,7 +114,19 @@ pub async fn read_identity(card: &Card, deadline: Duration) -> Result<Identity, 
     Ok(id)
 }
 
-/// Scans every inserted card concurrently. Cards that were not working before are stopped again.
+/// Starts `card` and reads its ATR, ICCID and IMSI (a one-shot command's own pool connection;
+/// the daemon goes through [`crate::cards::Lease::read_identity`]).
+pub async fn read_identity(card: &Card, deadline: Duration) -> Result<Identity, ReadError> {
+    let atr = card.start().await.map_err(ReadError::Start)?;
+    read_files(
+        atr,
+        |cmd| async move { card.transmit(&cmd, deadline).await },
+    )
+    .await
+}
+
+/// Scans every inserted card concurrently over a connection of this command's own. Cards that
+/// were not working before are stopped again.
 pub async fn scan(link: &Link, deadline: Duration) -> Result<Vec<CardReport>, PoolError> {
     let states = link.states().await?;
     let mut tasks = Vec::new();

@@ -1,8 +1,10 @@
 //! simpool: the SIM cards of a networked Lit-K13e-V53 SIM pool as PC/SC readers.
 
 pub mod bridge;
+pub mod cards;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod inventory;
 pub mod pool;
 pub mod remsim;

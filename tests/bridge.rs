@@ -6,7 +6,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use simpool::bridge::{Binding, Directory, Reader, ReaderConfig, ResetPolicy};
+use simpool::bridge::{Binding, Reader, ReaderConfig, ReaderHandle, ReaderStats, ResetPolicy};
+use simpool::cards::Cards;
 use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
@@ -61,24 +62,38 @@ async fn setup(faults: Faults, timeout_ms: u64) -> (SimPool, Link, TcpListener) 
     (sim, link, vpcd)
 }
 
-fn reader(link: &Link, vpcd: &TcpListener, card: u16, bound_ms: u64) -> Reader {
+/// A reader with its control handle (kept alive while it runs).
+struct TestReader(Reader, ReaderHandle);
+
+impl TestReader {
+    fn stats(&self) -> Arc<ReaderStats> {
+        self.1.stats()
+    }
+
+    async fn run(self) {
+        let _handle = self.1;
+        self.0.run().await
+    }
+}
+
+fn reader(link: &Link, vpcd: &TcpListener, card: u16, bound_ms: u64) -> TestReader {
     reader_for(link, vpcd, Binding::Card(card), bound_ms)
 }
 
-fn reader_for(link: &Link, vpcd: &TcpListener, binding: Binding, bound_ms: u64) -> Reader {
-    Reader::new(
-        format!("test reader {binding}"),
-        link.clone(),
+fn reader_for(link: &Link, vpcd: &TcpListener, binding: Binding, bound_ms: u64) -> TestReader {
+    let (r, h) = Reader::new(
+        0,
+        Cards::new(link.clone(), Vec::new()),
         ReaderConfig {
             vpcd: vpcd.local_addr().unwrap().to_string(),
-            binding,
             command_timeout: Duration::from_millis(bound_ms),
             reset: ResetPolicy::Restart,
             quickack: true,
             retry: Duration::from_millis(100),
         },
-        Arc::new(Directory::default()),
-    )
+        Some(binding),
+    );
+    TestReader(r, h)
 }
 
 async fn accept(vpcd: &TcpListener) -> Vpcd {

@@ -95,9 +95,16 @@ impl Serve {
         let log =
             std::env::temp_dir().join(format!("simpool-{}-{log_name}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
+        // Tests run daemons side by side: no control API unless the test asks for one.
+        let control: &[&str] = if args.contains(&"--control") {
+            &[]
+        } else {
+            &["--control", "off"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_simpool"))
             .arg("serve")
             .args(args)
+            .args(control)
             .env("RUST_LOG", "info,simpool=debug")
             .stdout(Stdio::null())
             .stderr(file)

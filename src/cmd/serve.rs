@@ -1,0 +1,137 @@
+//! `simpool serve`: the daemon.
+
+use std::process::ExitCode;
+
+use clap::{ArgMatches, Args};
+
+use simpool::bridge::ResetPolicy;
+use simpool::config::{self, FileConfig, ReaderEntry};
+
+use super::{wait_for_signal, CliError};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666].
+    #[arg(long)]
+    pool: Option<String>,
+    /// Bind the next reader to card N (1-256; repeatable).
+    #[arg(long)]
+    card: Vec<u16>,
+    /// Bind the next reader to the card with this ICCID (repeatable).
+    #[arg(long)]
+    iccid: Vec<String>,
+    /// Bind the next reader to the card with this IMSI (repeatable).
+    #[arg(long)]
+    imsi: Vec<String>,
+    /// vpcd's first port, HOST:PORT; the next reader uses PORT+1 and so on [default: 127.0.0.1:35963].
+    #[arg(long)]
+    vpcd: Option<String>,
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// What PC/SC power-on/reset does: `restart` the card (default) or answer the `cached` ATR.
+    #[arg(long, value_parser = parse_reset)]
+    reset: Option<ResetPolicy>,
+    /// Longest wait of any PC/SC command, ms [default: 1500].
+    #[arg(long)]
+    command_timeout_ms: Option<u64>,
+    /// Longest wait for one answer of the pool, ms [default: 1000].
+    #[arg(long)]
+    reply_timeout_ms: Option<u64>,
+    /// Don't re-arm TCP_QUICKACK on vpcd sockets (for measurements).
+    #[arg(long)]
+    no_quickack: bool,
+    /// Cards file for `--pool sim`.
+    #[arg(long)]
+    cards: Option<std::path::PathBuf>,
+    /// Run N readers on the vpcd ports (at most 16); the bindings take the first ones, the
+    /// others start without a card [default: one per binding].
+    #[arg(long)]
+    readers: Option<usize>,
+    /// Serve the control API on HOST:PORT, or `off` [default: 127.0.0.1:6680].
+    #[arg(long)]
+    control: Option<String>,
+    /// File holding a bearer token the control API requires (needed off loopback).
+    #[arg(long)]
+    control_token: Option<std::path::PathBuf>,
+    /// Keep runtime bindings in this file, restored at start-up.
+    #[arg(long)]
+    state: Option<std::path::PathBuf>,
+}
+
+fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
+    match s {
+        "restart" => Ok(ResetPolicy::Restart),
+        "cached" => Ok(ResetPolicy::Cached),
+        _ => Err("want restart or cached".into()),
+    }
+}
+
+/// Readers in the order their `--card`/`--iccid`/`--imsi` flags were given.
+fn bindings_in_order(args: &ServeArgs, m: &ArgMatches) -> Vec<ReaderEntry> {
+    let mut all: Vec<(usize, ReaderEntry)> = Vec::new();
+    let idx = |id: &str| {
+        m.indices_of(id)
+            .map(|i| i.collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    for (i, n) in idx("card").into_iter().zip(&args.card) {
+        all.push((
+            i,
+            ReaderEntry {
+                card: Some(*n),
+                ..Default::default()
+            },
+        ));
+    }
+    for (i, s) in idx("iccid").into_iter().zip(&args.iccid) {
+        all.push((
+            i,
+            ReaderEntry {
+                iccid: Some(s.clone()),
+                ..Default::default()
+            },
+        ));
+    }
+    for (i, s) in idx("imsi").into_iter().zip(&args.imsi) {
+        all.push((
+            i,
+            ReaderEntry {
+                imsi: Some(s.clone()),
+                ..Default::default()
+            },
+        ));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, e)| e).collect()
+}
+
+pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig {
+        pool: args.pool.clone(),
+        vpcd: args.vpcd.clone(),
+        command_timeout_ms: args.command_timeout_ms,
+        reply_timeout_ms: args.reply_timeout_ms,
+        keepalive_ms: None,
+        reset: args.reset,
+        quickack: args.no_quickack.then_some(false),
+        cards: args.cards.clone(),
+        readers: args.readers,
+        control: args.control.clone(),
+        control_token: args.control_token.clone(),
+        state: args.state.clone(),
+        reader: bindings_in_order(&args, m),
+    };
+    let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    let running = simpool::serve::start(cfg)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    wait_for_signal().await;
+    log::info!("stopping");
+    running.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
