@@ -133,6 +133,7 @@ fn main() {
         control: None,
         control_token: None,
         state: None,
+        remsim: None,
         readers: vec![ReaderSpec {
             binding: Some(Binding::Card(if quickack { 18 } else { 2 })),
             vpcd: format!("127.0.0.1:{port}"),

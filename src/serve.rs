@@ -21,6 +21,8 @@ pub enum ServeError {
     Sim(String),
     #[error("control API: {0}")]
     Control(String),
+    #[error(transparent)]
+    Remsim(#[from] crate::remsim::bank::BankError),
 }
 
 /// A running daemon.
@@ -30,6 +32,8 @@ pub struct Running {
     pub sim: Option<SimPool>,
     /// Where the control API listens, if on.
     pub control: Option<std::net::SocketAddr>,
+    /// The osmo-remsim bank, if on.
+    pub bank: Option<crate::remsim::Bank>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -40,6 +44,9 @@ impl Running {
 
     /// Stops every reader (their vpcd connections close: pcscd sees the cards removed).
     pub fn shutdown(self) {
+        if let Some(b) = self.bank {
+            b.shutdown();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -215,6 +222,23 @@ pub async fn start_with(
         },
     );
     let cards = Cards::new(link.clone(), observers);
+    // The bank's listener before the readers: a bank that cannot listen should not half-start.
+    let bank = match &cfg.remsim {
+        Some(r) => Some(
+            crate::remsim::Bank::start(
+                crate::remsim::BankConfig {
+                    server: r.server.clone(),
+                    bank_id: r.bank_id,
+                    listen: r.listen.clone(),
+                    command_timeout: cfg.command_timeout,
+                    name: "simpool".into(),
+                },
+                cards.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let startup: Vec<Option<Binding>> = cfg.readers.iter().map(|r| r.binding.clone()).collect();
     let bindings = initial_bindings(&startup, cfg.state.as_deref().and_then(load_state));
     let mut readers = Vec::new();
@@ -258,6 +282,7 @@ pub async fn start_with(
         daemon,
         sim,
         control,
+        bank,
         tasks,
     })
 }

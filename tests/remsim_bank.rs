@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::remsim::{bs, cs, map, unmap, Client, Gone, Peer, Server};
+use simpool::cards::{Cards, Holder};
 use simpool::pool::{Link, LinkOptions, SlotState};
-use simpool::remsim::access::CardAccess;
 use simpool::remsim::rspro::{Msg, ResultCode};
 use simpool::remsim::{Bank, BankConfig};
 use simpool::sim::profile::CardsFile;
@@ -19,7 +19,7 @@ const CARD18_ATR: &str = "3B9F95801FC38031E073FE21135786810286984418A8";
 
 struct Rig {
     _sim: SimPool,
-    cards: CardAccess,
+    cards: Cards,
     bank: Bank,
     server: Server,
     control: Peer,
@@ -37,7 +37,7 @@ async fn rig() -> Rig {
         },
     );
     assert!(link.wait_up(Duration::from_secs(5)).await);
-    let cards = CardAccess::new(link);
+    let cards = Cards::new(link, Vec::new());
     let server = Server::bind().await;
     let bank = Bank::start(
         BankConfig {
@@ -63,13 +63,13 @@ async fn rig() -> Rig {
 }
 
 /// Whether the pool reports the card started (the pool's own slot state).
-async fn working(cards: &CardAccess, card: u16) -> bool {
+async fn working(cards: &Cards, card: u16) -> bool {
     let states = cards.link().states().await.unwrap();
     states[usize::from(card - 1)] == SlotState::Working
 }
 
 /// Waits until card `card` is stopped and free (bounded).
-async fn stopped_and_free(cards: &CardAccess, card: u16) {
+async fn stopped_and_free(cards: &Cards, card: u16) {
     for _ in 0..100 {
         if cards.holder(card).is_none() && !working(cards, card).await {
             return;
@@ -97,8 +97,12 @@ async fn two_clients_read_their_cards_at_once() {
     assert_eq!(hex::encode_upper(atr_a.unwrap()), CARD18_ATR);
     assert!(!atr_b.unwrap().is_empty());
     assert_eq!(
-        r.cards.holder(18).as_deref(),
-        Some("bank 1:17 -> client 23:0")
+        r.cards.holder(18),
+        Some(Holder::Bank {
+            bank: 1,
+            slot: 17,
+            client: Some((23, 0))
+        })
     );
     // Interleaved at the same time, several rounds: no cross-talk.
     for _ in 0..5 {
@@ -219,22 +223,36 @@ async fn unmapped_client_waits_for_its_map() {
 #[tokio::test]
 async fn a_held_card_is_refused_naming_its_holder() {
     let mut r = rig().await;
-    let lease = r.cards.lease(18, "reader 0".into()).unwrap();
+    let lease = r.cards.lease(18, Holder::Reader(0)).unwrap();
     map(&mut r.control, cs(23, 0), bs(1, 17)).await;
     let (mut a, res, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
     assert_eq!(res, ResultCode::CardNotPresent);
-    assert_eq!(r.cards.holder(18).as_deref(), Some("reader 0"));
-    // The holder lets go; the next map change makes the bank look again.
+    assert_eq!(r.cards.holder(18), Some(Holder::Reader(0)));
+    // The holder lets go: the waiting client gets the card at once (setAtrReq).
     drop(lease);
-    map(&mut r.control, cs(23, 0), bs(1, 17)).await;
-    unmap(&mut r.control, cs(23, 0), bs(1, 17)).await;
-    map(&mut r.control, cs(23, 0), bs(1, 17)).await;
     assert_eq!(hex::encode_upper(a.expect_atr().await), CARD18_ATR);
+    assert_eq!(a.iccid().await, "89860043191482190636");
     // And the other way round: a card the bank holds is refused to others.
-    match r.cards.lease(18, "reader 0".into()) {
-        Err(e) => assert_eq!(e.to_string(), "card 18 is held by bank 1:17 -> client 23:0"),
+    match r.cards.lease(18, Holder::Reader(0)) {
+        Err(e) => assert_eq!(e.to_string(), "card 18 is held by bank 1:17 → client 23:0"),
         Ok(_) => panic!("card 18 leased twice"),
     }
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_takes_over_from_its_old_connection() {
+    let mut r = rig().await;
+    map(&mut r.control, cs(23, 0), bs(1, 17)).await;
+    let addr = r.bank.local_addr();
+    let (mut old, _, _) = Client::connect(addr, cs(23, 0), bs(1, 17)).await;
+    assert_eq!(old.select([0x7F, 0x20]).await, 0x9F);
+    // The same client slot connects again (its old link half-dead): it gets the card, freshly
+    // started, and the old connection is closed.
+    let (mut new, res, atr) = Client::connect(addr, cs(23, 0), bs(1, 17)).await;
+    assert_eq!(res, ResultCode::Ok);
+    assert_eq!(hex::encode_upper(atr.unwrap()), CARD18_ATR);
+    assert!(old.peer.closed_within(Duration::from_secs(2)).await);
+    assert_eq!(new.iccid().await, "89860043191482190636");
 }
 
 #[tokio::test]

@@ -277,38 +277,6 @@ fn start_server(build: &Path, logdir: &Path, n: u32) -> Proc {
     p
 }
 
-/// simpool's bank on the simulated pool, in this process (its own runtime, kept alive by the
-/// returned value).
-fn start_bank() -> tokio::runtime::Runtime {
-    use simpool::pool::{Link, LinkOptions};
-    use simpool::remsim::{access::CardAccess, Bank, BankConfig};
-    use simpool::sim::{profile::CardsFile, Faults, SimPool};
-    let _ = env_logger::builder().is_test(true).try_init();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.spawn(async {
-        let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
-            .await
-            .unwrap();
-        let link = Link::spawn(&sim.addr().to_string(), LinkOptions::default());
-        let bank = Bank::start(
-            BankConfig {
-                server: "127.0.0.1:9998".into(),
-                bank_id: 1,
-                listen: "0.0.0.0:9999".into(),
-                command_timeout: Duration::from_millis(1500),
-                name: "simpool".into(),
-            },
-            CardAccess::new(link),
-        )
-        .await
-        .unwrap();
-        // Live as long as the runtime.
-        std::future::pending::<()>().await;
-        drop((sim, bank));
-    });
-    rt
-}
-
 fn median_and_p99(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
@@ -331,7 +299,24 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     eprintln!("logs in {}", logdir.display());
 
     let server = start_server(&build, &logdir, 1);
-    let _bank = start_bank();
+    let bank_log = std::fs::File::create(logdir.join("simpool.log")).unwrap();
+    let mut bank = Command::new(env!("CARGO_BIN_EXE_simpool"));
+    bank.args([
+        "serve",
+        "--pool",
+        "sim",
+        "--remsim",
+        "127.0.0.1",
+        "--bank-id",
+        "1",
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(bank_log);
+    let _bank = Proc {
+        child: bank.spawn().expect("simpool serve"),
+        name: "simpool".into(),
+    };
     wait_for(
         "bank 1 with 256 slots registered",
         Duration::from_secs(10),

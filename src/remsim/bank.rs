@@ -15,6 +15,7 @@
 //! - the slot maps survive a lost control link (the data path does not need the server);
 //!   the server's removeMapping/resetState are what end sessions.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,17 +23,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use super::access::{CardAccess, Lease};
 use super::ipa::{self, Ccm, Frame, IpaError};
 use super::maps::{card_of, check_tpdu, wants_reset, KeepAlive, KeepAliveAction, SlotMaps};
 use super::rspro::{
     BankSlot, ClientSlot, ComponentIdentity, Msg, Pdu, ResultCode, RsproError, SlotPhysStatus,
     TpduFlags,
 };
+use crate::cards::{Cards, Front, Holder, Lease, LeaseError};
 use crate::pool::ExchangeError;
 use crate::t0;
 
@@ -54,6 +55,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_ATTACH: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a new connection of a client slot waits for the old connection's card.
+const SUPERSEDE_WAIT: Duration = Duration::from_secs(2);
 /// A control connection that lasted this long was a real one: back-off starts over.
 const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
@@ -127,18 +130,23 @@ enum End {
     Unmapped,
     #[error("card failed: {0}")]
     Card(String),
+    #[error("superseded by a newer connection of the same client slot")]
+    Superseded,
     #[error("bank shutting down")]
     Shutdown,
 }
 
 struct Shared {
     cfg: BankConfig,
-    cards: CardAccess,
+    cards: Cards,
     maps: Mutex<SlotMaps>,
     /// Bumped on every change of the maps.
     changed: watch::Sender<u64>,
     control_up: watch::Sender<bool>,
     stats: BankStats,
+    /// The connection serving each client slot (session id, its "you are superseded" signal).
+    owners: Mutex<HashMap<ClientSlot, (u64, Arc<Notify>)>>,
+    next_session: AtomicU64,
 }
 
 /// A running bank.
@@ -150,7 +158,7 @@ pub struct Bank {
 
 impl Bank {
     /// Binds the data listener (failing if it cannot), then runs both sides in the background.
-    pub async fn start(cfg: BankConfig, cards: CardAccess) -> Result<Bank, BankError> {
+    pub async fn start(cfg: BankConfig, cards: Cards) -> Result<Bank, BankError> {
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .map_err(|cause| BankError::Listen {
@@ -168,6 +176,8 @@ impl Bank {
             changed: watch::channel(0).0,
             control_up: watch::channel(false).0,
             stats: BankStats::default(),
+            owners: Mutex::default(),
+            next_session: AtomicU64::new(0),
         });
         log::info!(
             "remsim bank {}: clients on {addr}, server {}",
@@ -448,19 +458,26 @@ struct Active {
 
 struct Session {
     shared: Arc<Shared>,
+    id: u64,
+    /// Notified when a newer connection of the same client slot takes over.
+    superseded: Arc<Notify>,
     peer: SocketAddr,
     client: Option<ClientSlot>,
     active: Option<Active>,
     last_status: SlotPhysStatus,
     /// When to look for a map or a free card again.
     retry: Option<Instant>,
+    last_problem: Option<String>,
 }
 
 async fn client_session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     log::info!("remsim: client connection from {peer}");
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let mut s = Session {
         shared,
+        id,
+        superseded: Arc::new(Notify::new()),
         peer,
         client: None,
         active: None,
@@ -471,17 +488,26 @@ async fn client_session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
             card_present: Some(true),
         },
         retry: None,
+        last_problem: None,
     };
     let mut conn = Conn::new(stream);
     let end = s.run(&mut conn).await;
     let who = s.who();
     match &end {
-        End::Closed | End::Unmapped | End::Shutdown => log::info!("remsim: {who}: {end}"),
+        End::Closed | End::Unmapped | End::Shutdown | End::Superseded => {
+            log::info!("remsim: {who}: {end}")
+        }
         End::Ipa(_) | End::Rspro(_) | End::BadPeer(_) => {
             s.shared.stats.bad_peers.fetch_add(1, Ordering::Relaxed);
             log::warn!("remsim: {who}: closing: {end}")
         }
         _ => log::warn!("remsim: {who}: closing: {end}"),
+    }
+    if let Some(c) = s.client {
+        let mut owners = s.shared.owners.lock().unwrap();
+        if owners.get(&c).is_some_and(|(id, _)| *id == s.id) {
+            owners.remove(&c);
+        }
     }
     if let Some(a) = s.active.take() {
         a.lease.release().await;
@@ -512,6 +538,8 @@ impl Session {
 
     async fn serve(&mut self, conn: &mut Conn) -> Result<(), End> {
         let mut changed = self.shared.changed.subscribe();
+        let mut leases = self.shared.cards.watch();
+        let superseded = self.superseded.clone();
         let mut ka = new_keepalive();
         loop {
             let ka_at: Instant = ka.next_deadline().into();
@@ -534,6 +562,14 @@ impl Session {
                     }
                     self.on_maps_changed(conn).await?;
                 }
+                // Waiting for a card someone else holds: look again when leases change.
+                r = leases.changed(), if self.retry.is_some() => {
+                    if r.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                    self.try_attach(conn, false).await?;
+                }
+                _ = superseded.notified() => return Err(End::Superseded),
                 _ = sleep_until(wake) => {
                     conn.on_keepalive(&mut ka).await?;
                     if self.retry.is_some_and(|r| r <= Instant::now()) {
@@ -570,6 +606,17 @@ impl Session {
                     identity.sw_version
                 );
                 self.client = Some(cs);
+                // A client slot has one connection: a client that reconnects (its old link
+                // half-dead, or after a server restart) takes over from its old connection.
+                let old = self
+                    .shared
+                    .owners
+                    .lock()
+                    .unwrap()
+                    .insert(cs, (self.id, self.superseded.clone()));
+                if let Some((_, kick)) = old {
+                    kick.notify_one();
+                }
                 self.try_attach(conn, true).await
             }
             Msg::SetAtrRes { result } => {
@@ -628,7 +675,11 @@ impl Session {
                 }
             }
             Err(why) => {
-                log::warn!("remsim: {}: no card yet: {why}", self.who());
+                // Logged once per distinct reason, not on every retry.
+                if self.last_problem.as_deref() != Some(why.as_str()) {
+                    log::warn!("remsim: {}: no card yet: {why}", self.who());
+                    self.last_problem = Some(why);
+                }
                 self.retry = Some(Instant::now() + RETRY_ATTACH);
                 if answer_connect {
                     conn.send(&[Msg::ConnectClientRes {
@@ -651,12 +702,24 @@ impl Session {
             .bank_slot_of(client)
             .ok_or_else(|| format!("no slot map for client {client}"))?;
         let card = card_of(bank);
-        let holder = format!("bank {bank} -> client {client}");
-        let mut lease = self
-            .shared
-            .cards
-            .lease(card, holder)
-            .map_err(|e| e.to_string())?;
+        let holder = Holder::Bank {
+            bank: bank.bank_id,
+            slot: bank.slot_nr,
+            client: Some((client.client_id, client.slot_nr)),
+        };
+        let mut lease = match self.shared.cards.lease(card, holder.clone()) {
+            Ok(l) => l,
+            // Held for this very client slot: its previous connection, superseded by this one,
+            // is letting go. Wait for that (bounded) rather than refusing the client.
+            Err(LeaseError::Held { holder: h, .. }) if h == holder => {
+                self.wait_until_free(card).await;
+                self.shared
+                    .cards
+                    .lease(card, holder)
+                    .map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let bound = self.shared.cfg.command_timeout;
         let atr = match timeout(bound, lease.start()).await {
             Ok(Ok(atr)) => atr,
@@ -676,6 +739,19 @@ impl Session {
         self.active = Some(Active { bank, lease });
         self.retry = None;
         Ok(atr)
+    }
+
+    /// Waits (at most [`SUPERSEDE_WAIT`]) until card `card` has no holder.
+    async fn wait_until_free(&self, card: u16) {
+        let mut w = self.shared.cards.watch();
+        let _ = timeout(SUPERSEDE_WAIT, async {
+            while self.shared.cards.holder(card).is_some() {
+                if w.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn on_maps_changed(&mut self, conn: &mut Conn) -> Result<(), End> {
@@ -713,7 +789,7 @@ impl Session {
         }
         let a = self.active.as_ref().expect("checked");
         let bound = self.shared.cfg.command_timeout;
-        let result = match timeout(bound, a.lease.transmit(&data, bound)).await {
+        let result = match timeout(bound, a.lease.transmit(&data, bound, Front::Bank)).await {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::Deadline {
                 ms: bound.as_millis() as u64,
