@@ -133,7 +133,15 @@ impl Client {
         slot: ClientSlot,
         bank: BankSlot,
     ) -> (Client, ResultCode, Option<Vec<u8>>) {
-        let mut peer = Peer::connect(addr).await;
+        Client::handshake(Peer::connect(addr).await, slot, bank).await
+    }
+
+    /// connectClientReq on a connected peer; as [`Client::connect`].
+    pub async fn handshake(
+        mut peer: Peer,
+        slot: ClientSlot,
+        bank: BankSlot,
+    ) -> (Client, ResultCode, Option<Vec<u8>>) {
         peer.send(Msg::ConnectClientReq {
             identity: identity(ComponentType::Client, "test-client"),
             client_slot: Some(slot),
