@@ -43,6 +43,9 @@ fn in_private_netns(name: &str) -> bool {
     if std::env::var_os(NETNS_MARK).is_some() {
         return true;
     }
+    // One namespace at a time: the tests measure latencies and should not compete.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     let root = nix::unistd::Uid::effective().is_root();
     let status = Command::new("unshare")
@@ -205,12 +208,26 @@ impl Shell {
 
 /// A minimal HTTP/1.1 request to the server's REST API; answers (status, body).
 fn rest(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect("127.0.0.1:9997")?;
+    http(
+        "127.0.0.1:9997",
+        method,
+        &format!("/api/backend/v1{path}"),
+        body,
+    )
+}
+
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let body = body.unwrap_or("");
     write!(
         s,
-        "{method} /api/backend/v1{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
@@ -226,8 +243,12 @@ fn rest(method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, S
 }
 
 fn post_map(bank_slot: u16, client: u16) {
+    post_map_on(1, bank_slot, client)
+}
+
+fn post_map_on(bank: u16, bank_slot: u16, client: u16) {
     let body = format!(
-        r#"{{"bank":{{"bankId":1,"slotNr":{bank_slot}}},"client":{{"clientId":{client},"slotNr":0}}}}"#
+        r#"{{"bank":{{"bankId":{bank},"slotNr":{bank_slot}}},"client":{{"clientId":{client},"slotNr":0}}}}"#
     );
     let (code, resp) = rest("POST", "/slotmaps", Some(&body)).unwrap();
     assert!((200..300).contains(&code), "POST slotmap: {code} {resp}");
@@ -245,10 +266,27 @@ fn wait_for(what: &str, wait: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn slotmap_state(bank_slot: u16) -> Option<String> {
+    slotmap_state_on(1, bank_slot)
+}
+
+fn slotmap_state_on(bank: u16, bank_slot: u16) -> Option<String> {
     let (_, body) = rest("GET", "/slotmaps", None).ok()?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["slotmaps"].as_array()?.iter().find_map(|m| {
-        (m["bank"]["slotNr"] == bank_slot).then(|| m["state"].as_str().unwrap_or("").to_string())
+        (m["bank"]["bankId"] == bank && m["bank"]["slotNr"] == bank_slot)
+            .then(|| m["state"].as_str().unwrap_or("").to_string())
+    })
+}
+
+/// Whether the server lists bank `id` with `slots` slots.
+fn bank_listed(id: u16, slots: u16) -> bool {
+    rest("GET", "/banks", None).is_ok_and(|(_, b)| {
+        serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|v| {
+            v["banks"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|b| b["bankId"] == id && b["numberOfSlots"] == slots)
+            })
+        })
     })
 }
 
@@ -362,6 +400,11 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         "first exchange stalled (delayed ACK?): {t_first_a:?} {t_first_b:?}"
     );
 
+    // simpool's control API shows the remote holder.
+    let (_, card18) = http("127.0.0.1:6680", "GET", "/api/v1/cards/18", None).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&card18).expect("JSON from /api/v1/cards/18");
+    assert_eq!(v["holder"], "bank 1:17 → client 23:0", "{card18}");
+
     // Both at the same time.
     let (iccid, imsi) = std::thread::scope(|s| {
         let ta = s.spawn(|| a.iccid());
@@ -419,5 +462,171 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         .expect("client 24 gets card 256 again");
     assert_eq!(b.imsi().as_deref(), Some("460019894013615"));
     assert_eq!(a.iccid(), "89860043191482190636");
+    let _ = std::fs::remove_dir_all(&logdir);
+}
+
+/// A private pcscd (driver/pcscd-private) with vpcd readers, stopped on drop.
+struct PrivatePcscd {
+    dir: PathBuf,
+}
+
+impl PrivatePcscd {
+    fn start(dir: PathBuf) -> PrivatePcscd {
+        let ok = Command::new(repo().join("driver/pcscd-private"))
+            .args(["start", "--readers", "2", "--port", "35963", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("driver/pcscd-private (see README: driver/pcscd-private install)")
+            .success();
+        assert!(ok, "private pcscd did not start");
+        PrivatePcscd { dir }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/pcscd.comm")
+    }
+}
+
+impl Drop for PrivatePcscd {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("driver/pcscd-private"))
+            .args(["stop", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sh(cmd: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
+/// The acceptance comparison, in one run: client-shell → simpool's bank (card 18) against
+/// client-shell → osmo-remsim-bankd → pcscd → vpcd → simpool's PC/SC reader (card 2), the
+/// exchanges of both interleaved. Both banks must be on port 9999 (the server hard-codes it)
+/// at different addresses: osmo-remsim-bankd talks to the server from 127.0.0.2 and listens
+/// there, so the server, seeing it connect from there, sends its clients there.
+#[test]
+fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
+    let Some(build) = build_dir() else {
+        eprintln!("\n*** SKIPPED remsim side-by-side: SIMPOOL_REMSIM_BUILD is not set ***\n");
+        return;
+    };
+    if !in_private_netns("simpool_bank_vs_osmo_remsim_bankd_over_pcsc") {
+        return;
+    }
+    // Its own /32 on lo gives 127.0.0.2 a local route whose source is 127.0.0.2.
+    sh("ip addr add 127.0.0.2/32 dev lo");
+    let logdir = std::env::temp_dir().join(format!("simpool-remsim-sbs-{}", std::process::id()));
+    std::fs::create_dir_all(&logdir).unwrap();
+    eprintln!("logs in {}", logdir.display());
+    let pcscd = PrivatePcscd::start(logdir.join("pcscd"));
+    let _server = start_server(&build, &logdir, 1);
+
+    // One daemon: reader 0 (card 2) on vpcd for osmo-remsim-bankd, and the bank (card 18).
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_simpool"));
+    serve
+        .args([
+            "serve",
+            "--pool",
+            "sim",
+            "--card",
+            "2",
+            "--vpcd",
+            "127.0.0.1:35963",
+        ])
+        .args(["--remsim", "127.0.0.1", "--bank-id", "1"])
+        .args(["--remsim-listen", "127.0.0.1:9999", "--control", "off"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let _serve = spawn("simpool", &mut serve, &logdir.join("simpool.log"));
+
+    std::fs::write(
+        logdir.join("bankd_pcsc_slots.csv"),
+        "\"2\",\"0\",\"Virtual PCD 00 00\"\n",
+    )
+    .unwrap();
+    let mut bankd = Command::new(build.join("src/bankd/osmo-remsim-bankd"));
+    bankd
+        .args([
+            "-i",
+            "127.0.0.2",
+            "-b",
+            "2",
+            "-n",
+            "1",
+            "-I",
+            "127.0.0.2",
+            "-P",
+            "9999",
+        ])
+        .current_dir(&logdir)
+        .env("PCSCLITE_CSOCK_NAME", pcscd.socket())
+        .stdout(Stdio::null());
+    let _bankd = spawn("osmo-remsim-bankd", &mut bankd, &logdir.join("bankd.log"));
+
+    wait_for("both banks registered", Duration::from_secs(15), || {
+        bank_listed(1, 256) && bank_listed(2, 1)
+    });
+    post_map_on(1, 17, 23);
+    post_map_on(2, 0, 25);
+    wait_for("maps ACTIVE", Duration::from_secs(15), || {
+        slotmap_state_on(1, 17).as_deref() == Some("ACTIVE")
+            && slotmap_state_on(2, 0).as_deref() == Some("ACTIVE")
+    });
+    let mut ours = Shell::start(&build, 23, &logdir);
+    let mut theirs = Shell::start(&build, 25, &logdir);
+    ours.card_atr(Duration::from_secs(15))
+        .expect("SET_ATR from simpool's bank");
+    theirs
+        .card_atr(Duration::from_secs(30))
+        .expect("SET_ATR from osmo-remsim-bankd");
+
+    let (r, first_ours) = ours.transmit("A0F2000016");
+    assert_eq!(r.len(), 0x16 + 2);
+    let (r, first_theirs) = theirs.transmit("A0F2000016");
+    assert_eq!(r.len(), 0x16 + 2);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let (r, t) = ours.transmit("A0F2000016");
+        assert_eq!(r.len(), 0x16 + 2);
+        a.push(t);
+        let (r, t) = theirs.transmit("A0F2000016");
+        assert_eq!(r.len(), 0x16 + 2);
+        b.push(t);
+    }
+    let (a50, a99) = median_and_p99(a);
+    let (b50, b99) = median_and_p99(b);
+    eprintln!(
+        "STATUS round trip through client-shell, interleaved, 300 each:\n  \
+         simpool bank:                         first {:.2} ms, p50 {:.3} ms, p99 {:.3} ms\n  \
+         osmo-remsim-bankd + pcscd + vpcd:     first {:.2} ms, p50 {:.3} ms, p99 {:.3} ms",
+        first_ours.as_secs_f64() * 1e3,
+        a50.as_secs_f64() * 1e3,
+        a99.as_secs_f64() * 1e3,
+        first_theirs.as_secs_f64() * 1e3,
+        b50.as_secs_f64() * 1e3,
+        b99.as_secs_f64() * 1e3,
+    );
+    assert!(
+        first_ours < Duration::from_millis(30),
+        "first exchange through simpool's bank stalled: {first_ours:?}"
+    );
+    // Interleaved medians on a shared, noisy machine: 10 % slack against flakiness.
+    assert!(
+        a50 <= b50.mul_f64(1.1),
+        "simpool's bank slower than osmo-remsim-bankd over PC/SC: p50 {a50:?} vs {b50:?}"
+    );
     let _ = std::fs::remove_dir_all(&logdir);
 }
