@@ -77,6 +77,14 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
+    use std::os::unix::process::CommandExt;
+    // Killed with the test process even if it aborts (no Drop then).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let err = std::fs::File::create(log).unwrap();
     let child = cmd
         .stderr(err)
@@ -337,7 +345,6 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     eprintln!("logs in {}", logdir.display());
 
     let server = start_server(&build, &logdir, 1);
-    let bank_log = std::fs::File::create(logdir.join("simpool.log")).unwrap();
     let mut bank = Command::new(env!("CARGO_BIN_EXE_simpool"));
     bank.args([
         "serve",
@@ -349,12 +356,8 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         "1",
     ])
     .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(bank_log);
-    let _bank = Proc {
-        child: bank.spawn().expect("simpool serve"),
-        name: "simpool".into(),
-    };
+    .stdout(Stdio::null());
+    let _bank = spawn("simpool", &mut bank, &logdir.join("simpool.log"));
     wait_for(
         "bank 1 with 256 slots registered",
         Duration::from_secs(10),
@@ -480,6 +483,20 @@ impl PrivatePcscd {
             .expect("driver/pcscd-private (see README: driver/pcscd-private install)")
             .success();
         assert!(ok, "private pcscd did not start");
+        // Stop it when this process goes, however it goes.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec {script} stop --dir {dir}",
+            pid = std::process::id(),
+            script = repo().join("driver/pcscd-private").display(),
+            dir = dir.display()
+        );
+        Command::new("setsid")
+            .args(["-f", "bash", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start the pcscd watchdog");
         PrivatePcscd { dir }
     }
 
@@ -628,5 +645,6 @@ fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
         a50 <= b50.mul_f64(1.1),
         "simpool's bank slower than osmo-remsim-bankd over PC/SC: p50 {a50:?} vs {b50:?}"
     );
+    drop((ours, theirs, _bankd, _serve, _server, pcscd));
     let _ = std::fs::remove_dir_all(&logdir);
 }
