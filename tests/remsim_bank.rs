@@ -18,7 +18,7 @@ use simpool::sim::{Faults, SimPool};
 const CARD18_ATR: &str = "3B9F95801FC38031E073FE21135786810286984418A8";
 
 struct Rig {
-    _sim: SimPool,
+    sim: SimPool,
     cards: Cards,
     bank: Bank,
     server: Server,
@@ -54,7 +54,7 @@ async fn rig() -> Rig {
     let (control, bank_id, slots) = server.accept_bank().await;
     assert_eq!((bank_id, slots), (1, 256));
     Rig {
-        _sim: sim,
+        sim,
         cards,
         bank,
         server,
@@ -330,6 +330,26 @@ async fn the_bank_reconnects_to_a_restarted_server_and_keeps_serving() {
         Err(Gone::Timeout)
     ));
     assert_eq!(control.pongs, 1);
+}
+
+#[tokio::test]
+async fn a_pool_reconnect_ends_the_session_and_the_client_comes_back() {
+    let mut r = rig().await;
+    map(&mut r.control, cs(23, 0), bs(1, 17)).await;
+    let (mut a, _, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
+    assert_eq!(a.iccid().await, "89860043191482190636");
+    // The pool drops its connection (and with it the card's state).
+    r.sim.restart(Duration::from_millis(300));
+    assert!(a.peer.closed_within(Duration::from_secs(3)).await);
+    // The client reconnects at once: no card while the pool is away, then the card.
+    let (mut a, res, atr) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
+    let atr = match res {
+        ResultCode::Ok => atr.unwrap(),
+        ResultCode::CardNotPresent => a.expect_atr().await,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
+    assert_eq!(a.iccid().await, "89860043191482190636");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use super::rspro::{
     TpduFlags,
 };
 use crate::cards::{Cards, Front, Holder, Lease, LeaseError};
-use crate::pool::ExchangeError;
+use crate::pool::{ExchangeError, LinkState};
 use crate::t0;
 
 /// The server's RSPRO port (hard-coded in osmo-remsim-server).
@@ -454,6 +454,9 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
 struct Active {
     bank: BankSlot,
     lease: Lease,
+    /// The pool connection the card was started on: after a reconnect the pool may have
+    /// powered it off, so the session ends (the client reconnects to a fresh card).
+    started_on: LinkState,
 }
 
 struct Session {
@@ -539,6 +542,7 @@ impl Session {
     async fn serve(&mut self, conn: &mut Conn) -> Result<(), End> {
         let mut changed = self.shared.changed.subscribe();
         let mut leases = self.shared.cards.watch();
+        let mut pool = self.shared.cards.link().watch();
         let superseded = self.superseded.clone();
         let mut ka = new_keepalive();
         loop {
@@ -570,6 +574,20 @@ impl Session {
                     self.try_attach(conn, false).await?;
                 }
                 _ = superseded.notified() => return Err(End::Superseded),
+                r = pool.changed() => {
+                    if r.is_err() {
+                        return Err(End::Shutdown);
+                    }
+                    let now = *pool.borrow_and_update();
+                    if let Some(a) = &self.active {
+                        if now != a.started_on {
+                            return Err(End::Card(format!("pool connection changed ({now:?})")));
+                        }
+                    } else if matches!(now, LinkState::Up { .. }) && self.client.is_some() {
+                        // The pool is back: a client waiting for its card gets it now.
+                        self.try_attach(conn, false).await?;
+                    }
+                }
                 _ = sleep_until(wake) => {
                     conn.on_keepalive(&mut ka).await?;
                     if self.retry.is_some_and(|r| r <= Instant::now()) {
@@ -720,6 +738,10 @@ impl Session {
             }
             Err(e) => return Err(e.to_string()),
         };
+        let started_on = self.shared.cards.link().state();
+        if !matches!(started_on, LinkState::Up { .. }) {
+            return Err("no connection to the pool".into());
+        }
         let bound = self.shared.cfg.command_timeout;
         let atr = match timeout(bound, lease.start()).await {
             Ok(Ok(atr)) => atr,
@@ -736,7 +758,11 @@ impl Session {
             self.peer,
             hex::encode_upper(&atr)
         );
-        self.active = Some(Active { bank, lease });
+        self.active = Some(Active {
+            bank,
+            lease,
+            started_on,
+        });
         self.retry = None;
         Ok(atr)
     }
