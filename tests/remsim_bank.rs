@@ -353,6 +353,26 @@ async fn a_pool_reconnect_ends_the_session_and_the_client_comes_back() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_says_who_it_is_is_closed() {
+    let r = rig().await;
+    let mut p = Peer::connect(r.bank.local_addr()).await;
+    let t = std::time::Instant::now();
+    // Keep-alive traffic does not count as saying who it is.
+    let closed = loop {
+        p.send_raw(&[0x00, 0x01, 0xFE, 0x00]).await;
+        if p.closed_within(Duration::from_secs(2)).await {
+            break true;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+    };
+    assert!(closed, "idle connection still open after 15 s");
+    assert!(t.elapsed() >= Duration::from_secs(9), "closed too early");
+    assert!(p.pongs > 0, "PINGs were answered meanwhile");
+}
+
+#[tokio::test]
 async fn illegal_maps_are_refused() {
     let mut r = rig().await;
     assert_eq!(

@@ -55,6 +55,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_ATTACH: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A connection must say which client slot it is within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client connections served at once (256 slots, plus room for reconnects); more are closed
+/// at once, so a flood of connections cannot exhaust the daemon.
+const MAX_CLIENTS: usize = 1024;
 /// How long a new connection of a client slot waits for the old connection's card.
 const SUPERSEDE_WAIT: Duration = Duration::from_secs(2);
 /// A control connection that lasted this long was a real one: back-off starts over.
@@ -438,6 +443,12 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    if sessions.len() >= MAX_CLIENTS {
+                        shared.stats.bad_peers.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("remsim: {MAX_CLIENTS} client connections open: {peer} refused");
+                        drop(stream);
+                        continue;
+                    }
                     sessions.spawn(client_session(shared.clone(), stream, peer));
                 }
                 Err(e) => {
@@ -545,9 +556,13 @@ impl Session {
         let mut pool = self.shared.cards.link().watch();
         let superseded = self.superseded.clone();
         let mut ka = new_keepalive();
+        let hello_by = Instant::now() + HELLO_TIMEOUT;
         loop {
             let ka_at: Instant = ka.next_deadline().into();
-            let wake = self.retry.map_or(ka_at, |r| r.min(ka_at));
+            let mut wake = self.retry.map_or(ka_at, |r| r.min(ka_at));
+            if self.client.is_none() {
+                wake = wake.min(hello_by);
+            }
             tokio::select! {
                 f = conn.next_frame() => {
                     ka.received(std::time::Instant::now());
@@ -589,6 +604,12 @@ impl Session {
                     }
                 }
                 _ = sleep_until(wake) => {
+                    if self.client.is_none() && Instant::now() >= hello_by {
+                        return Err(End::BadPeer(format!(
+                            "no connectClientReq within {} s",
+                            HELLO_TIMEOUT.as_secs()
+                        )));
+                    }
                     conn.on_keepalive(&mut ka).await?;
                     if self.retry.is_some_and(|r| r <= Instant::now()) {
                         self.retry = None;
