@@ -920,3 +920,22 @@ impl Session {
         conn.send(&[Msg::SetAtrReq { slot: client, atr }]).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::server_address;
+
+    #[test]
+    fn server_addresses_get_the_default_port() {
+        for (given, want) in [
+            ("127.0.0.1", "127.0.0.1:9998"),
+            ("remsim.lab", "remsim.lab:9998"),
+            ("10.0.0.5:19998", "10.0.0.5:19998"),
+            ("::1", "[::1]:9998"),
+            ("[::1]:9998", "[::1]:9998"),
+            ("[fe80::1]", "[fe80::1]:9998"),
+        ] {
+            assert_eq!(server_address(given), want, "{given}");
+        }
+    }
+}
