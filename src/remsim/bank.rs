@@ -164,7 +164,7 @@ pub struct Bank {
 impl Bank {
     /// Binds the data listener (failing if it cannot), then runs both sides in the background.
     pub async fn start(cfg: BankConfig, cards: Cards) -> Result<Bank, BankError> {
-        let listener = TcpListener::bind(&cfg.listen)
+        let listener = listen(&cfg.listen)
             .await
             .map_err(|cause| BankError::Listen {
                 addr: cfg.listen.clone(),
@@ -232,6 +232,30 @@ impl Drop for Bank {
             t.abort();
         }
     }
+}
+
+/// Every modem of a lab may (re)connect at once after an outage: a listen backlog of 1024
+/// rather than the usual 128, so a burst of 256 connections does not overflow the accept
+/// queue (the overflowing clients would wait for a 1 s SYN retransmit).
+const LISTEN_BACKLOG: u32 = 1024;
+
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")
+    }))
 }
 
 /// One IPA connection: frames in, encoded messages out.
