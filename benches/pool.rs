@@ -4,6 +4,9 @@
 //! 1. `scan` of 256 simulated cards with 5 ms per-reply latency: concurrent over the one link,
 //!    against the same reads one card at a time.
 //! 2. Exchanges per second over one connection with zero latency: one card, and 64 cards at once.
+//!
+//! `SIMPOOL_BENCH_QUICK=1` runs a short version (8 cards, 0.2 s periods; about a second) to
+//! check that the benchmark still builds and runs: `driver/test` does that.
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +15,17 @@ use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-async fn pool(latency: Duration) -> (SimPool, Link) {
+fn quick() -> bool {
+    std::env::var_os("SIMPOOL_BENCH_QUICK").is_some()
+}
+
+async fn pool(latency: Duration, cards: u16) -> (SimPool, Link) {
     let faults = Faults {
         latency_min: latency,
         latency_max: latency,
         ..Faults::default()
     };
-    let sim = SimPool::start("127.0.0.1:0", CardsFile::filled(256), faults)
+    let sim = SimPool::start("127.0.0.1:0", CardsFile::filled(cards), faults)
         .await
         .unwrap();
     let link = Link::connect(&sim.addr().to_string(), LinkOptions::default())
@@ -57,27 +64,28 @@ async fn exchanges_for(link: &Link, cards: u16, period: Duration) -> (u64, Durat
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_sim, link) = pool(Duration::from_millis(5)).await;
+        let scanned: u16 = if quick() { 8 } else { 256 };
+        let (_sim, link) = pool(Duration::from_millis(5), scanned).await;
         let t0 = Instant::now();
         let reports = scan(&link, Duration::from_secs(5)).await.unwrap();
         let concurrent = t0.elapsed();
-        assert_eq!(reports.len(), 256);
+        assert_eq!(reports.len(), usize::from(scanned));
         assert!(reports.iter().all(|r| r.error.is_none() && r.imsi.is_some()));
 
         let t0 = Instant::now();
-        for n in 1..=256u16 {
+        for n in 1..=scanned {
             let card = link.card(Slot::from_card(n).unwrap());
             read_identity(&card, Duration::from_secs(5)).await.unwrap();
             card.stop().await.unwrap();
         }
         let sequential = t0.elapsed();
-        println!("scan of 256 cards, 5 ms per reply:");
+        println!("scan of {scanned} cards, 5 ms per reply:");
         println!("  concurrent     {:>8.1} ms", concurrent.as_secs_f64() * 1e3);
         println!("  one at a time  {:>8.1} ms", sequential.as_secs_f64() * 1e3);
         println!("  speed-up       {:>8.1}x", sequential.as_secs_f64() / concurrent.as_secs_f64());
 
-        let (_sim, link) = pool(Duration::ZERO).await;
-        let period = Duration::from_secs(3);
+        let (_sim, link) = pool(Duration::ZERO, 256).await;
+        let period = Duration::from_millis(if quick() { 200 } else { 3000 });
         for cards in [1u16, 64] {
             let (n, took) = exchanges_for(&link, cards, period).await;
             println!(

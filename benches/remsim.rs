@@ -9,6 +9,9 @@
 //! 2. 256 mapped slots, 256 clients connecting at once (connect → connectClientRes + setAtrReq:
 //!    session set-up), their first exchange, then all exchanging STATUS at once for a fixed
 //!    period: exchanges/s, p50/p99/max, and the daemon's RSS idle and at peak.
+//!
+//! `SIMPOOL_BENCH_QUICK=1` runs a short version (16 clients, 0.5 s; about two seconds) to keep
+//! it building and running in `driver/test`.
 
 #[path = "../tests/common/remsim.rs"]
 mod remsim;
@@ -24,8 +27,12 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const STATUS: [u8; 5] = [0xA0, 0xF2, 0x00, 0x00, 0x16];
+/// Slots the bank registers (all of them are mapped).
 const SLOTS: u16 = 256;
-const PERIOD: Duration = Duration::from_secs(10);
+
+fn quick() -> bool {
+    std::env::var_os("SIMPOOL_BENCH_QUICK").is_some()
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -86,6 +93,11 @@ impl Drop for Daemon {
 }
 
 fn main() {
+    let (clients, period, singles): (u16, Duration, usize) = if quick() {
+        (16, Duration::from_millis(500), 200)
+    } else {
+        (SLOTS, Duration::from_secs(10), 2000)
+    };
     let pool = start_pool();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
@@ -116,7 +128,7 @@ fn main() {
         let (mut c, res, _) = Client::connect(bank, cs(0, 0), bs(1, 0)).await;
         assert_eq!(res, ResultCode::Ok);
         let mut lat = Vec::new();
-        for _ in 0..2000 {
+        for _ in 0..singles {
             let t = Instant::now();
             let r = c.transmit(&STATUS).await;
             lat.push(t.elapsed());
@@ -125,7 +137,7 @@ fn main() {
         drop(c);
         let (p50, p99, max) = percentiles(lat);
         println!(
-            "one client, 2000 STATUS: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            "one client, {singles} STATUS: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             ms(p50),
             ms(p99),
             ms(max)
@@ -133,10 +145,10 @@ fn main() {
         // Let the bank release card 1 before its client slot connects again.
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        // 2. 256 clients at once.
-        let barrier = Arc::new(tokio::sync::Barrier::new(usize::from(SLOTS)));
+        // 2. All clients at once.
+        let barrier = Arc::new(tokio::sync::Barrier::new(usize::from(clients)));
         let mut tasks = Vec::new();
-        for k in 0..SLOTS {
+        for k in 0..clients {
             let barrier = barrier.clone();
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
@@ -153,7 +165,7 @@ fn main() {
                 barrier.wait().await;
                 let start = Instant::now();
                 let mut lat = Vec::with_capacity(20_000);
-                while start.elapsed() < PERIOD {
+                while start.elapsed() < period {
                     let t = Instant::now();
                     let r = c.transmit(&STATUS).await;
                     lat.push(t.elapsed());
@@ -184,7 +196,7 @@ fn main() {
         let (p50, p99, max) = percentiles(all);
         let (cp50, cp99, cmax) = percentiles(connects);
         println!(
-            "{SLOTS} clients connecting at once: TCP connect p50 {:.1} ms, p99 {:.1} ms, \
+            "{clients} clients connecting at once: TCP connect p50 {:.1} ms, p99 {:.1} ms, \
              max {:.1} ms; session set-up (connectClientReq to setAtrReq) p50 {:.1} ms, \
              p99 {:.1} ms, max {:.1} ms",
             ms(cp50),
@@ -195,12 +207,12 @@ fn main() {
             ms(smax)
         );
         println!(
-            "{SLOTS} clients: first exchange of each session p50 {:.2} ms, p99 {:.2} ms",
+            "{clients} clients: first exchange of each session p50 {:.2} ms, p99 {:.2} ms",
             ms(fp50),
             ms(fp99)
         );
         println!(
-            "{SLOTS} clients exchanging at once for {:.0} s: {total} STATUS, {:.0} exchanges/s; \
+            "{clients} clients exchanging at once for {:.0} s: {total} STATUS, {:.0} exchanges/s; \
              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; per client min {} max {}",
             longest.as_secs_f64(),
             total as f64 / longest.as_secs_f64(),
@@ -212,7 +224,7 @@ fn main() {
         );
         println!(
             "simpool serve (pure bank) RSS: {:.1} MiB idle with {SLOTS} maps, {:.1} MiB with \
-             {SLOTS} sessions, peak {:.1} MiB",
+             {clients} sessions, peak {:.1} MiB",
             idle_rss as f64 / 1024.0,
             busy_rss as f64 / 1024.0,
             peak_rss as f64 / 1024.0

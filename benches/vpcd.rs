@@ -6,7 +6,9 @@
 //! the difference to the instant floor.
 //!
 //! `cargo bench --bench vpcd` (needs pcscd and vsmartcard-vpcd: `driver/pcscd-private install`,
-//! and root for the private pcscd's mount namespace).
+//! and root for the private pcscd's mount namespace). `SIMPOOL_BENCH_QUICK=1` runs a short
+//! version (about a second of exchanges) to check that it still builds and runs: `driver/test`
+//! does that.
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -18,9 +20,12 @@ use simpool::bridge::{Binding, ResetPolicy};
 use simpool::config::{ReaderSpec, ServeConfig};
 use simpool::vpcd::{Connection, Event};
 
-const BASE: u16 = 36500;
+const BASE: u16 = 26500;
+/// Exchanges per fast reader, in rounds (the full run, and the quick one).
 const N: usize = 4000;
 const ROUNDS: usize = 20;
+const N_QUICK: usize = 100;
+const ROUNDS_QUICK: usize = 2;
 
 fn reader_name(i: u16) -> CString {
     CString::new(simpool::vpcd::reader_name(i)).unwrap()
@@ -130,6 +135,7 @@ fn main() {
         keepalive: Duration::from_secs(5),
         reset: ResetPolicy::Restart,
         quickack,
+        health: Default::default(),
         control: None,
         control_token: None,
         state: None,
@@ -174,14 +180,19 @@ fn main() {
         .collect();
     let mut buf = [0u8; 300];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); 6];
+    let (n_all, rounds) = if std::env::var_os("SIMPOOL_BENCH_QUICK").is_some() {
+        (N_QUICK, ROUNDS_QUICK)
+    } else {
+        (N, ROUNDS)
+    };
     // Interleaved rounds, so that a drifting machine weighs on all four alike. The slow
     // (no-QUICKACK) readers get fewer exchanges: each costs ~44 ms.
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (i, card) in cards.iter().enumerate() {
             let n = if i % 2 == 0 || i >= 4 {
-                N / ROUNDS
+                n_all / rounds
             } else {
-                N / ROUNDS / 10
+                n_all / rounds / 10
             };
             for k in 0..n + 5 {
                 let t0 = Instant::now();
@@ -192,7 +203,7 @@ fn main() {
             }
         }
     }
-    println!("round trip of one SCardTransmit (STATUS), interleaved over {ROUNDS} rounds:");
+    println!("round trip of one SCardTransmit (STATUS), interleaved over {rounds} rounds:");
     let mut med = [Duration::ZERO; 6];
     for (i, label) in labels.iter().enumerate() {
         let count = samples[i].len();

@@ -126,6 +126,8 @@ pub enum Unavailable {
     Find { want: String, error: FindError },
     #[error("card {card} did not start: {error}")]
     Start { card: u16, error: PoolError },
+    #[error("card {0} is marked bad on the pool: {1} (re-insert it or bind again to retry)")]
+    MarkedBad(u16, String),
 }
 
 /// Why a binding request was refused.
@@ -151,6 +153,17 @@ struct Rebind {
 /// Longer than pcscd's presence poll of vpcd readers (400 ms).
 const REMOVAL_GRACE: Duration = Duration::from_millis(600);
 
+/// Longest wait for vpcd to take the last answer before the connection is reset.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
+
+/// Consecutive start failures of an inserted card that mark it bad on the pool.
+const BAD_START_FAILURES: u32 = 2;
+/// Sessions ended by a lost T=0 state within [`BAD_RESET_WINDOW`] that mark the card bad.
+const BAD_RESETS: usize = 3;
+const BAD_RESET_WINDOW: Duration = Duration::from_secs(60);
+/// How often a card marked bad is checked for re-insertion.
+const REINSERT_POLL: Duration = Duration::from_secs(1);
+
 /// Why a session with vpcd ended.
 #[derive(Debug)]
 enum End {
@@ -161,6 +174,22 @@ enum End {
     LinkDown,
     /// The binding changed.
     Rebound(Rebind),
+}
+
+/// What to tell the operator when vpcd cannot be reached.
+fn vpcd_problem(addr: &str, e: &std::io::Error) -> String {
+    let port = addr.rsplit_once(':').map_or(addr, |(_, p)| p);
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "vpcd at {addr} is not listening ({e}): is pcscd running with a vpcd reader on \
+             port {port}?"
+        ),
+        std::io::ErrorKind::TimedOut => format!(
+            "vpcd at {addr} does not answer ({e}): wrong address, or a firewall? vpcd runs \
+             inside pcscd, usually on 127.0.0.1"
+        ),
+        _ => format!("vpcd at {addr}: {e}"),
+    }
 }
 
 /// The control side of a running reader: status, counters, rebinding.
@@ -267,6 +296,12 @@ pub struct Reader {
     control_open: bool,
     status: watch::Sender<ReaderStatus>,
     stats: Arc<ReaderStats>,
+    /// Consecutive failed starts of the bound card.
+    start_failures: u32,
+    /// When sessions recently ended with the card's T=0 state lost.
+    lost_t0: std::collections::VecDeque<std::time::Instant>,
+    /// Last vpcd problem logged (each distinct cause once).
+    vpcd_problem: String,
 }
 
 /// What interrupted a wait.
@@ -316,6 +351,9 @@ impl Reader {
             control_open: true,
             status: st_tx,
             stats,
+            start_failures: 0,
+            lost_t0: Default::default(),
+            vpcd_problem: String::new(),
         };
         (reader, handle)
     }
@@ -342,6 +380,15 @@ impl Reader {
             let n = old.number();
             old.release().await;
             log::info!("{}: released card {n}", self.name);
+        }
+        // A renewed binding tries a card marked bad again.
+        self.start_failures = 0;
+        self.lost_t0.clear();
+        if let Some(l) = &r.lease {
+            self.cards.clear_bad(l.number());
+        }
+        if let Some(Binding::Card(n)) = &r.binding {
+            self.cards.clear_bad(*n);
         }
         match &r.binding {
             Some(b) => log::info!("{}: bound to {b}", self.name),
@@ -413,7 +460,11 @@ impl Reader {
                         last_problem = text.clone();
                     }
                     self.set_state(Presence::Waiting, Some(text));
-                    if let Woken::Rebind(r) = self.pause_or_link_change().await {
+                    let woken = match problem {
+                        Unavailable::MarkedBad(n, _) => self.wait_reinserted(n).await,
+                        _ => self.pause_or_link_change().await,
+                    };
+                    if let Woken::Rebind(r) = woken {
                         self.apply(r).await;
                         last_problem.clear();
                     }
@@ -439,8 +490,7 @@ impl Reader {
             self.set_state(Presence::Present, None);
             let (end, conn) = self.session(conn, atr, started_on).await;
             if let Some(conn) = conn {
-                conn.close_draining(Duration::from_millis(30), &t0::sw::TECHNICAL_PROBLEM)
-                    .await;
+                conn.close_now(CLOSE_GRACE).await;
             }
             self.set_state(Presence::Waiting, Some("card removed".into()));
             let pause = match end {
@@ -462,6 +512,23 @@ impl Reader {
                 }
                 End::CardReset => {
                     log::info!("{}: card reset after a failed exchange", self.name);
+                    let now = std::time::Instant::now();
+                    self.lost_t0.push_back(now);
+                    while self
+                        .lost_t0
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) > BAD_RESET_WINDOW)
+                    {
+                        self.lost_t0.pop_front();
+                    }
+                    if self.lost_t0.len() >= BAD_RESETS {
+                        let why = format!(
+                            "lost its T=0 state {} times within {} s",
+                            self.lost_t0.len(),
+                            BAD_RESET_WINDOW.as_secs()
+                        );
+                        self.mark_bad(&why).await;
+                    }
                     REMOVAL_GRACE
                 }
                 End::LinkDown => {
@@ -501,8 +568,11 @@ impl Reader {
             self.set_state(Presence::Waiting, Some("starting the card".into()));
         }
         let timeout = self.cfg.command_timeout;
+        let n = self.lease.as_ref().expect("set above").number();
+        if let Some(why) = self.cards.bad(n) {
+            return Err(Unavailable::MarkedBad(n, why));
+        }
         let lease = self.lease.as_mut().expect("set above");
-        let n = lease.number();
         // Read ICCID/IMSI once, so scans and the API can report the card without touching it.
         if self.cards.known(n).iccid.is_none() {
             if let Err(e) = lease.read_identity(timeout).await {
@@ -510,15 +580,63 @@ impl Reader {
             }
         }
         match lease.restart().await {
-            Ok(atr) => Ok((atr, started_on)),
+            Ok(atr) => {
+                self.start_failures = 0;
+                Ok((atr, started_on))
+            }
             Err(error) => {
                 self.cards.forget(n);
+                self.start_failures += 1;
+                if self.start_failures >= BAD_START_FAILURES && self.card_inserted(n).await {
+                    let why = format!(
+                        "did not start {} times in a row ({error})",
+                        self.start_failures
+                    );
+                    self.mark_bad(&why).await;
+                }
                 if !matches!(binding, Binding::Card(_)) {
                     if let Some(l) = self.lease.take() {
                         l.release().await;
                     }
                 }
                 Err(Unavailable::Start { card: n, error })
+            }
+        }
+    }
+
+    /// Whether the pool reports a card in slot `n` (a start failure of an empty slot is no
+    /// sign of a bad card).
+    async fn card_inserted(&self, n: u16) -> bool {
+        match self.link().states().await {
+            Ok(st) => st[usize::from(n - 1)].has_card(),
+            Err(_) => false,
+        }
+    }
+
+    /// Tells the pool the bound card is bad (once), so a person sees which one to pull.
+    async fn mark_bad(&mut self, why: &str) {
+        if let Some(lease) = self.lease.as_mut() {
+            if let Err(e) = lease.mark_bad(why).await {
+                log::warn!("{}: error indication not sent: {e}", self.name);
+            }
+        }
+    }
+
+    /// While the card is marked bad: waits until the pool reports it inserted again (pulled and
+    /// put back) or the binding changes.
+    async fn wait_reinserted(&mut self, n: u16) -> Woken {
+        loop {
+            if let Woken::Rebind(r) = self.pause(REINSERT_POLL).await {
+                return Woken::Rebind(r);
+            }
+            if let Ok(st) = self.link().states().await {
+                if st[usize::from(n - 1)] == crate::pool::SlotState::Inserted {
+                    log::info!("{}: card {n} was re-inserted", self.name);
+                    self.cards.clear_bad(n);
+                    self.start_failures = 0;
+                    self.lost_t0.clear();
+                    return Woken::Elapsed;
+                }
             }
         }
     }
@@ -547,15 +665,20 @@ impl Reader {
             {
                 Ok(c) => {
                     self.stats.vpcd_connects.fetch_add(1, Ordering::Relaxed);
+                    if !self.vpcd_problem.is_empty() {
+                        log::warn!("{}: vpcd at {} reachable again", self.name, self.cfg.vpcd);
+                        self.vpcd_problem.clear();
+                    }
                     return Ok(Some(c));
                 }
                 Err(e) => {
+                    let problem = vpcd_problem(&self.cfg.vpcd, &e);
+                    if problem != self.vpcd_problem {
+                        log::warn!("{}: {problem}", self.name);
+                        self.vpcd_problem = problem.clone();
+                    }
                     if !logged {
-                        log::info!("{}: waiting for vpcd at {} ({e})", self.name, self.cfg.vpcd);
-                        self.set_state(
-                            Presence::Waiting,
-                            Some(format!("waiting for vpcd at {}: {e}", self.cfg.vpcd)),
-                        );
+                        self.set_state(Presence::Waiting, Some(problem));
                         logged = true;
                     }
                     if let Woken::Rebind(r) = self.pause(backoff).await {

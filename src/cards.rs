@@ -169,6 +169,8 @@ struct Entry {
     holder: Mutex<Option<Holder>>,
     known: Mutex<Known>,
     stats: CardStats,
+    /// Why the card was marked bad on the pool (error indication sent), if it was.
+    bad: Mutex<Option<String>>,
 }
 
 struct Inner {
@@ -197,6 +199,8 @@ pub struct CardView {
     pub known: Known,
     pub exchanges: u64,
     pub errors: u64,
+    /// Why simpool marked the card bad on the pool, if it did.
+    pub bad: Option<String>,
 }
 
 impl Cards {
@@ -210,6 +214,7 @@ impl Cards {
                         holder: Mutex::new(None),
                         known: Mutex::new(Known::default()),
                         stats: CardStats::default(),
+                        bad: Mutex::new(None),
                     })
                     .collect(),
                 fronts: Default::default(),
@@ -273,6 +278,20 @@ impl Cards {
         }
     }
 
+    /// Why card `n` was marked bad on the pool, if it was.
+    pub fn bad(&self, n: u16) -> Option<String> {
+        self.entry(n).ok()?.bad.lock().unwrap().clone()
+    }
+
+    /// The card is to be tried again (re-inserted, or its binding renewed).
+    pub fn clear_bad(&self, n: u16) {
+        if let Ok(e) = self.entry(n) {
+            if e.bad.lock().unwrap().take().is_some() {
+                log::info!("card {n}: no longer marked bad; trying it again");
+            }
+        }
+    }
+
     pub fn card_stats(&self, n: u16) -> Option<&CardStats> {
         self.entry(n).ok().map(|e| &e.stats)
     }
@@ -301,6 +320,7 @@ impl Cards {
                     known: e.known.lock().unwrap().clone(),
                     exchanges: e.stats.exchanges.load(Ordering::Relaxed),
                     errors: e.stats.errors.load(Ordering::Relaxed),
+                    bad: e.bad.lock().unwrap().clone(),
                 }
             })
             .collect()
@@ -599,6 +619,23 @@ impl Lease {
             self.stop().await?;
         }
         self.start().await
+    }
+
+    /// Tells the pool this card misbehaves (error indication `04`: its slot turns abnormal and
+    /// its LED blinks slowly, so a person sees which card to pull). Sent once per marking.
+    pub async fn mark_bad(&mut self, reason: &str) -> Result<(), PoolError> {
+        let n = self.number();
+        {
+            let mut bad = self.entry().bad.lock().unwrap();
+            if bad.is_some() {
+                return Ok(());
+            }
+            *bad = Some(reason.to_string());
+        }
+        log::warn!("card {n}: marked bad on the pool (its LED blinks slowly): {reason}");
+        let r = self.card.error_indication().await;
+        self.started = false;
+        r
     }
 
     /// The card was running before this lease (outside the daemon): don't stop it on release.

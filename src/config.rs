@@ -67,6 +67,13 @@ pub struct FileConfig {
     pub control_token: Option<PathBuf>,
     /// State file for runtime bindings.
     pub state: Option<PathBuf>,
+    /// Pool link health (see README "Pool link health").
+    pub frame_timeout_ms: Option<u64>,
+    pub health_window_ms: Option<u64>,
+    pub health_min_bad: Option<u32>,
+    pub health_max_bad_ratio: Option<f64>,
+    pub duplicate_settle_ms: Option<u64>,
+    pub duplicate_guard_s: Option<u64>,
     #[serde(default)]
     pub reader: Vec<ReaderEntry>,
     /// The osmo-remsim bank.
@@ -162,6 +169,7 @@ pub struct ServeConfig {
     pub reset: ResetPolicy,
     pub quickack: bool,
     pub readers: Vec<ReaderSpec>,
+    pub health: crate::pool::HealthOptions,
     /// Control API address; `None`: off.
     pub control: Option<String>,
     pub control_token: Option<PathBuf>,
@@ -285,6 +293,44 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         reset: flags.reset.or(file.reset).unwrap_or_default(),
         quickack: flags.quickack.or(file.quickack).unwrap_or(true),
         readers,
+        health: {
+            let d = crate::pool::HealthOptions::default();
+            let ms = |a: Option<u64>, b: Option<u64>, d: Duration| {
+                a.or(b).map(Duration::from_millis).unwrap_or(d)
+            };
+            let ratio = flags
+                .health_max_bad_ratio
+                .or(file.health_max_bad_ratio)
+                .unwrap_or(d.max_bad_ratio);
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(ConfigError::Invalid(
+                    "health_max_bad_ratio must be between 0 and 1".into(),
+                ));
+            }
+            crate::pool::HealthOptions {
+                frame_timeout: ms(
+                    flags.frame_timeout_ms,
+                    file.frame_timeout_ms,
+                    d.frame_timeout,
+                ),
+                window: ms(flags.health_window_ms, file.health_window_ms, d.window),
+                min_bad: flags
+                    .health_min_bad
+                    .or(file.health_min_bad)
+                    .unwrap_or(d.min_bad),
+                max_bad_ratio: ratio,
+                settle: ms(
+                    flags.duplicate_settle_ms,
+                    file.duplicate_settle_ms,
+                    d.settle,
+                ),
+                guard: flags
+                    .duplicate_guard_s
+                    .or(file.duplicate_guard_s)
+                    .map(Duration::from_secs)
+                    .unwrap_or(d.guard),
+            }
+        },
         control,
         control_token: flags.control_token.or(file.control_token),
         state: flags.state.or(file.state),

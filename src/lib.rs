@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod cards;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod control;

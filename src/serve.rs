@@ -218,6 +218,7 @@ pub async fn start_with(
         LinkOptions {
             reply_timeout: cfg.reply_timeout,
             keepalive: Some(cfg.keepalive),
+            health: cfg.health.clone(),
             ..LinkOptions::default()
         },
     );

@@ -200,7 +200,26 @@ async fn pool_link_lost_closes_the_reader_and_it_comes_back() {
     let mut v = accept(&vpcd).await;
     v.send(&[0x01]).await;
     assert!(v.ask(&[0x04]).await.is_some());
+    // A command in flight (the card's answer delayed) when the pool goes away.
+    sim.update_faults(|f| {
+        f.latency_min = Duration::from_millis(250);
+        f.latency_max = f.latency_min;
+    });
+    v.send(&common::hex("A0A40000023F00")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = Instant::now();
     sim.go_down();
+    assert_eq!(
+        v.answer().await,
+        Some(common::hex("6F00")),
+        "the command in flight fails"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
+    sim.update_faults(|f| *f = Faults::default());
     assert_eq!(
         v.answer().await,
         None,
@@ -230,21 +249,33 @@ async fn a_silent_pool_is_noticed_by_the_keepalive() {
     let mut v = accept(&vpcd).await;
     v.send(&[0x01]).await;
     assert!(v.ask(&[0x04]).await.is_some());
-    // The pool stays connected but stops answering anything (a hung box).
+    // The pool stays connected but stops answering anything (a hung box): a command gets
+    // 6F00 within the bound …
     sim.update_faults(|f| f.silent = true);
     let t0 = Instant::now();
     assert_eq!(
-        v.answer().await,
-        None,
-        "reader closed once the keep-alive fails"
+        v.ask(&common::hex("A0F2000016")).await,
+        Some(common::hex("6F00"))
     );
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert!(
+        t0.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        t0.elapsed()
+    );
+    // … the reader is closed, and the keep-alive finds the pool dead.
+    assert_eq!(v.answer().await, None, "reader closed");
+    let failures = || {
         link.stats()
             .keepalive_failures
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    };
+    while failures() == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "keep-alive failure not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

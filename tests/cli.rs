@@ -9,6 +9,12 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
 fn simpool(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = run(args);
+    (code == Some(0), out, err)
+}
+
+/// Runs `simpool ARGS`: exit code, stdout, stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(args)
         .env_remove("SIMPOOL_POOL")
@@ -16,7 +22,7 @@ fn simpool(args: &[&str]) -> (bool, String, String) {
         .output()
         .expect("run simpool");
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -31,9 +37,14 @@ fn info_prints_the_manual_id_and_version() {
     assert!(out.contains("V053"), "{out}");
 }
 
+/// `scan --json`, checking the exit status: 0, or 3 when a card failed.
 fn scan_json(addr: &str) -> serde_json::Value {
-    let (_, out, err) = simpool(&["scan", "--pool", addr, "--json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"))
+    let (code, out, err) = run(&["scan", "--pool", addr, "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    let failed = v.as_array().unwrap().iter().any(|c| !c["error"].is_null());
+    assert_eq!(code, Some(if failed { 3 } else { 0 }), "exit status; {err}");
+    v
 }
 
 /// A simulated pool with the built-in cards; its address.
@@ -74,7 +85,10 @@ fn scan_copes_with_split_replies_nulls_latency_and_a_mute_card() {
         mute: [7].into(),
         ..Faults::default()
     };
-    let addr = pool(faults);
+    // every card sends 3 NULL bytes before the answer of slow commands
+    let mut cards = CardsFile::default_set();
+    cards.pool.nulls = 3;
+    let addr = common::sim_pool(cards, faults).addr().to_string();
     let t0 = Instant::now();
     let v = scan_json(&addr);
     let took = t0.elapsed();
@@ -93,6 +107,23 @@ fn scan_copes_with_split_replies_nulls_latency_and_a_mute_card() {
     assert!(others_ok, "{v}");
     // concurrent: far less than 36 cards × 7 exchanges × (frames × 20-50 ms)
     assert!(took < Duration::from_secs(30), "scan took {took:?}");
+
+    // The scan reads files only; RUN GSM ALGORITHM is a slow command: its answer comes after
+    // the NULL bytes.
+    let (ok, out, err) = simpool(&[
+        "apdu",
+        "--pool",
+        &addr,
+        "--card",
+        "2",
+        "A0A40000027F20",
+        "A088000010 12305263415263524195637485967463",
+        "A0C000000C",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["9F17", "9F0C"]);
+    assert!(lines[2].len() == 28 && lines[2].ends_with("9000"), "{out}");
 }
 
 #[test]
@@ -180,4 +211,170 @@ fn pool_sim_runs_in_process() {
         out.lines().collect::<Vec<_>>(),
         ["9F0F", "986800349141289160639000"]
     );
+}
+
+fn slot_states(addr: &str) -> serde_json::Value {
+    let (ok, out, err) = simpool(&["status", "--pool", addr, "--json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn scan_prints_a_table_exits_3_on_a_failed_card_and_stops_cards_that_were_idle() {
+    let addr = pool(Faults {
+        mute: [9].into(),
+        ..Faults::default()
+    });
+    // card 18 is working before the scan (apdu leaves it started), the others are idle
+    let (ok, _, err) = simpool(&["apdu", "--pool", &addr, "--card", "18", "A0F2000016"]);
+    assert!(ok, "{err}");
+    assert_eq!(slot_states(&addr)["slots"][17]["state"], "working");
+
+    let (code, out, err) = run(&["scan", "--pool", &addr]);
+    assert_eq!(code, Some(3), "a failing card: exit 3; {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["card", "state", "ICCID", "IMSI", "ATR"]
+    );
+    assert_eq!(lines.len(), 1 + 36, "a line per inserted card:\n{out}");
+    let line = |n: u16| {
+        *lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(&n.to_string()))
+            .unwrap_or_else(|| panic!("card {n} in\n{out}"))
+    };
+    assert_eq!(
+        line(18).split_whitespace().collect::<Vec<_>>(),
+        [
+            "18",
+            "working",
+            "89860043191482190636",
+            "001010000000018",
+            "3B9F95801FC38031E073FE21135786810286984418A8"
+        ]
+    );
+    assert!(line(256).contains("460019894013615"), "{out}");
+    assert!(line(9).contains("error:"), "{}", line(9));
+
+    // the scan started every card; those that were idle are stopped again
+    let states = slot_states(&addr);
+    assert_eq!(
+        states["slots"][17]["state"], "working",
+        "card 18 left running"
+    );
+    for n in [1usize, 2, 100, 256] {
+        assert_eq!(states["slots"][n - 1]["state"], "inserted", "card {n}");
+    }
+
+    // no failing card: exit 0
+    let (code, _, err) = run(&["scan", "--pool", &pool(Faults::default())]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// `simpool sim ARGS` in the background; its address from its log.
+struct Sim {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Sim {
+    fn start(args: &[&str]) -> Sim {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_simpool"))
+            .arg("sim")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run simpool sim");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("simpool sim says where it listens")
+                .unwrap();
+            if let Some((_, a)) = line.split_once("simulated pool listening on ") {
+                break a.trim().to_string();
+            }
+        };
+        // keep draining its log so that it never blocks on a full pipe
+        std::thread::spawn(move || lines.for_each(drop));
+        Sim { child, addr }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sim_serves_a_cards_file_and_its_knobs() {
+    let dir = std::env::temp_dir().join(format!("simpool-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cards.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[card]]
+slot = 7
+iccid = "8949440000000000071"
+imsi = "001010000000007"
+ki = "000102030405060708090a0b0c0d0e0f"
+algo = "xor2g"
+
+[[card]]
+slot = 8
+iccid = "8949440000000000089"
+imsi = "001010000000008"
+ki = "000102030405060708090a0b0c0d0e0f"
+algo = "xor2g"
+
+[[card]]
+slot = 9
+iccid = "8949440000000000097"
+imsi = "001010000000009"
+ki = "000102030405060708090a0b0c0d0e0f"
+algo = "xor2g"
+state = "mute"
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let sim = Sim::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cards",
+        f,
+        "--abnormal",
+        "8",
+        "--split",
+        "1",
+        "--nulls",
+        "2",
+        "--latency-ms",
+        "1-3",
+        "--garbage-every",
+        "3",
+    ]);
+    let v = scan_json(&sim.addr);
+    assert_eq!(v.as_array().unwrap().len(), 3, "only the file's cards: {v}");
+    assert_eq!(card(&v, 7)["iccid"], "8949440000000000071");
+    assert_eq!(card(&v, 7)["imsi"], "001010000000007");
+    assert!(card(&v, 8)["error"].is_string(), "--abnormal 8: {v}");
+    assert_eq!(card(&v, 8)["state"], "abnormal");
+    assert!(card(&v, 9)["error"].is_string(), "state = mute: {v}");
+
+    let sim = Sim::start(&["--listen", "127.0.0.1:0", "--mute", "2"]);
+    let v = scan_json(&sim.addr);
+    assert_eq!(v.as_array().unwrap().len(), 36, "the built-in set: {v}");
+    assert!(card(&v, 2)["error"].is_string(), "--mute 2: {v}");
+    assert_eq!(card(&v, 18)["iccid"], "89860043191482190636");
+
+    let (code, _, err) = run(&["sim", "--listen", "127.0.0.1:0", "--mute", "300"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("1-256"), "{err}");
 }

@@ -13,7 +13,7 @@ use simpool::sim::algo::run_gsm;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-const BASE_PORT: u16 = 36300;
+const BASE_PORT: u16 = 26300;
 
 fn h(s: &str) -> Vec<u8> {
     common::hex(s)
@@ -139,11 +139,27 @@ fn reset_restarts_the_card() {
     assert_eq!(tx(&card, "A0A40000027F20"), h("9F17"));
     // STATUS names the current DF: DF.GSM now …
     assert_eq!(tx(&card, "A0F2000017")[4..6], [0x7F, 0x20]);
+    let resets = || power_events(&serve);
+    let before = resets();
     card.reconnect(ShareMode::Shared, Protocols::ANY, Disposition::ResetCard)
         .unwrap();
-    // … and the MF after a real restart.
+    // … and the MF after a real restart …
     assert_eq!(tx(&card, "A0F2000017")[4..6], [0x3F, 0x00]);
-    assert!(serve.log_text().contains("Reset") || serve.log_text().contains("PowerOn"));
+    // … which simpool was asked for.
+    assert!(
+        resets() > before,
+        "no Reset/PowerOn reached simpool:\n{}",
+        serve.log_text()
+    );
+}
+
+/// How many PC/SC power-on/reset requests simpool logged (bridge log lines).
+fn power_events(serve: &Serve) -> usize {
+    serve
+        .log_text()
+        .lines()
+        .filter(|l| l.ends_with(": Reset") || l.ends_with(": PowerOn"))
+        .count()
 }
 
 #[test]
@@ -211,13 +227,38 @@ fn pool_stopped_mid_session_then_back() {
         "card still shown"
     );
 
-    // The pool switched off altogether, then back.
+    // The card is back once it answers again …
     sim.update_faults(|f| {
         f.mute.clear();
     });
+    assert!(
+        stack::wait_card(&ctx, &names[0], true, Duration::from_secs(15)),
+        "card back after the mute; log:\n{}",
+        serve.log_text()
+    );
+    let card = connect(&ctx, &names[0]);
+    assert_eq!(tx(&card, "A0A40000023F00"), h("9F17"));
+
+    // … then the pool is switched off altogether: the reader shows no card, simpool knows why.
     sim.go_down();
     assert!(
-        !stack::wait_card(&ctx, &names[0], true, Duration::from_millis(1500)),
+        stack::wait_card(&ctx, &names[0], false, Duration::from_secs(10)),
+        "card still shown while the pool is down"
+    );
+    let t0 = Instant::now();
+    while !serve
+        .log_text()
+        .contains("unavailable: no connection to the pool")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "pool outage not noticed:\n{}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        stack::wait_card(&ctx, &names[0], false, Duration::ZERO),
         "card shown while the pool is down"
     );
     sim.come_back();

@@ -11,7 +11,7 @@ use pcsc::{Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
-const BASE_PORT: u16 = 36900;
+const BASE_PORT: u16 = 26900;
 
 fn pcscd_private(args: &[&str], dir: &std::path::Path) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("driver/pcscd-private");

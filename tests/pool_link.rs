@@ -235,12 +235,22 @@ async fn one_exchange_per_card_at_a_time() {
         c2.transmit(&common::hex("A0B0000001"), Duration::from_secs(3))
             .await
     });
-    // the second command must wait for the first to finish
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), pool.next())
+    // The second command must wait for the first to finish: a command of another card, issued
+    // after it, reaches the pool first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let other = link.card(Slot(10));
+    let t3 = tokio::spawn(async move {
+        other
+            .transmit(&common::hex("A0F2000001"), Duration::from_secs(3))
             .await
-            .is_err()
+    });
+    assert_eq!(
+        pool.next().await,
+        Request::Data(Slot(10), common::hex("A0F2000001")),
+        "card 10's command came first"
     );
+    pool.card(10, "F2 03 9000").await;
+    assert_eq!(t3.await.unwrap().unwrap(), common::hex("039000"));
     assert_eq!(first, Request::Data(Slot(9), common::hex("A0F2000001")));
     pool.card(9, "F2 01 9000").await;
     assert_eq!(t1.await.unwrap().unwrap(), common::hex("019000"));
@@ -262,10 +272,66 @@ async fn refused_commands_never_reach_the_pool() {
         .unwrap_err();
     assert_eq!(e.status(), [0x6F, 0x00]);
     assert!(!e.card_touched());
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), pool.next())
+    // The next request on the wire is the one sent after the refusal.
+    let v = tokio::spawn({
+        let link = link.clone();
+        async move { link.version().await }
+    });
+    assert_eq!(pool.next().await, Request::ReadVersion);
+    pool.writer
+        .write_all(&common::hex("AA 44 00 00 04 56 30 35 33"))
+        .await
+        .unwrap();
+    assert_eq!(v.await.unwrap().unwrap(), "V053");
+}
+
+#[tokio::test]
+async fn reconnect_back_off_grows_to_its_cap_with_jitter() {
+    // A pool that accepts and drops at once: each connection is short, so the back-off is never
+    // reset and the pauses between connections show it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (min, max) = (Duration::from_millis(40), Duration::from_millis(160));
+    let link = Link::spawn(
+        &addr,
+        LinkOptions {
+            backoff_min: min,
+            backoff_max: max,
+            ..opts(500)
+        },
+    );
+    let mut accepted = Vec::new();
+    for _ in 0..10 {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
             .await
-            .is_err()
+            .expect("the link reconnects")
+            .unwrap();
+        accepted.push(Instant::now());
+        drop(s);
+    }
+    link.close();
+    let gaps: Vec<Duration> = accepted.windows(2).map(|w| w[1] - w[0]).collect();
+    let ms: Vec<u128> = gaps.iter().map(Duration::as_millis).collect();
+    // jitter is ±25 %; allow some scheduling delay on top
+    let slack = Duration::from_millis(60);
+    assert!(
+        gaps.iter().all(|g| *g <= max.mul_f64(1.25) + slack),
+        "pauses beyond the cap: {ms:?} ms"
+    );
+    assert!(
+        gaps[0] < max.mul_f64(0.75),
+        "the first pause starts near the minimum: {ms:?} ms"
+    );
+    let capped = &gaps[3..];
+    assert!(
+        capped.iter().all(|g| *g >= max.mul_f64(0.75)),
+        "pauses grew to the cap: {ms:?} ms"
+    );
+    // jittered: ±25 % of 160 ms spreads six pauses over far more than 20 ms
+    let spread = *capped.iter().max().unwrap() - *capped.iter().min().unwrap();
+    assert!(
+        spread >= Duration::from_millis(20),
+        "pauses at the cap are jittered: {ms:?} ms"
     );
 }
 

@@ -17,7 +17,7 @@ use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
-const BASE_PORT: u16 = 37100;
+const BASE_PORT: u16 = 27100;
 
 fn h(s: &str) -> Vec<u8> {
     common::hex(s)
@@ -169,7 +169,7 @@ fn raw_iccid(sim: &SimPool, card: u16) -> Vec<u8> {
 #[test]
 fn bind_rebind_unbind_while_another_reader_runs() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let d = daemon(&sim, 0, 2, 37190, &["--card", "18"]);
+    let d = daemon(&sim, 0, 2, 27190, &["--card", "18"]);
     let ctx = stack::context();
     d.wait(&ctx, 0, true);
     // Reader 1 starts without a card.
@@ -218,7 +218,7 @@ fn rebinding_shows_removal_first_and_the_right_card_every_time() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let d = daemon(&sim, 2, 1, 37191, &["--card", "1"]);
+    let d = daemon(&sim, 2, 1, 27191, &["--card", "1"]);
     let ctx = stack::context();
     d.wait(&ctx, 0, true);
     let cards: Vec<u16> = (1..=32).collect();
@@ -248,7 +248,7 @@ fn rebinding_shows_removal_first_and_the_right_card_every_time() {
 #[test]
 fn two_clients_racing_for_one_card_one_wins() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let d = daemon(&sim, 4, 2, 37192, &[]);
+    let d = daemon(&sim, 4, 2, 27192, &[]);
     let ctx = stack::context();
     for card in [5u16, 6, 7, 8, 9] {
         let (a, b) = std::thread::scope(|s| {
@@ -281,7 +281,7 @@ fn two_clients_racing_for_one_card_one_wins() {
 #[test]
 fn scan_through_the_daemon_leaves_a_live_session_intact() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let d = daemon(&sim, 6, 1, 37193, &["--card", "18"]);
+    let d = daemon(&sim, 6, 1, 27193, &["--card", "18"]);
     let ctx = stack::context();
     d.wait(&ctx, 0, true);
     let card = connect(&ctx, &d.names[0]);
@@ -331,7 +331,7 @@ fn scan_through_the_daemon_leaves_a_live_session_intact() {
 #[test]
 fn bad_api_input_gets_its_status_and_the_daemon_keeps_serving() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let d = daemon(&sim, 8, 1, 37194, &[]);
+    let d = daemon(&sim, 8, 1, 27194, &[]);
     let c = d.control.as_str();
     let within = |what: &str, f: &dyn Fn() -> (u16, String), want: u16| {
         let t = Instant::now();
@@ -471,7 +471,7 @@ fn a_lease_ends_with_an_http_client_that_goes_away() {
         f.latency_min = Duration::from_millis(30);
         f.latency_max = Duration::from_millis(30);
     });
-    let d = daemon(&sim, 9, 1, 37195, &[]);
+    let d = daemon(&sim, 9, 1, 27195, &[]);
     let tpdus: Vec<String> = (0..200).map(|_| "\"A0F2000016\"".to_string()).collect();
     let body = format!("{{\"tpdus\":[{}]}}", tpdus.join(","));
     let mut s = TcpStream::connect(&d.control).unwrap();
@@ -518,7 +518,7 @@ fn bindings_survive_a_restart_and_a_corrupt_state_file_is_ignored() {
     let state_s = state.to_str().unwrap();
     let ctx = stack::context();
     {
-        let d = daemon(&sim, 10, 2, 37196, &["--card", "18", "--state", state_s]);
+        let d = daemon(&sim, 10, 2, 27196, &["--card", "18", "--state", state_s]);
         let out = d.cli(&["bind", "1", "--card", "256"]);
         assert!(out.status.success());
         d.wait(&ctx, 1, true);
@@ -526,7 +526,7 @@ fn bindings_survive_a_restart_and_a_corrupt_state_file_is_ignored() {
     let saved = json(&std::fs::read_to_string(&state).unwrap());
     assert_eq!(saved["readers"][1]["card"], 256);
     {
-        let d = daemon(&sim, 10, 2, 37196, &["--card", "18", "--state", state_s]);
+        let d = daemon(&sim, 10, 2, 27196, &["--card", "18", "--state", state_s]);
         d.wait(&ctx, 1, true);
         let out = d.cli(&["readers", "--json"]);
         let r = json(&String::from_utf8_lossy(&out.stdout));
@@ -535,7 +535,7 @@ fn bindings_survive_a_restart_and_a_corrupt_state_file_is_ignored() {
     }
     std::fs::write(&state, b"{\"version\":1,\"readers\":[{\"card\":").unwrap();
     {
-        let d = daemon(&sim, 10, 2, 37196, &["--card", "18", "--state", state_s]);
+        let d = daemon(&sim, 10, 2, 27196, &["--card", "18", "--state", state_s]);
         d.wait(&ctx, 0, true);
         let (_, body) = http(&d.control, "GET", "/api/v1/readers/1", None);
         assert_eq!(json(&body)["binding"], serde_json::Value::Null);

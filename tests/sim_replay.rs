@@ -19,13 +19,17 @@ async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Proves that the previous request got no reply: the answer to a request sent now (READ
+/// VERSION) must be the very next bytes on the connection.
 async fn nothing_more(s: &mut TcpStream) {
-    let mut b = [0u8; 1];
-    assert!(
-        tokio::time::timeout(Duration::from_millis(150), s.read(&mut b))
-            .await
-            .is_err(),
-        "unexpected extra bytes"
+    let version = common::case("read-version");
+    s.write_all(&version.steps[0].request).await.unwrap();
+    let want = version.steps[0].reply.clone().unwrap();
+    let got = read_exactly(s, want.len()).await;
+    assert_eq!(
+        hex::encode_upper(got),
+        hex::encode_upper(want),
+        "unexpected bytes before the version"
     );
 }
 
@@ -93,14 +97,21 @@ async fn slot_states_reflect_start_stop_and_error_indication() {
         (st[1], st[17], st[100], st[255], st[200]),
         (0x55, 0x55, 0x55, 0x55, 0x00)
     );
+    // start cards 18 and 100, then stop 100 and report an error on 5
     s.write_all(&common::hex("AA 66 11 01 FF")).await.unwrap();
     read_exactly(&mut s, 5 + 22).await;
-    s.write_all(&common::hex("AA 66 25 01 04 AA 66 63 01 00"))
+    s.write_all(&common::hex("AA 66 63 01 FF")).await.unwrap();
+    let head = read_exactly(&mut s, 5).await;
+    read_exactly(&mut s, usize::from(u16::from_be_bytes([head[3], head[4]]))).await;
+    let st = states(&mut s).await;
+    assert_eq!((st[17], st[99]), (0xAA, 0xAA), "started cards are working");
+    s.write_all(&common::hex("AA 66 63 01 00 AA 66 04 01 04 AA 66 25 01 04"))
         .await
         .unwrap();
     let st = states(&mut s).await;
-    assert_eq!(st[17], 0xAA, "started card 18 is working");
-    assert_eq!(st[99], 0x55, "stopped card 100 is idle");
+    assert_eq!(st[17], 0xAA, "card 18 still working");
+    assert_eq!(st[99], 0x55, "stopped card 100 is idle again");
+    assert_eq!(st[4], 0xFF, "card 5 abnormal after the error indication");
     // card 38 holds no card in the default set: the indication changes nothing
     assert_eq!(st[37], 0x00);
 }

@@ -37,7 +37,8 @@ fn drain(d: &mut ReplyDecoder, out: &mut Vec<Item>) {
 fn merged(items: &[Item]) -> Vec<Item> {
     let mut v: Vec<Item> = Vec::new();
     for it in items {
-        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) = (v.last_mut(), it) {
+        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) = (v.last_mut(), it)
+        {
             *a += b;
             continue;
         }
@@ -82,12 +83,19 @@ fuzz_target!(|data: &[u8]| {
                 assert!(*len > MAX_REPLY_DATA);
                 assert_eq!(stream[pos], 0xAA);
                 assert!(matches!(stream[pos + 1], 0x55 | 0x44));
-                assert_eq!(usize::from(u16::from_be_bytes([stream[pos + 3], stream[pos + 4]])), *len);
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([stream[pos + 3], stream[pos + 4]])),
+                    *len
+                );
                 pos += 1;
             }
             Ok(reply) => {
                 let enc = reply.to_bytes();
-                assert_eq!(&stream[pos..pos + enc.len()], &enc[..], "reply {reply:?} at {pos}");
+                assert_eq!(
+                    &stream[pos..pos + enc.len()],
+                    &enc[..],
+                    "reply {reply:?} at {pos}"
+                );
                 pos += enc.len();
             }
             Err(e) => panic!("unexpected error from reply decoder: {e:?}"),
@@ -100,17 +108,28 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = Vec::new();
     one.push(stream);
     drain(&mut one, &mut whole);
-    assert_eq!(merged(&got), merged(&whole), "result depends on how the stream was cut");
+    assert_eq!(
+        merged(&got),
+        merged(&whole),
+        "result depends on how the stream was cut"
+    );
     assert_eq!(one.buffered(), d.buffered());
 
     // Resynchronisation on a known good frame.
-    let good = Reply::Card { slot: Slot(0x2A), data: vec![0xAA, 0x55, 0x01, 0x90, 0x00] };
+    let good = Reply::Card {
+        slot: Slot(0x2A),
+        data: vec![0xAA, 0x55, 0x01, 0x90, 0x00],
+    };
     let n_before = got.len();
     d.push(&[0u8; 1030]);
     drain(&mut d, &mut got);
     d.push(&good.to_bytes());
     drain(&mut d, &mut got);
     assert!(got.len() > n_before);
-    assert_eq!(got.last(), Some(&Ok(good)), "good frame not found after junk + zeros");
+    assert_eq!(
+        got.last(),
+        Some(&Ok(good)),
+        "good frame not found after junk + zeros"
+    );
     assert_eq!(d.buffered(), 0);
 });

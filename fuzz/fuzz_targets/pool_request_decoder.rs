@@ -36,7 +36,8 @@ fn drain(d: &mut RequestDecoder, out: &mut Vec<Item>) {
 fn merged(items: &[Item]) -> Vec<Item> {
     let mut v: Vec<Item> = Vec::new();
     for it in items {
-        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) = (v.last_mut(), it) {
+        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) = (v.last_mut(), it)
+        {
             *a += b;
             continue;
         }
@@ -86,8 +87,15 @@ fuzz_target!(|data: &[u8]| {
             Ok(req) => {
                 let enc = req.to_bytes().expect("a decoded request re-encodes");
                 let raw = &stream[pos..pos + enc.len()];
-                if matches!(req, Request::ReadId | Request::ReadVersion | Request::ReadStates) {
-                    assert_eq!((&raw[..2], &raw[3..]), (&enc[..2], &enc[3..]), "{req:?} at {pos}");
+                if matches!(
+                    req,
+                    Request::ReadId | Request::ReadVersion | Request::ReadStates
+                ) {
+                    assert_eq!(
+                        (&raw[..2], &raw[3..]),
+                        (&enc[..2], &enc[3..]),
+                        "{req:?} at {pos}"
+                    );
                 } else {
                     assert_eq!(raw, &enc[..], "{req:?} at {pos}");
                 }
@@ -105,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = Vec::new();
     one.push(stream);
     drain(&mut one, &mut whole);
-    assert_eq!(merged(&got), merged(&whole), "result depends on how the stream was cut");
+    assert_eq!(
+        merged(&got),
+        merged(&whole),
+        "result depends on how the stream was cut"
+    );
     assert_eq!(one.buffered(), d.buffered());
 
     let good = Request::Data(Slot(0x2A), vec![0xA0, 0xAA, 0x66, 0x00, 0x02]);
@@ -115,6 +127,10 @@ fuzz_target!(|data: &[u8]| {
     d.push(&good.to_bytes().unwrap());
     drain(&mut d, &mut got);
     assert!(got.len() > n_before);
-    assert_eq!(got.last(), Some(&Ok(good)), "good frame not found after junk + zeros");
+    assert_eq!(
+        got.last(),
+        Some(&Ok(good)),
+        "good frame not found after junk + zeros"
+    );
     assert_eq!(d.buffered(), 0);
 });

@@ -13,9 +13,14 @@ use simpool::sim::profile::{decode_iccid, decode_imsi, encode_iccid, encode_imsi
 fuzz_target!(|data: &[u8]| {
     let s = decode_iccid(data);
     assert!(s.chars().count() <= 2 * data.len());
-    assert!(s.chars().all(|c| c.is_ascii_digit() || ('A'..='E').contains(&c)));
+    assert!(s
+        .chars()
+        .all(|c| c.is_ascii_digit() || ('A'..='E').contains(&c)));
     if let Some(i) = decode_imsi(data) {
-        assert!(!i.is_empty() && i.len() <= 15 && i.bytes().all(|b| b.is_ascii_digit()), "{i:?}");
+        assert!(
+            !i.is_empty() && i.len() <= 15 && i.bytes().all(|b| b.is_ascii_digit()),
+            "{i:?}"
+        );
     }
 
     let text = String::from_utf8_lossy(data);

@@ -10,8 +10,9 @@
 //! Asserts:
 //! - never panics;
 //! - the output of one `receive` is bounded: per command the card sends at most 389 bytes
-//!   at its header (INS + 256 data sent as `~INS b` pairs for the first half + NULL INS + rest,
-//!   + SW + junk) and at most 255 + 3 when its incoming data are complete (NULLs + SW + junk);
+//!   at its header (INS + 256 data sent as `~INS b` pairs for the first half + NULL INS +
+//!   rest + SW + junk) and at most 255 + 3 when its incoming data are complete (NULLs + SW +
+//!   junk);
 //!   a piece of c bytes completes at most H = 1 + (c - 1) / 5 headers and H + 1 data phases,
 //!   so `out <= H * 389 + (H + 1) * 258`; for pieces of at most 5 bytes that is <= 1163,
 //!   i.e. within 2048;
@@ -57,7 +58,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let atr = profile.atr.clone();
     let mut card = SimCard::new(profile);
-    assert!(card.receive(&[0xA0, 0xF2, 0, 0, 0x16]).is_empty(), "powered-off card answered");
+    assert!(
+        card.receive(&[0xA0, 0xF2, 0, 0, 0x16]).is_empty(),
+        "powered-off card answered"
+    );
     assert_eq!(card.reset(), atr);
 
     let sp = common::split(rest);

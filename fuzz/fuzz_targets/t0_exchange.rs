@@ -52,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
     let mut done = false;
     for p in &sp.pieces {
         if done {
-            assert_eq!(ex.feed(p), Ok(Step::Wait), "bytes after Done must be ignored");
+            assert_eq!(
+                ex.feed(p),
+                Ok(Step::Wait),
+                "bytes after Done must be ignored"
+            );
             continue;
         }
         match ex.feed(p) {
@@ -72,7 +76,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(sw1 & 0xF0 == 0x60 || sw1 & 0xF0 == 0x90, "SW1 {sw1:02X}");
                 assert_ne!(sw1, 0x60, "NULL taken as SW1");
                 match dir {
-                    Direction::Out => assert!(r.data().len() <= ne, "{} data > Ne {ne}", r.data().len()),
+                    Direction::Out => {
+                        assert!(r.data().len() <= ne, "{} data > Ne {ne}", r.data().len())
+                    }
                     Direction::In => assert!(r.data().is_empty(), "data for an In command"),
                 }
                 assert!(r.trailing < p.len().max(1));

@@ -70,7 +70,11 @@ fuzz_target!(|data: &[u8]| {
             got.push(e);
             assert!(got.len() < 1_000_000, "decoder does not make progress");
         }
-        assert!(d.buffered() < 2 + MAX_COMMAND, "buffered {} after drain", d.buffered());
+        assert!(
+            d.buffered() < 2 + MAX_COMMAND,
+            "buffered {} after drain",
+            d.buffered()
+        );
     }
     assert_eq!(got, reference(sp.stream));
 });

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// Where remote osmo-remsim clients connect [default: 0.0.0.0:9999].
     #[arg(long, value_name = "HOST:PORT")]
     remsim_listen: Option<String>,
+    /// Run the start-up checks (pool answers, vpcd ports accept, bound cards present, control
+    /// address free), print one verdict per line and exit (1 if any failed).
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -140,8 +144,12 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
                 bank_id: args.bank_id,
                 listen: args.remsim_listen.clone(),
             }),
+        ..FileConfig::default()
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    if args.check {
+        return check(&cfg, args.cards.as_deref()).await;
+    }
     let running = simpool::serve::start(cfg)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -149,4 +157,35 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
     log::info!("stopping");
     running.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+async fn check(
+    cfg: &simpool::config::ServeConfig,
+    cards: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    // `sim`: check against a simulator of our own, as the daemon would run it.
+    let mut _sim = None;
+    let addr = if cfg.pool == "sim" {
+        let set = match cards {
+            Some(p) => super::load_cards(p)?,
+            None => simpool::sim::profile::CardsFile::default_set(),
+        };
+        let sim = simpool::sim::SimPool::start("127.0.0.1:0", set, simpool::sim::Faults::default())
+            .await
+            .map_err(|e| CliError::Sim(e.to_string()))?;
+        let a = sim.addr().to_string();
+        _sim = Some(sim);
+        a
+    } else {
+        cfg.pool.clone()
+    };
+    let verdicts = simpool::check::run(cfg, &addr).await;
+    for v in &verdicts {
+        println!("{v}");
+    }
+    Ok(if verdicts.iter().all(|v| v.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

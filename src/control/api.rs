@@ -342,6 +342,7 @@ fn card_json(v: &crate::cards::CardView, state: Option<crate::pool::SlotState>) 
         "imsi": v.known.imsi,
         "exchanges": v.exchanges,
         "errors": v.errors,
+        "bad": v.bad,
     })
 }
 

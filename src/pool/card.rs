@@ -1,5 +1,6 @@
 //! A handle for one card of the pool: start (ATR), stop, and T=0 exchanges over the link.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,6 +20,9 @@ pub enum ExchangeError {
     Pool { error: PoolError, seen: Vec<u8> },
     #[error("no complete answer within {ms} ms (card sent {})", hex::encode_upper(.seen))]
     Deadline { ms: u64, seen: Vec<u8> },
+    /// The answer cannot be trusted to be this command's: the pool sent more than asked.
+    #[error("{why} (card sent {})", hex::encode_upper(.seen))]
+    Stale { why: &'static str, seen: Vec<u8> },
 }
 
 impl ExchangeError {
@@ -67,6 +71,8 @@ impl Card {
         let timeout = self.link.options().reply_timeout;
         let _g = self.link.lock_card(self.slot).await;
         let mut w = self.link.register_card(self.slot)?;
+        // A fresh start: whatever came late for the old session no longer matters.
+        self.link.take_taint(self.slot);
         w.send(&Request::Start(self.slot), &self.link).await?;
         let deadline = Instant::now() + timeout;
         let mut atr: Vec<u8> = Vec::new();
@@ -148,6 +154,15 @@ impl Card {
             .link
             .register_card(self.slot)
             .map_err(|e| pool_err(e, &[]))?;
+        if self.link.take_taint(self.slot) {
+            // Bytes came for this card outside any exchange: a reply arrived late or twice, so
+            // an earlier answer may have been another command's. Start over rather than go on.
+            return Err(ExchangeError::Stale {
+                why: "replies for this card arrived outside any exchange (late or duplicated): \
+                      its T=0 state is unknown",
+                seen: Vec::new(),
+            });
+        }
         let (mut ex, header) = Exchange::new(tpdu, self.limits);
         w.send(&Request::Data(self.slot, header), &self.link)
             .await
@@ -156,18 +171,32 @@ impl Card {
             let left = end.saturating_duration_since(Instant::now());
             let piece = match w.recv(idle.min(left)).await {
                 Ok(p) => p,
-                Err(PoolError::Timeout(_)) if left <= idle => {
-                    return Err(ExchangeError::Deadline {
-                        ms: deadline.as_millis() as u64,
-                        seen: ex.received().to_vec(),
-                    })
+                Err(e @ PoolError::Timeout(_)) => {
+                    if !ex.received().is_empty() {
+                        // The card began an answer that never completed: on a sane pool a
+                        // card is mute or answers, so count it against the pool's health.
+                        self.link.report_t0_violation();
+                    }
+                    if left <= idle {
+                        return Err(ExchangeError::Deadline {
+                            ms: deadline.as_millis() as u64,
+                            seen: ex.received().to_vec(),
+                        });
+                    }
+                    return Err(pool_err(e, ex.received()));
                 }
                 Err(e) => return Err(pool_err(e, ex.received())),
             };
-            let step = ex.feed(&piece).map_err(|error| ExchangeError::Protocol {
-                error,
-                seen: ex.received().to_vec(),
-            })?;
+            let step = match ex.feed(&piece) {
+                Ok(s) => s,
+                Err(error) => {
+                    self.link.report_t0_violation();
+                    return Err(ExchangeError::Protocol {
+                        error,
+                        seen: ex.received().to_vec(),
+                    });
+                }
+            };
             match step {
                 Step::Wait => {}
                 Step::Send(data) => w
@@ -176,11 +205,35 @@ impl Card {
                     .map_err(|e| pool_err(e, ex.received()))?,
                 Step::Done(resp) => {
                     if resp.trailing > 0 {
-                        log::warn!(
-                            "{}: {} byte(s) after SW2 discarded",
-                            self.slot,
-                            resp.trailing
-                        );
+                        // More than one answer: which one is this command's cannot be told.
+                        self.link.duplicates_seen();
+                        self.link.report_t0_violation();
+                        return Err(ExchangeError::Stale {
+                            why: "the card sent bytes after SW2 (a duplicated or late reply)",
+                            seen: ex.received().to_vec(),
+                        });
+                    }
+                    if Link::more_queued(&mut w) {
+                        // Another reply is already here: one of the two is not this command's.
+                        self.link.duplicates_seen();
+                        self.link.stats().ambiguous.fetch_add(1, Ordering::Relaxed);
+                        return Err(ExchangeError::Stale {
+                            why: "another reply followed the answer at once",
+                            seen: ex.received().to_vec(),
+                        });
+                    }
+                    if let Some(settle) = self.link.settle() {
+                        // Duplicates were seen on this link: if another reply follows within
+                        // the settle time, the one we have may not be this command's.
+                        if let Ok(more) = w.recv(settle).await {
+                            self.link.stats().ambiguous.fetch_add(1, Ordering::Relaxed);
+                            let mut seen = ex.received().to_vec();
+                            seen.extend_from_slice(&more);
+                            return Err(ExchangeError::Stale {
+                                why: "another reply followed the answer within the settle time",
+                                seen,
+                            });
+                        }
                     }
                     return Ok(resp.bytes);
                 }

@@ -6,7 +6,7 @@ pub mod link;
 
 pub use card::{Card, ExchangeError};
 pub use frame::{Reply, Request, Slot, SlotState};
-pub use link::{Link, LinkOptions, LinkState, PoolError};
+pub use link::{HealthOptions, Link, LinkOptions, LinkState, PoolError};
 
 /// The factory address of a Lit-K13e-V53 pool.
 pub const FACTORY_ADDRESS: &str = "192.168.1.199:6666";

@@ -1,10 +1,14 @@
-//! The card side of ISO 7816-3 T=0, byte by byte, in front of a [`GsmSim`]. Sans-IO: bytes
-//! from the terminal go in through [`SimCard::receive`] in chunks of any size; the bytes the
-//! card sends come back.
+//! The card side of ISO 7816-3 T=0, byte by byte, in front of a [`GsmSim`] (class `A0`) and,
+//! for USIMs, a [`Uicc`] (classes `00`/`80`). Sans-IO: bytes from the terminal go in through
+//! [`SimCard::receive`] in chunks of any size; the bytes the card sends come back.
 //!
 //! Behaviour:
-//! - Header (5 bytes) first. CLA ≠ `A0` → `6E 00`; unknown INS (incl. the SAT commands) →
-//!   `6D 00`; both at once, without ACK.
+//! - Header (5 bytes) first. CLA `A0` goes to the GSM face. Other classes go to the UICC face
+//!   of a USIM ([`uicc::command`] checks them) and get `6E 00` on a SIM; unknown INS (incl. the
+//!   SAT commands) → `6D 00`; all at once, without ACK.
+//! - UICC incoming commands: P3 = `00` → `67 00`, except VERIFY/UNBLOCK PIN, which then run as
+//!   case 1 (retry counter query). Case 4 commands (SELECT with FCP, AUTHENTICATE) answer
+//!   `61 xx` after their data; wrong Le of an outgoing one → `6C xx`, no data.
 //! - Incoming commands (SELECT, UPDATE BINARY/RECORD, SEEK, INCREASE, the CHV commands, RUN
 //!   GSM ALGORITHM): a wrong P3 of a fixed-length command → `67 XX` at once (XX = the right
 //!   length); P3 = `00` for a variable-length one → `67 00`. Otherwise ACK (= INS), collect P3
@@ -19,7 +23,8 @@
 //! - A card is created powered off and ignores bytes until [`SimCard::reset`].
 
 use super::fs::{sw_p3, Answer, GsmSim};
-use super::profile::{CardProfile, T0Quirks};
+use super::profile::{CardKind, CardProfile, T0Quirks};
+use super::uicc::{self, Dir, Uicc};
 
 /// NULL procedure byte.
 pub const NULL: u8 = 0x60;
@@ -57,6 +62,8 @@ fn is_slow(ins: u8) -> bool {
 pub struct SimCard {
     profile: CardProfile,
     sim: GsmSim,
+    /// The UICC face of a USIM.
+    uicc: Option<Uicc>,
     powered: bool,
     hdr: [u8; 5],
     hdr_len: usize,
@@ -69,9 +76,11 @@ impl SimCard {
     /// user-supplied profiles: invalid parts are skipped here.
     pub fn new(profile: CardProfile) -> SimCard {
         let sim = GsmSim::new(&profile);
+        let uicc = (profile.kind == CardKind::Usim).then(|| Uicc::new(&profile));
         SimCard {
             profile,
             sim,
+            uicc,
             powered: false,
             hdr: [0; 5],
             hdr_len: 0,
@@ -90,6 +99,9 @@ impl SimCard {
         self.hdr_len = 0;
         self.data = None;
         self.sim.reset();
+        if let Some(u) = &mut self.uicc {
+            u.reset();
+        }
         self.profile.atr.clone()
     }
 
@@ -116,6 +128,11 @@ impl SimCard {
     /// The file system and CHV state, for inspection.
     pub fn sim(&self) -> &GsmSim {
         &self.sim
+    }
+
+    /// The UICC face (USIMs only), for inspection.
+    pub fn uicc(&self) -> Option<&Uicc> {
+        self.uicc.as_ref()
     }
 
     /// Bytes from the terminal, in chunks of any size. Returns the bytes the card sends in
@@ -154,7 +171,10 @@ impl SimCard {
     fn header(&mut self, out: &mut Vec<u8>) {
         let [cla, ins, _, _, p3] = self.hdr;
         if cla != 0xA0 {
-            return self.sw([0x6E, 0x00], out);
+            return match self.uicc.is_some() {
+                true => self.uicc_header(out),
+                false => self.sw([0x6E, 0x00], out),
+            };
         }
         match xfer(ins) {
             Xfer::Unknown => self.sw([0x6D, 0x00], out),
@@ -176,8 +196,35 @@ impl SimCard {
         }
     }
 
+    fn uicc_header(&mut self, out: &mut Vec<u8>) {
+        let [cla, ins, _, _, p3] = self.hdr;
+        let Some(u) = &mut self.uicc else {
+            return self.sw([0x6E, 0x00], out);
+        };
+        match uicc::command(cla, ins) {
+            Err(sw) => self.sw(sw, out),
+            Ok(Dir::Out) => {
+                let a = u.execute(&self.hdr, &[]);
+                self.send_out(ins, &a, out);
+                self.sw(a.sw, out);
+            }
+            Ok(Dir::InOrNone) if p3 == 0 => {
+                let a = u.execute(&self.hdr, &[]);
+                self.sw(a.sw, out);
+            }
+            Ok(Dir::In | Dir::InOrNone) if p3 == 0 => self.sw(uicc::SW_WRONG_LENGTH, out),
+            Ok(Dir::In | Dir::InOrNone) => {
+                out.push(ins);
+                self.data = Some(Vec::with_capacity(p3.into()));
+            }
+        }
+    }
+
     fn finish_in(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        let a = self.sim.execute(&self.hdr, data);
+        let a = match &mut self.uicc {
+            Some(u) if self.hdr[0] != 0xA0 => u.execute(&self.hdr, data),
+            _ => self.sim.execute(&self.hdr, data),
+        };
         if is_slow(self.hdr[1]) {
             out.extend(std::iter::repeat_n(NULL, self.profile.t0.nulls.into()));
         }

@@ -24,6 +24,7 @@
 //!   profile (`1234` when disabled).
 
 use super::algo::{run_gsm, Algo};
+use super::auth::{c2_c3, Milenage, MilenageConsts};
 use super::profile::{encode_iccid, encode_imsi, CardProfile};
 
 /// Status word.
@@ -304,7 +305,7 @@ fn ff(n: usize) -> Vec<u8> {
 
 /// EF.SPN: display condition `01`, then the name (GSM-7 default alphabet, unpacked; the
 /// profile only admits characters coded as in ASCII), `FF`-padded to 16 bytes.
-fn spn_content(spn: Option<&str>) -> Vec<u8> {
+pub(super) fn spn_content(spn: Option<&str>) -> Vec<u8> {
     let mut v = ff(17);
     if let Some(s) = spn {
         v[0] = 0x01;
@@ -318,7 +319,7 @@ fn spn_content(spn: Option<&str>) -> Vec<u8> {
 const ALPHA_LEN: usize = 16;
 
 /// An ADN-style record (alpha id, BCD number, CCP, EXT) holding `number` (`+` = international).
-fn adn_record(number: Option<&str>) -> Vec<u8> {
+pub(super) fn adn_record(number: Option<&str>) -> Vec<u8> {
     let mut r = ff(ALPHA_LEN + 14);
     if let Some(num) = number {
         let intl = num.starts_with('+');
@@ -345,7 +346,7 @@ fn adn_record(number: Option<&str>) -> Vec<u8> {
 
 /// EF.LOCI: TMSI unset, LAI from the IMSI's MCC and 2-digit MNC, LAC FFFE, LU status
 /// "not updated".
-fn loci_content(imsi: &str) -> Vec<u8> {
+pub(super) fn loci_content(imsi: &str) -> Vec<u8> {
     let d: Vec<u8> = imsi
         .bytes()
         .filter(u8::is_ascii_digit)
@@ -443,12 +444,6 @@ fn build_tree(p: &CardProfile) -> Tree {
     t
 }
 
-/// Checks a `files` override of a cards file against the file tree.
-pub fn check_override(path: &str, data: &[u8]) -> Result<(), String> {
-    let mut t = build_tree(&super::profile::generated(1));
-    t.set_content(path, data)
-}
-
 #[derive(Debug, Clone)]
 struct Secret {
     code: [u8; 8],
@@ -495,6 +490,8 @@ pub struct GsmSim {
     pending: Option<Vec<u8>>,
     algo: Algo,
     ki: [u8; 16],
+    /// Milenage constants of the profile (standard ones unless the cards file sets others).
+    consts: MilenageConsts,
 }
 
 enum Op {
@@ -530,6 +527,7 @@ impl GsmSim {
             pending: None,
             algo: p.algo.clone(),
             ki: p.ki,
+            consts: p.usim.milenage.clone(),
         }
     }
 
@@ -1040,7 +1038,12 @@ impl GsmSim {
             return Err(SW_ACCESS);
         }
         let rand: [u8; 16] = rand.try_into().map_err(|_| sw_p3(16))?;
-        let (sres, kc) = run_gsm(&self.algo, &self.ki, &rand);
+        let (sres, kc) = match &self.algo {
+            Algo::Milenage { opc } if self.consts != MilenageConsts::default() => {
+                c2_c3(&Milenage::new(&self.ki, opc, self.consts.clone()).f2345(&rand))
+            }
+            _ => run_gsm(&self.algo, &self.ki, &rand),
+        };
         self.respond_later([&sres[..], &kc[..]].concat())
     }
 }
@@ -1148,6 +1151,34 @@ mod tests {
         assert_eq!(x(&mut s, "A02C000010", "3132").sw, [0x67, 0x10]);
         assert_eq!(x(&mut s, "B0A4000002", "3F00").sw, SW_WRONG_CLASS);
         assert_eq!(x(&mut s, "A0EE000000", "").sw, SW_UNKNOWN_INS);
+    }
+
+    /// The tree and `layout::GSM_EFS` (which the cards file checks overrides against) agree.
+    #[test]
+    fn tree_matches_layout() {
+        use crate::sim::layout::{shape, Shape, GSM_EFS};
+        let t = build_tree(&generated(1));
+        let mut paths = Vec::new();
+        let mut stack = vec![(0usize, String::from("3F00"))];
+        while let Some((i, path)) = stack.pop() {
+            for &c in &t.nodes[i].children {
+                let p = format!("{path}/{:04X}", t.nodes[c].fid);
+                match &t.nodes[c].kind {
+                    Kind::Df { .. } => stack.push((c, p)),
+                    Kind::Ef(ef) => {
+                        let want = match &ef.body {
+                            Body::Transparent(_) => Shape::Transparent,
+                            Body::Linear { rec_len, .. } | Body::Cyclic { rec_len, .. } => {
+                                Shape::Records { len: *rec_len }
+                            }
+                        };
+                        assert_eq!(shape(&p), Some(want), "{p}");
+                        paths.push(p);
+                    }
+                }
+            }
+        }
+        assert_eq!(paths.len(), GSM_EFS.len());
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! The simulated pool: a TCP server speaking the pool protocol, with simulated GSM SIMs behind
-//! its transparent byte pipe, and fault knobs for tests.
+//! The simulated pool: a TCP server speaking the pool protocol, with simulated GSM SIMs and USIMs
+//! behind its transparent byte pipe, and fault knobs for tests.
 
 pub mod algo;
+pub mod auth;
 pub mod card;
 pub mod fs;
+pub mod layout;
 pub mod profile;
 pub mod server;
+pub mod uicc;
 
 pub use server::{Faults, SimPool};
 

@@ -30,9 +30,22 @@
 //! [[card]]
 //! slot = 38
 //! state = "abnormal"            # normal | mute | abnormal
+//!
+//! [[card]]
+//! slot = 40
+//! profile = "usim"              # "sim" (default) | "usim": also a UICC with ADF.USIM
+//! ki = "465b5ce8b199b49faa5f0a2ee238a6bc"
+//! opc = "cd63cb71954a9f4e48a5994e37a02baf"   # a USIM needs Milenage (opc or op)
+//! sqn = "ff9bb4d0b5e7"          # highest SQN accepted so far (hex, default 0)
+//! sqn_ind_bits = 5              # IND length (TS 33.102 Annex C), default 5
+//! sqn_delta = 268435456         # Δ, default 2^28; 0 = no limit
+//! pin1 = "1234"                 # = chv1: PIN1 enabled with this value
+//! puk1 = "12345678"             # default 12345678
+//! adm1 = "88888888"             # default 88888888
+//! milenage = { r = [64, 0, 32, 64, 96] }   # and/or c = [5 × 32 hex]; default: standard
 //! "#;
 //! let f = CardsFile::from_toml(text).unwrap();
-//! assert_eq!(f.card.len(), 2);
+//! assert_eq!(f.card.len(), 3);
 //! assert_eq!(f.pool.latency_ms, 5);
 //! ```
 
@@ -41,12 +54,66 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::algo::{opc_from_op, Algo};
+use super::auth::{MilenageConsts, DEFAULT_DELTA, DEFAULT_IND_BITS, MAX_IND_BITS};
+use super::layout;
 use super::PoolKnobs;
 
 /// pySim's sysmoSIM-GR1 ATR (T=0 only), used by generated cards.
 pub const GR1_ATR: [u8; 13] = [
     0x3B, 0x99, 0x18, 0x00, 0x11, 0x88, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x60,
 ];
+
+/// The ATR of generated USIMs: T=0, then T=15 with TA3 `C7` (clock stop, classes A–C), the
+/// historical bytes "simpoolUSIM" (proprietary, so no tool takes it for a known card), TCK.
+pub const USIM_ATR: [u8; 17] = [
+    0x3B, 0x8B, 0x80, 0x1F, 0xC7, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'U', b'S', b'I', b'M',
+    0xBA,
+];
+
+/// PUK1 of USIMs unless the cards file says otherwise.
+pub const DEFAULT_PUK1: &str = "12345678";
+/// ADM1 of USIMs unless the cards file says otherwise.
+pub const DEFAULT_ADM1: &str = "88888888";
+
+/// Which command sets a simulated card answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CardKind {
+    /// GSM 11.11 SIM: class `A0` only.
+    #[default]
+    Sim,
+    /// UICC with ADF.USIM (classes `00`/`80`) that also answers class `A0` as a SIM.
+    Usim,
+}
+
+/// The USIM-only part of a profile (ignored for [`CardKind::Sim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsimParams {
+    /// The highest SQN the card has accepted (48 bits).
+    pub sqn: u64,
+    /// Length of IND in bits (TS 33.102 Annex C), 0..=10.
+    pub ind_bits: u8,
+    /// Largest step of SEQ above the highest accepted (Δ); 0 = no limit.
+    pub delta: u64,
+    /// 8 digits.
+    pub puk1: String,
+    /// 4..=8 digits.
+    pub adm1: String,
+    pub milenage: MilenageConsts,
+}
+
+impl Default for UsimParams {
+    fn default() -> UsimParams {
+        UsimParams {
+            sqn: 0,
+            ind_bits: DEFAULT_IND_BITS,
+            delta: DEFAULT_DELTA,
+            puk1: DEFAULT_PUK1.into(),
+            adm1: DEFAULT_ADM1.into(),
+            milenage: MilenageConsts::default(),
+        }
+    }
+}
 
 /// Errors in a cards file or a card profile.
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +168,11 @@ pub enum SlotState {
 /// Alias for code that also imports the pool protocol's own `SlotState`.
 pub type SlotBehaviour = SlotState;
 
-/// One simulated GSM SIM.
+/// One simulated card: a GSM SIM, or a USIM that is also a SIM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardProfile {
+    /// `profile = "sim" | "usim"` in a cards file.
+    pub kind: CardKind,
     /// 2..=33 bytes.
     pub atr: Vec<u8>,
     /// Up to 20 digits.
@@ -124,6 +193,7 @@ pub struct CardProfile {
     /// Content overrides by path (`3F00/7F20/6F46`), already hex-decoded.
     pub files: BTreeMap<String, Vec<u8>>,
     pub t0: T0Quirks,
+    pub usim: UsimParams,
 }
 
 impl CardProfile {
@@ -151,8 +221,21 @@ impl CardProfile {
                 return Err(invalid("spn", format!("character {c:?} not supported")));
             }
         }
+        if self.kind == CardKind::Usim {
+            if !matches!(self.algo, Algo::Milenage { .. }) {
+                return Err(invalid("algo", "a USIM needs milenage (opc or op)"));
+            }
+            check_digits("puk1", &self.usim.puk1, 8, 8)?;
+            check_digits("adm1", &self.usim.adm1, 4, 8)?;
+            if self.usim.ind_bits > MAX_IND_BITS {
+                return Err(invalid("sqn_ind_bits", format!("at most {MAX_IND_BITS}")));
+            }
+            if self.usim.sqn >> 48 != 0 {
+                return Err(invalid("sqn", "at most 48 bits"));
+            }
+        }
         for (path, data) in &self.files {
-            super::fs::check_override(path, data).map_err(|e| invalid("files", e))?;
+            layout::check_override(path, data).map_err(|e| invalid("files", e))?;
         }
         Ok(())
     }
@@ -210,10 +293,18 @@ enum AlgoName {
 // Field names are those of the cards file; flatten is avoided so that unknown keys are errors.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawConsts {
+    r: Option<[u8; 5]>,
+    c: Option<[String; 5]>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSlot {
     slot: u16,
     #[serde(default)]
     state: SlotState,
+    profile: Option<CardKind>,
     atr: Option<String>,
     iccid: Option<String>,
     imsi: Option<String>,
@@ -223,7 +314,15 @@ struct RawSlot {
     op: Option<String>,
     spn: Option<String>,
     msisdn: Option<String>,
+    #[serde(alias = "pin1")]
     chv1: Option<String>,
+    puk1: Option<String>,
+    adm1: Option<String>,
+    /// Hex, up to 12 digits.
+    sqn: Option<String>,
+    sqn_ind_bits: Option<u8>,
+    sqn_delta: Option<u64>,
+    milenage: Option<RawConsts>,
     df_gsm_ef_count: Option<u8>,
     #[serde(default)]
     files: BTreeMap<String, String>,
@@ -268,7 +367,10 @@ impl TryFrom<RawSlot> for SlotEntry {
 }
 
 fn to_profile(r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
-    let mut p = generated(r.slot);
+    let mut p = match r.profile.unwrap_or_default() {
+        CardKind::Sim => generated(r.slot),
+        CardKind::Usim => generated_usim(r.slot),
+    };
     if let Some(atr) = &r.atr {
         p.atr = parse_hex("atr", atr)?;
     }
@@ -294,6 +396,9 @@ fn to_profile(r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
         (Some(AlgoName::Xor2g), Some(_)) => {
             return Err(invalid("opc", "only with algo = \"milenage\""))
         }
+        (Some(AlgoName::Xor2g), None) if p.kind == CardKind::Usim => {
+            return Err(invalid("algo", "a USIM needs milenage"))
+        }
         (Some(AlgoName::Xor2g), None) => Algo::Xor2g,
         (Some(AlgoName::Milenage) | None, Some(opc)) => Algo::Milenage { opc },
         (Some(AlgoName::Milenage), None) => {
@@ -308,6 +413,37 @@ fn to_profile(r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
         p.msisdn = r.msisdn;
     }
     p.chv1 = r.chv1;
+    if let Some(v) = r.puk1 {
+        p.usim.puk1 = v;
+    }
+    if let Some(v) = r.adm1 {
+        p.usim.adm1 = v;
+    }
+    if let Some(v) = &r.sqn {
+        if v.is_empty() || v.len() > 12 {
+            return Err(invalid("sqn", "1..=12 hex digits"));
+        }
+        p.usim.sqn = u64::from_str_radix(v, 16).map_err(|e| invalid("sqn", e.to_string()))?;
+    }
+    if let Some(v) = r.sqn_ind_bits {
+        p.usim.ind_bits = v;
+    }
+    if let Some(v) = r.sqn_delta {
+        p.usim.delta = v;
+    }
+    if let Some(m) = &r.milenage {
+        if let Some(rr) = m.r {
+            if rr.iter().any(|&x| x > 127) {
+                return Err(invalid("milenage.r", "rotations are 0..=127 bits"));
+            }
+            p.usim.milenage.r = rr;
+        }
+        if let Some(c) = &m.c {
+            for (dst, src) in p.usim.milenage.c.iter_mut().zip(c) {
+                *dst = parse_key("milenage.c", src)?;
+            }
+        }
+    }
     p.df_gsm_ef_count = r.df_gsm_ef_count;
     for (path, data) in &r.files {
         let bytes = parse_hex("files", data)?;
@@ -343,8 +479,10 @@ impl CardsFile {
         CardsFile::try_from(raw)
     }
 
-    /// The built-in set: the manual's cards 2, 18, 101 and 256 (with their ATRs, card 18's
-    /// ICCID and card 256's IMSI) and generated cards in slots 1..=32, 100 and 102.
+    /// The built-in set: the manual's cards 2, 18, 101 and 256 (SIMs with their ATRs, card
+    /// 18's ICCID and card 256's IMSI) and generated cards in slots 1..=32, 100 and 102: SIMs
+    /// in the odd slots, USIMs ([`generated_usim`]) in the even ones, slot 20 with the keys of
+    /// TS 35.208 test set 1 ([`TS_35_208_SET1_K`], [`TS_35_208_SET1_OPC`]).
     pub fn default_set() -> CardsFile {
         let mut card: Vec<SlotEntry> = (1..=32)
             .chain([100, 101, 102, 256])
@@ -381,6 +519,23 @@ impl CardsFile {
             "3B 9E 94 80 1F 47 80 31 A0 73 BE 21 11 66 44 4D 54 22 01 00 26",
             &|p| p.imsi = "460019894013615".into(),
         );
+        // USIMs: the even generated slots; slot 20 holds TS 35.208 test set 1's K and OPc, its
+        // SQN one step (SEQ + 1, same IND) below the set's, so that vector is accepted.
+        for e in card.iter_mut() {
+            if e.slot % 2 == 0 && ![2, 18, 256].contains(&e.slot) {
+                e.profile = generated_usim(e.slot);
+            }
+        }
+        let demo = &mut card
+            .iter_mut()
+            .find(|e| e.slot == 20)
+            .expect("slot")
+            .profile;
+        demo.ki = TS_35_208_SET1_K;
+        demo.algo = Algo::Milenage {
+            opc: TS_35_208_SET1_OPC,
+        };
+        demo.usim.sqn = 0xFF9B_B4D0_B607 - 32;
         CardsFile {
             pool: PoolKnobs::default(),
             card,
@@ -476,6 +631,30 @@ pub fn generated(slot: u16) -> CardProfile {
         df_gsm_ef_count: None,
         files: BTreeMap::new(),
         t0: T0Quirks::default(),
+        kind: CardKind::Sim,
+        usim: UsimParams::default(),
+    }
+}
+
+/// K of 3GPP TS 35.208 test set 1 (the default set's slot 20).
+pub const TS_35_208_SET1_K: [u8; 16] = [
+    0x46, 0x5b, 0x5c, 0xe8, 0xb1, 0x99, 0xb4, 0x9f, 0xaa, 0x5f, 0x0a, 0x2e, 0xe2, 0x38, 0xa6, 0xbc,
+];
+/// OPc of 3GPP TS 35.208 test set 1.
+pub const TS_35_208_SET1_OPC: [u8; 16] = [
+    0xcd, 0x63, 0xcb, 0x71, 0x95, 0x4a, 0x9f, 0x4e, 0x48, 0xa5, 0x99, 0x4e, 0x37, 0xa0, 0x2b, 0xaf,
+];
+
+/// [`generated`] as a USIM: same ICCID, IMSI, Ki and SPN; Milenage (OPc derived from the slot),
+/// [`USIM_ATR`], SQN 0, PIN1 disabled (`1234`), PUK1 `12345678`, ADM1 `88888888`.
+pub fn generated_usim(slot: u16) -> CardProfile {
+    CardProfile {
+        kind: CardKind::Usim,
+        atr: USIM_ATR.to_vec(),
+        algo: Algo::Milenage {
+            opc: derive_key(slot, 0x4F50),
+        },
+        ..generated(slot)
     }
 }
 

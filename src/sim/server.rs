@@ -44,6 +44,10 @@ pub struct Faults {
     pub bad_procedure: BTreeSet<u16>,
     /// Cards that answer a command with NULL bytes (`60`), one frame every 10 ms, for 10 s.
     pub endless_nulls: BTreeSet<u16>,
+    /// Every n-th card reply frame is sent a second time, `duplicate_delay` later (0 = never):
+    /// a pool that duplicates replies.
+    pub duplicate_every: u64,
+    pub duplicate_delay: Duration,
 }
 
 /// Counters.
@@ -59,6 +63,8 @@ pub struct SimStats {
 struct SlotSim {
     card: Option<SimCard>,
     state: SlotState,
+    /// Error indications (`04`) received for this slot.
+    indications: u32,
 }
 
 struct Pool {
@@ -95,6 +101,7 @@ impl SimPool {
             .map(|_| SlotSim {
                 card: None,
                 state: SlotState::Empty,
+                indications: 0,
             })
             .collect();
         let mut faults = faults;
@@ -116,6 +123,7 @@ impl SimPool {
             slots[i] = SlotSim {
                 card: Some(SimCard::new(p)),
                 state: SlotState::Inserted,
+                indications: 0,
             };
         }
         if cards.pool.latency_ms > 0 && faults.latency_max.is_zero() {
@@ -185,6 +193,34 @@ impl SimPool {
     /// Accepts connections again after [`SimPool::go_down`] or during a `restart`.
     pub fn come_back(&self) {
         *self.shared.down_until.lock().unwrap() = None;
+    }
+
+    /// Simulates pulling card `card` (1–256) and putting it back: the slot reads inserted
+    /// again, the card is powered off.
+    pub fn reinsert(&self, card: u16) {
+        let mut pool = self.shared.pool.lock().unwrap();
+        if let Some(s) = pool.slots.get_mut(usize::from(card.saturating_sub(1))) {
+            if let Some(c) = s.card.as_mut() {
+                c.power_off();
+                s.state = SlotState::Inserted;
+            }
+        }
+    }
+
+    /// The state byte the pool reports for `card` (1–256).
+    pub fn slot_state(&self, card: u16) -> Option<SlotState> {
+        let pool = self.shared.pool.lock().unwrap();
+        pool.slots
+            .get(usize::from(card.checked_sub(1)?))
+            .map(|s| s.state)
+    }
+
+    /// Error indications (`04`) the pool received for `card` (1–256).
+    pub fn error_indications(&self, card: u16) -> u32 {
+        let pool = self.shared.pool.lock().unwrap();
+        pool.slots
+            .get(usize::from(card.saturating_sub(1)))
+            .map_or(0, |s| s.indications)
     }
 
     /// A copy of the simulated card in `card` (1–256), e.g. to compute expected answers.
@@ -258,8 +294,10 @@ impl SimPool {
                 }
                 let q =
                     slot_queues[queue].get_or_insert_with(|| self.spawn_queue(queue, wr.clone()));
-                let immediate =
-                    pace.is_none() && faults.latency_max.is_zero() && faults.garbage_every == 0;
+                let immediate = pace.is_none()
+                    && faults.latency_max.is_zero()
+                    && faults.garbage_every == 0
+                    && faults.duplicate_every == 0;
                 if immediate && q.pending.load(Ordering::SeqCst) == 0 {
                     let bytes: Vec<u8> = frames.concat();
                     self.shared
@@ -310,6 +348,13 @@ impl SimPool {
                     shared.stats.replies.fetch_add(1, Ordering::Relaxed);
                     if wr.lock().await.write_all(&bytes).await.is_err() {
                         return;
+                    }
+                    if queue < 256 && f.duplicate_every > 0 && k.is_multiple_of(f.duplicate_every) {
+                        let (wr, delay) = (wr.clone(), f.duplicate_delay);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = wr.lock().await.write_all(&frame).await;
+                        });
                     }
                 }
                 left.fetch_sub(1, Ordering::SeqCst);
@@ -373,6 +418,7 @@ impl SimPool {
             }
             Request::ErrorIndication(slot) => {
                 let s = &mut pool.slots[usize::from(slot.0)];
+                s.indications += 1;
                 if s.card.is_some() {
                     s.state = SlotState::Abnormal;
                 }

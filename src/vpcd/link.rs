@@ -64,30 +64,18 @@ impl Connection {
         }
     }
 
-    /// Ends the session so that vpcd reports the card removed, without losing a command.
+    /// Ends the session at once so that vpcd reports the card removed, without losing or
+    /// emptying an answer.
     ///
-    /// vpcd turns a connection closed while it waits for an answer into "success, 0 bytes" for
-    /// the application. So: answer whatever arrives until the line has been quiet for `quiet`
-    /// (commands get `answer`, an error status), stop at once on an ATR poll (the card is gone),
-    /// then reset the connection (RST, not FIN): a command vpcd sends in the last instant fails
-    /// with an error on its side instead of succeeding empty.
-    pub async fn close_draining(mut self, quiet: Duration, answer: &[u8]) {
-        loop {
-            match tokio::time::timeout(quiet, self.next_event()).await {
-                Ok(Ok(Some(Event::Command(_) | Event::Invalid { .. }))) => {
-                    log::warn!(
-                        "vpcd {}: command while the card goes away: answered {}",
-                        self.peer,
-                        hex::encode_upper(answer)
-                    );
-                    if self.reply(answer).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Ok(Some(Event::GetAtr))) => break,
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None) | Err(_)) | Err(_) => break,
-            }
+    /// Every command vpcd sent has been answered by then. vpcd turns a connection that closes
+    /// (FIN) while it waits for an answer into "success, 0 bytes", so the connection is reset
+    /// (RST) instead: a command vpcd sends from now on fails on its side with an error, and
+    /// pcscd reports the card removed at its next poll, so commands queued behind are not each
+    /// answered `6F 00`. The reset waits until vpcd has read the last answer (its next frame
+    /// shows it) or `grace` has passed, so the answer is not cut off in flight.
+    pub async fn close_now(self, grace: Duration) {
+        if self.decoder.buffered() == 0 {
+            let _ = tokio::time::timeout(grace, self.stream.readable()).await;
         }
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }

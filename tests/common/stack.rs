@@ -21,7 +21,9 @@ fn repo() -> PathBuf {
 }
 
 /// The binary's private pcscd, started on first use; stopped by a watchdog when the test
-/// process exits. `base_port` must differ between test binaries.
+/// process exits. `base_port` must differ between test binaries, and the 16 ports must lie below
+/// Linux's ephemeral range (32768-60999): there, a test's own listeners on port 0 and its client
+/// sockets may hold one of them, and vpcd cannot bind it.
 pub fn pcscd(base_port: u16) -> &'static Pcscd {
     PCSCD.get_or_init(|| {
         let dir =

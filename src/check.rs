@@ -1,0 +1,150 @@
+//! `simpool serve --check`: the daemon's start-up checks, run once, one verdict per line.
+//!
+//! The pool is reachable and answers ID and version; each reader's vpcd port accepts a
+//! connection; each binding's card is in the pool; the control address is free.
+
+use std::time::Duration;
+
+use crate::bridge::Binding;
+use crate::cards::{Cards, Holder, Wanted};
+use crate::config::ServeConfig;
+use crate::pool::{Link, LinkOptions, SlotState};
+
+/// One check's outcome.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub item: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = if self.ok { "ok    " } else { "FAILED" };
+        write!(f, "{word} {}: {}", self.item, self.detail)
+    }
+}
+
+fn verdict(item: impl Into<String>, ok: bool, detail: impl Into<String>) -> Verdict {
+    Verdict {
+        item: item.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check; `pool_addr` is the resolved pool address (the simulator's for `sim`).
+pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let pool_item = if cfg.pool == "sim" {
+        "pool (built-in simulator)".to_string()
+    } else {
+        format!("pool {}", cfg.pool)
+    };
+    let opts = LinkOptions {
+        reply_timeout: cfg.reply_timeout,
+        ..LinkOptions::default()
+    };
+    let link = match Link::connect(pool_addr, opts).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            out.push(verdict(&pool_item, false, e.to_string()));
+            None
+        }
+    };
+    let mut states = None;
+    if let Some(link) = &link {
+        match (link.id().await, link.version().await) {
+            (Ok(id), Ok(v)) => {
+                out.push(verdict(
+                    &pool_item,
+                    true,
+                    format!("ID {}, firmware {v}", hex::encode_upper(id)),
+                ));
+                states = link.states().await.ok();
+            }
+            (Err(e), _) | (_, Err(e)) => out.push(verdict(
+                &pool_item,
+                false,
+                format!("connected, but {e}: is this a pool?"),
+            )),
+        }
+    }
+    for (i, r) in cfg.readers.iter().enumerate() {
+        let item = format!("reader {i} vpcd {}", r.vpcd);
+        let v = match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&r.vpcd),
+        )
+        .await
+        {
+            Ok(Ok(_)) => verdict(item, true, "accepts connections (pcscd with vpcd is there)"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let port = r.vpcd.rsplit_once(':').map_or("?", |(_, p)| p);
+                verdict(
+                    item,
+                    false,
+                    format!("{e}: is pcscd running with a vpcd reader on port {port}?"),
+                )
+            }
+            Ok(Err(e)) => verdict(item, false, e.to_string()),
+            Err(_) => verdict(item, false, "no answer to connect within 2 s"),
+        };
+        out.push(v);
+    }
+    for (i, r) in cfg.readers.iter().enumerate() {
+        let Some(b) = &r.binding else { continue };
+        let item = format!("reader {i} {b}");
+        let (Some(link), Some(st)) = (&link, &states) else {
+            out.push(verdict(
+                item,
+                false,
+                "not checked: the pool does not answer",
+            ));
+            continue;
+        };
+        let v = match b {
+            Binding::Card(n) => match st[usize::from(n - 1)] {
+                SlotState::Empty => verdict(item, false, "the slot is empty"),
+                SlotState::Abnormal => verdict(item, false, "the slot reports abnormal"),
+                s => verdict(item, true, format!("inserted ({})", slot_word(s))),
+            },
+            Binding::Iccid(x) | Binding::Imsi(x) => {
+                let want = match b {
+                    Binding::Iccid(_) => Wanted::Iccid(x),
+                    _ => Wanted::Imsi(x),
+                };
+                let cards = Cards::new(link.clone(), Vec::new());
+                match cards.find(&want, Holder::Scan, cfg.command_timeout).await {
+                    Ok(lease) => {
+                        let n = lease.number();
+                        lease.release().await;
+                        verdict(item, true, format!("found: card {n}"))
+                    }
+                    Err(e) => verdict(item, false, e.to_string()),
+                }
+            }
+        };
+        out.push(v);
+    }
+    if let Some(addr) = &cfg.control {
+        let item = format!("control API {addr}");
+        let v = match crate::control::bind(addr, cfg.control_token.as_deref()).await {
+            Ok(l) => {
+                drop(l);
+                verdict(item, true, "free")
+            }
+            Err(e) => verdict(item, false, e.to_string()),
+        };
+        out.push(v);
+    }
+    out
+}
+
+fn slot_word(s: SlotState) -> &'static str {
+    match s {
+        SlotState::Working => "working",
+        SlotState::Inserted => "idle",
+        _ => "?",
+    }
+}

@@ -1,0 +1,459 @@
+//! A hostile pool: a proxy between the link and the simulated pool that trickles, cuts frames,
+//! gets lengths wrong, duplicates replies, invents replies for other slots, or floods junk.
+//! Asserted: how soon the link drops such a pool, how soon it recovers, and that no card ever
+//! gets another card's or another command's answer as its own.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use simpool::cards::{Cards, Front, Holder, Lease};
+use simpool::pool::frame::{Reply, ReplyDecoder};
+use simpool::pool::{HealthOptions, Link, LinkOptions, LinkState};
+use simpool::sim::profile::{encode_iccid, CardsFile};
+use simpool::sim::{Faults, SimPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Mode {
+    Normal = 0,
+    /// One byte per second.
+    Trickle = 1,
+    /// Half of the next frame, then nothing.
+    Cut = 2,
+    /// Every 7th frame with a wrong length field.
+    WrongLength = 3,
+    /// Every card frame sent again 40 ms later.
+    Duplicate = 4,
+    /// Frames for slots nobody asked, between the real ones.
+    Stray = 5,
+    /// Junk bytes around every frame.
+    Flood = 6,
+}
+
+struct Proxy {
+    addr: String,
+    mode: Arc<AtomicU8>,
+}
+
+impl Proxy {
+    fn set(&self, m: Mode) {
+        self.mode.store(m as u8, Ordering::SeqCst);
+    }
+}
+
+async fn proxy(upstream: String) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let mode = Arc::new(AtomicU8::new(Mode::Normal as u8));
+    let m = mode.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((down, _)) = l.accept().await else {
+                return;
+            };
+            let Ok(up) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            tokio::spawn(relay(down, up, m.clone()));
+        }
+    });
+    Proxy { addr, mode }
+}
+
+/// Requests pass unchanged; replies go through the current mode.
+async fn relay(down: TcpStream, up: TcpStream, mode: Arc<AtomicU8>) {
+    let (mut dr, dw) = down.into_split();
+    let (ur, mut uw) = up.into_split();
+    let dw = Arc::new(tokio::sync::Mutex::new(dw));
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = dr.read(&mut buf).await {
+            if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut ur = ur;
+    let mut dec = ReplyDecoder::new();
+    let mut buf = [0u8; 4096];
+    let mut k = 0u64;
+    let mut cut = false;
+    while let Ok(n) = ur.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        dec.push(&buf[..n]);
+        while let Some(Ok(reply)) = dec.next_reply() {
+            k += 1;
+            let bytes = reply.to_bytes();
+            let m = mode.load(Ordering::SeqCst);
+            let mut w = dw.lock().await;
+            let ok = match m {
+                x if x == Mode::Trickle as u8 => {
+                    let mut ok = true;
+                    for b in bytes {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if mode.load(Ordering::SeqCst) != Mode::Trickle as u8 {
+                            break;
+                        }
+                        ok &= w.write_all(&[b]).await.is_ok();
+                    }
+                    ok
+                }
+                x if x == Mode::Cut as u8 => {
+                    if cut {
+                        true
+                    } else {
+                        cut = true;
+                        w.write_all(&bytes[..bytes.len() / 2 + 1]).await.is_ok()
+                    }
+                }
+                x if x == Mode::WrongLength as u8 && k.is_multiple_of(7) => {
+                    let mut b = bytes.clone();
+                    let len = u16::from_be_bytes([b[3], b[4]]);
+                    let wrong = if k.is_multiple_of(14) {
+                        len + 2
+                    } else {
+                        len.saturating_sub(1)
+                    };
+                    b[3..5].copy_from_slice(&wrong.to_be_bytes());
+                    w.write_all(&b).await.is_ok()
+                }
+                x if x == Mode::Duplicate as u8 => {
+                    let again = bytes.clone();
+                    let dw2 = dw.clone();
+                    if matches!(reply, Reply::Card { .. }) {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(40)).await;
+                            let _ = dw2.lock().await.write_all(&again).await;
+                        });
+                    }
+                    w.write_all(&bytes).await.is_ok()
+                }
+                x if x == Mode::Stray as u8 => {
+                    let stray = Reply::Card {
+                        slot: simpool::pool::Slot(((k * 37) % 256) as u8),
+                        data: vec![0x90, 0x00],
+                    }
+                    .to_bytes();
+                    w.write_all(&stray).await.is_ok() && w.write_all(&bytes).await.is_ok()
+                }
+                x if x == Mode::Flood as u8 => {
+                    let junk = vec![0x13u8; 300];
+                    w.write_all(&junk).await.is_ok()
+                        && w.write_all(&bytes).await.is_ok()
+                        && w.write_all(&junk).await.is_ok()
+                }
+                _ => {
+                    cut = false;
+                    w.write_all(&bytes).await.is_ok()
+                }
+            };
+            if !ok {
+                return;
+            }
+        }
+    }
+}
+
+fn options() -> LinkOptions {
+    LinkOptions {
+        reply_timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(400),
+        keepalive: Some(Duration::from_secs(5)),
+        health: HealthOptions {
+            window: Duration::from_secs(2),
+            ..HealthOptions::default()
+        },
+        ..LinkOptions::default()
+    }
+}
+
+/// Counts of an exchange loop over several cards.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    /// Wrong answers ending in 90 00: another command's data passed off as this one's.
+    wrong: AtomicU64,
+    /// Another command's status word (9F xx) passed off as this one's.
+    wrong_status: AtomicU64,
+}
+
+/// Whether an answer is the expected one.
+type Check<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
+
+/// Each card: SELECT MF, SELECT EF.ICCID, READ BINARY; every answer must be this card's own.
+async fn exchange_loop(cards: Cards, sim: Arc<SimPool>, card: u16, until: Instant, t: Arc<Tally>) {
+    let iccid = sim.with_card(card, |c| c.profile().iccid.clone()).unwrap();
+    let mut want_read = encode_iccid(&iccid).to_vec();
+    want_read.extend_from_slice(&[0x90, 0x00]);
+    let mut lease: Option<Lease> = None;
+    let deadline = Duration::from_millis(800);
+    while Instant::now() < until {
+        if lease.is_none() {
+            let mut l = cards.lease(card, Holder::Scan).expect("free");
+            if l.start().await.is_err() {
+                drop(l);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            lease = Some(l);
+        }
+        let l = lease.as_ref().unwrap();
+        let steps: [(&str, &Check<'_>); 3] = [
+            ("A0A40000023F00", &|r| r.len() == 2 && r[0] == 0x9F),
+            ("A0A40000022FE2", &|r| r == [0x9F, 0x0F]),
+            ("A0B000000A", &|r| r == want_read.as_slice()),
+        ];
+        let mut failed = false;
+        for (cmd, good) in steps {
+            match l.transmit(&common::hex(cmd), deadline, Front::Scan).await {
+                Ok(r) if good(&r) => {
+                    t.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => {
+                    // A status word other than success is the card's own refusal; anything
+                    // with 90 00 / 9F xx that is not this card's answer is wrong data.
+                    let sw1 = r[r.len() - 2];
+                    if sw1 == 0x90 {
+                        eprintln!("card {card}: {cmd} answered {}", hex::encode_upper(&r));
+                        t.wrong.fetch_add(1, Ordering::Relaxed);
+                    } else if sw1 == 0x9F {
+                        eprintln!("card {card}: {cmd} answered {}", hex::encode_upper(&r));
+                        t.wrong_status.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        t.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failed = true;
+                    break;
+                }
+                Err(_) => {
+                    t.errors.fetch_add(1, Ordering::Relaxed);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            // T=0 state unknown: start over with a fresh card, as the bridge does.
+            if let Some(l) = lease.take() {
+                l.release().await;
+            }
+        }
+    }
+    if let Some(l) = lease.take() {
+        l.release().await;
+    }
+}
+
+struct Setup {
+    sim: Arc<SimPool>,
+    proxy: Proxy,
+    link: Link,
+    cards: Cards,
+}
+
+async fn setup() -> Setup {
+    let sim = Arc::new(
+        SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
+            .await
+            .unwrap(),
+    );
+    let proxy = proxy(sim.addr().to_string()).await;
+    let link = Link::spawn(&proxy.addr, options());
+    assert!(link.wait_up(Duration::from_secs(5)).await, "link up");
+    let cards = Cards::new(link.clone(), Vec::new());
+    Setup {
+        sim,
+        proxy,
+        link,
+        cards,
+    }
+}
+
+/// Waits for the link to leave `Up{generation}`; answers how long it took.
+async fn time_to_drop(link: &Link, since: Instant, within: Duration) -> Duration {
+    let LinkState::Up { generation } = link.state() else {
+        panic!("link not up");
+    };
+    let mut w = link.watch();
+    let r = tokio::time::timeout(within, async {
+        loop {
+            if *w.borrow_and_update() != (LinkState::Up { generation }) {
+                return;
+            }
+            w.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "not dropped within {within:?}");
+    since.elapsed()
+}
+
+async fn run_loops(s: &Setup, secs: u64) -> Arc<Tally> {
+    let t = Arc::new(Tally::default());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = [2u16, 9, 18, 256]
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(exchange_loop(
+                s.cards.clone(),
+                s.sim.clone(),
+                c,
+                until,
+                t.clone(),
+            ))
+        })
+        .collect();
+    for x in tasks {
+        x.await.unwrap();
+    }
+    t
+}
+
+#[tokio::test]
+async fn a_trickling_pool_is_dropped_within_the_bound_and_recovers() {
+    let s = setup().await;
+    // Traffic so that frames flow.
+    let cards = s.cards.clone();
+    let sim = s.sim.clone();
+    let bg = tokio::spawn(async move {
+        let t = Arc::new(Tally::default());
+        exchange_loop(
+            cards,
+            sim,
+            18,
+            Instant::now() + Duration::from_secs(4),
+            t.clone(),
+        )
+        .await;
+        t
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    s.proxy.set(Mode::Trickle);
+    let took = time_to_drop(&s.link, t0, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(2), "dropped after {took:?}");
+    s.proxy.set(Mode::Normal);
+    let t1 = Instant::now();
+    assert!(s.link.wait_up(Duration::from_secs(3)).await, "recovered");
+    eprintln!(
+        "trickle: dropped after {took:?}, up again after {:?}",
+        t1.elapsed()
+    );
+    let t = bg.await.unwrap();
+    assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
+    assert!(s.link.stats().health_drops.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn a_frame_cut_in_half_is_dropped_within_the_bound() {
+    let s = setup().await;
+    let cards = s.cards.clone();
+    let sim = s.sim.clone();
+    let bg = tokio::spawn(async move {
+        let t = Arc::new(Tally::default());
+        exchange_loop(
+            cards,
+            sim,
+            2,
+            Instant::now() + Duration::from_secs(4),
+            t.clone(),
+        )
+        .await;
+        t
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    s.proxy.set(Mode::Cut);
+    let took = time_to_drop(&s.link, t0, Duration::from_secs(3)).await;
+    assert!(took < Duration::from_secs(2), "dropped after {took:?}");
+    s.proxy.set(Mode::Normal);
+    assert!(s.link.wait_up(Duration::from_secs(3)).await, "recovered");
+    eprintln!("cut frame: dropped after {took:?}");
+    assert_eq!(bg.await.unwrap().wrong.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_pool_getting_lengths_wrong_is_reconnected_not_served() {
+    let s = setup().await;
+    s.proxy.set(Mode::WrongLength);
+    let t0 = Instant::now();
+    let link = s.link.clone();
+    let watcher =
+        tokio::spawn(async move { time_to_drop(&link, t0, Duration::from_secs(5)).await });
+    let t = run_loops(&s, 3).await;
+    let took = watcher.await.unwrap();
+    eprintln!(
+        "wrong lengths: dropped after {took:?}; ok {} errors {} wrong {}",
+        t.ok.load(Ordering::Relaxed),
+        t.errors.load(Ordering::Relaxed),
+        t.wrong.load(Ordering::Relaxed)
+    );
+    assert_eq!(t.wrong.load(Ordering::Relaxed), 0, "no wrong data accepted");
+    assert!(s.link.stats().health_drops.load(Ordering::Relaxed) >= 1);
+    s.proxy.set(Mode::Normal);
+    assert!(s.link.wait_up(Duration::from_secs(3)).await);
+    let t = run_loops(&s, 1).await;
+    assert!(t.ok.load(Ordering::Relaxed) > 10, "serves again once sane");
+}
+
+#[tokio::test]
+async fn duplicated_replies_never_pass_as_another_commands_answer() {
+    let secs: u64 = std::env::var("SIMPOOL_DUP_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let s = setup().await;
+    s.proxy.set(Mode::Duplicate);
+    let t = run_loops(&s, secs).await;
+    let st = s.link.stats();
+    eprintln!(
+        "duplicates for {secs} s: ok {} errors {} wrong data+9000 {} wrong status {}; stale \
+         discarded {}, unsolicited {}, ambiguous {}, health drops {}",
+        t.ok.load(Ordering::Relaxed),
+        t.errors.load(Ordering::Relaxed),
+        t.wrong.load(Ordering::Relaxed),
+        t.wrong_status.load(Ordering::Relaxed),
+        st.stale_discarded.load(Ordering::Relaxed),
+        st.unsolicited.load(Ordering::Relaxed),
+        st.ambiguous.load(Ordering::Relaxed),
+        st.health_drops.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        t.wrong.load(Ordering::Relaxed),
+        0,
+        "wrong data with a success status"
+    );
+}
+
+#[tokio::test]
+async fn replies_for_slots_nobody_asked_never_reach_a_card() {
+    let s = setup().await;
+    s.proxy.set(Mode::Stray);
+    let t = run_loops(&s, 3).await;
+    assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
+    assert!(s.link.stats().unsolicited.load(Ordering::Relaxed) > 0);
+    // Mostly stray frames: the link is judged unhealthy and made again.
+    assert!(s.link.stats().health_drops.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_junk_drops_the_link_and_no_data_is_accepted() {
+    let s = setup().await;
+    s.proxy.set(Mode::Flood);
+    let t = run_loops(&s, 3).await;
+    assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
+    assert!(s.link.stats().health_drops.load(Ordering::Relaxed) >= 1);
+    s.proxy.set(Mode::Normal);
+    assert!(s.link.wait_up(Duration::from_secs(3)).await);
+    let t = run_loops(&s, 1).await;
+    assert!(t.ok.load(Ordering::Relaxed) > 10, "serves again once sane");
+}

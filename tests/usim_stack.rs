@@ -1,0 +1,197 @@
+//! A simulated USIM end to end: the `pcsc` crate → pcsc-lite's pcscd → vpcd → `simpool serve`
+//! → the simulated pool. SELECT ADF.USIM by AID, EF.IMSI, AUTHENTICATE with TS 35.208 test set
+//! 1 (default set's card 20), SQN replay → AUTS → resync, PIN1 counter and PUK1. Needs pcscd
+//! and vsmartcard-vpcd (`driver/pcscd-private install`); run inside `unshare -n`.
+
+mod common;
+
+use std::ffi::CString;
+use std::time::Duration;
+
+use common::stack::{self, Serve};
+use pcsc::{Context, Protocols, ShareMode};
+use simpool::sim::profile::{decode_imsi, CardsFile, USIM_ATR};
+use simpool::sim::uicc::USIM_AID;
+use simpool::sim::{Faults, SimPool};
+
+const BASE_PORT: u16 = 27700;
+
+fn h(s: &str) -> Vec<u8> {
+    common::hex(s)
+}
+
+fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
+    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
+}
+
+/// A case-4 command as pySim sends it (no Le): `61xx` → GET RESPONSE xx. Returns data ‖ SW.
+fn tx4(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
+    let r = tx(card, cmd);
+    assert_eq!(
+        r.len(),
+        2,
+        "{cmd}: only a status word at first, got {r:02X?}"
+    );
+    assert_eq!(r[0], 0x61, "{cmd}: {r:02X?}");
+    let gr = tx(card, &format!("00C00000{:02X}", r[1]));
+    assert_eq!(gr.len(), usize::from(r[1]) + 2);
+    gr
+}
+
+fn serve(sim: &SimPool, reader: u16, card: u16) -> (Serve, Context, CString) {
+    let pcscd = stack::pcscd(BASE_PORT);
+    let args = [
+        "--pool".to_string(),
+        sim.addr().to_string(),
+        "--vpcd".into(),
+        pcscd.vpcd_addr(reader),
+        "--card".into(),
+        card.to_string(),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let serve = Serve::start(&refs, &format!("usim-reader{reader}"));
+    let ctx = stack::context();
+    let name = pcscd.reader_name(reader);
+    assert!(
+        stack::wait_card(&ctx, &name, true, Duration::from_secs(15)),
+        "{name:?} shows no card; simpool log:\n{}",
+        serve.log_text()
+    );
+    (serve, ctx, name)
+}
+
+fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+}
+
+fn arr<const N: usize>(s: &str) -> [u8; N] {
+    h(s).try_into().unwrap()
+}
+
+// TS 35.208 test set 1.
+const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+const RAND: &str = "23553cbe9637a89d218ae64dae47bf35";
+const SQN: &str = "ff9bb4d0b607";
+const AMF: &str = "b9b9";
+const MAC_A: &str = "4a9ffac354dfafb3";
+const RES: &str = "a54211d5e3ba50bf";
+const CK: &str = "b40ba9a3c58b2a05bbf0d987b21bf8cb";
+const IK: &str = "f769bcd751044604127672711c6d3441";
+const AK: &str = "aa689c648370";
+
+#[test]
+fn select_usim_read_imsi_authenticate_and_resync() {
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let (mut serve, ctx, name) = serve(&sim, 0, 20);
+    let card = ctx
+        .connect(&name, ShareMode::Shared, Protocols::ANY)
+        .expect("connect");
+    assert_eq!(card.status2_owned().unwrap().atr(), &USIM_ATR[..]);
+
+    // SELECT ADF.USIM by AID: a well-formed FCP naming the AID.
+    let fcp = tx4(&card, &format!("00A4040410{}", hex::encode(USIM_AID)));
+    assert_eq!(fcp[0], 0x62);
+    assert_eq!(usize::from(fcp[1]), fcp.len() - 4);
+    assert_eq!(fcp[2..6], h("82027821"));
+    assert_eq!(fcp[6..10], h("83027FF0"));
+    assert_eq!(fcp[10..12], [0x84, 0x10]);
+    assert_eq!(fcp[12..28], USIM_AID);
+    assert_eq!(fcp[fcp.len() - 2..], [0x90, 0x00]);
+
+    // EF.IMSI there.
+    let fcp = tx4(&card, "00A40004026F07");
+    assert_eq!(fcp[2..8], h("8202412183 02"));
+    let imsi = tx(&card, "00B0000009");
+    assert_eq!(imsi[9..], [0x90, 0x00]);
+    let want = sim.with_card(20, |c| c.profile().imsi.clone()).unwrap();
+    assert_eq!(decode_imsi(&imsi[..9]).unwrap(), want);
+
+    // AUTHENTICATE (3G context) with the spec's AUTN: RES, CK, IK of TS 35.208.
+    let autn = format!("{}{AMF}{MAC_A}", hex::encode(xor(&h(SQN), &h(AK))));
+    let auth = format!("0088008122 10{RAND} 10{autn}");
+    let r = tx4(&card, &auth);
+    assert_eq!(r[..2], [0xDB, 0x08]);
+    assert_eq!(hex::encode(&r[2..10]), RES);
+    assert_eq!(r[10], 0x10);
+    assert_eq!(hex::encode(&r[11..27]), CK);
+    assert_eq!(r[27], 0x10);
+    assert_eq!(hex::encode(&r[28..44]), IK);
+    assert_eq!(r[44], 0x08, "Kc follows (service 27)");
+
+    // The same AUTN again: SQN replay → AUTS carrying the SQN just accepted.
+    let r = tx4(&card, &auth);
+    assert_eq!(r[..2], [0xDC, 0x0E]);
+    let mut m = milenage::Milenage::new_with_opc(arr(K), arr(OPC));
+    let rand: [u8; 16] = arr(RAND);
+    let sqn_ms: [u8; 6] = xor(&r[2..8], &m.f5star(&rand)).try_into().unwrap();
+    assert_eq!(hex::encode(sqn_ms), SQN);
+    assert_eq!(r[8..16], m.f1star(&rand, &sqn_ms, &[0, 0]), "MAC-S");
+
+    // Resynchronised: the HLR's next SQN (SEQ + 1) is accepted; RES/CK/IK as Milenage says.
+    let next = simpool::sim::auth::sqn_to_bytes(simpool::sim::auth::sqn_from_bytes(&sqn_ms) + 32);
+    let rand2: [u8; 16] = arr("000102030405060708090a0b0c0d0e0f");
+    let (res, ck, ik, ak) = m.f2345(&rand2);
+    let mac = m.f1(&rand2, &next, &arr(AMF));
+    let autn2 = format!("{}{AMF}{}", hex::encode(xor(&next, &ak)), hex::encode(mac));
+    let r = tx4(
+        &card,
+        &format!("0088008122 10{} 10{autn2}", hex::encode(rand2)),
+    );
+    assert_eq!(r[..2], [0xDB, 0x08]);
+    assert_eq!(r[2..10], res);
+    assert_eq!(r[11..27], ck);
+    assert_eq!(r[28..44], ik);
+
+    // A forged MAC: 98 62.
+    let mut bad = h(&autn2);
+    bad[12] ^= 0x40;
+    assert_eq!(
+        tx(
+            &card,
+            &format!(
+                "0088008122 10{} 10{}",
+                hex::encode(rand2),
+                hex::encode(&bad)
+            )
+        ),
+        h("9862")
+    );
+    assert!(serve.is_running());
+}
+
+#[test]
+fn pin1_counter_to_zero_and_puk1_through_pcscd() {
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let (_serve, ctx, name) = serve(&sim, 2, 22);
+    let card = ctx
+        .connect(&name, ShareMode::Shared, Protocols::ANY)
+        .expect("connect");
+    assert_eq!(
+        tx(&card, "0028000108 31323334FFFFFFFF"),
+        h("9000"),
+        "enable PIN1"
+    );
+    tx4(&card, &format!("00A4040410{}", hex::encode(USIM_AID)));
+    tx4(&card, "00A40004026F07");
+    assert_eq!(tx(&card, "0020000100"), h("9000"), "verified by ENABLE");
+    for left in [2u8, 1, 0] {
+        assert_eq!(
+            tx(&card, "0020000108 30303030FFFFFFFF"),
+            vec![0x63, 0xC0 | left]
+        );
+    }
+    assert_eq!(tx(&card, "00B0000009"), h("6982"));
+    assert_eq!(tx(&card, "0020000100"), h("6983"));
+    assert_eq!(tx(&card, "002C000100"), h("63CA"));
+    assert_eq!(
+        tx(&card, "002C000110 3132333435363738 39383736FFFFFFFF"),
+        h("9000")
+    );
+    assert_eq!(tx(&card, "00B0000009")[9..], [0x90, 0x00]);
+    assert_eq!(
+        sim.with_card(22, |c| c.uicc().unwrap().retries()).unwrap(),
+        (3, 10, 10)
+    );
+}
