@@ -385,3 +385,35 @@ async fn illegal_maps_are_refused() {
     );
     assert!(r.bank.maps().is_empty());
 }
+
+#[test]
+fn serve_check_reports_the_remsim_server_and_listen_address() {
+    let check = |server: &str, listen: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_simpool"))
+            .args(["serve", "--check", "--pool", "sim", "--control", "off"])
+            .args([
+                "--remsim",
+                server,
+                "--bank-id",
+                "1",
+                "--remsim-listen",
+                listen,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ok, text) = check(&server.local_addr().unwrap().to_string(), "127.0.0.1:0");
+    assert!(ok, "{text}");
+    assert!(text.contains("ok     remsim server"), "{text}");
+    assert!(text.contains("ok     remsim bank listen"), "{text}");
+    let (ok, text) = check("127.0.0.1:1", &taken.local_addr().unwrap().to_string());
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAILED remsim server 127.0.0.1:1"), "{text}");
+    assert!(text.contains("FAILED remsim bank listen"), "{text}");
+}

@@ -239,7 +239,8 @@ impl Drop for Bank {
 /// queue (the overflowing clients would wait for a 1 s SYN retransmit).
 const LISTEN_BACKLOG: u32 = 1024;
 
-async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+/// Binds the client listener (also used by `serve --check`).
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
         let socket = if a.is_ipv4() {
