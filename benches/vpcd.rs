@@ -140,6 +140,13 @@ fn main() {
         control_token: None,
         state: None,
         remsim: None,
+        // `SIMPOOL_BENCH_GSMTAP=HOST:PORT` measures with GSMTAP tracing on.
+        gsmtap: std::env::var("SIMPOOL_BENCH_GSMTAP")
+            .ok()
+            .map(|d| simpool::gsmtap::Config {
+                dest: simpool::gsmtap::destination(&d).unwrap(),
+                cards: simpool::gsmtap::CardFilter::all(),
+            }),
         readers: vec![ReaderSpec {
             binding: Some(Binding::Card(if quickack { 18 } else { 2 })),
             vpcd: format!("127.0.0.1:{port}"),

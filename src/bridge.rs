@@ -153,6 +153,9 @@ struct Rebind {
 /// Longer than pcscd's presence poll of vpcd readers (400 ms).
 const REMOVAL_GRACE: Duration = Duration::from_millis(600);
 
+/// After this long without a word from vpcd on a new connection, say so.
+const NOT_TAKEN_WARNING: Duration = Duration::from_secs(5);
+
 /// Longest wait for vpcd to take the last answer before the connection is reset.
 const CLOSE_GRACE: Duration = Duration::from_millis(20);
 
@@ -481,13 +484,12 @@ impl Reader {
                 }
             };
             self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-            let n = self.lease.as_ref().map(Lease::number).unwrap_or_default();
-            log::info!(
-                "{}: {binding} (card {n}) present, ATR {}",
-                self.name,
-                hex::encode_upper(&atr)
+            // "Present" only once vpcd talks to us: a connection vpcd has not accepted yet
+            // (it accepts at its presence poll) shows pcscd nothing.
+            self.set_state(
+                Presence::Waiting,
+                Some("connected; waiting for pcscd to poll the reader".into()),
             );
-            self.set_state(Presence::Present, None);
             let (end, conn) = self.session(conn, atr, started_on).await;
             if let Some(conn) = conn {
                 conn.close_now(CLOSE_GRACE).await;
@@ -721,9 +723,26 @@ impl Reader {
             return End::CardGone("no lease".into());
         };
         let mut powered = true;
+        let mut accepted = false;
+        // vpcd takes one connection per port and accepts the next only when pcscd polls after
+        // the previous one is gone; a connection still unaccepted after this long means another
+        // client holds the port (a second simpool?), or pcscd is not polling.
+        let not_taken = tokio::time::sleep(NOT_TAKEN_WARNING);
+        tokio::pin!(not_taken);
         let end = loop {
             let ev = tokio::select! {
                 ev = conn.next_event() => ev,
+                _ = &mut not_taken, if !accepted => {
+                    log::warn!(
+                        "{}: vpcd at {} has not taken the connection after {} s: is another \
+                         client (a second simpool?) connected to that port, or is pcscd stuck?",
+                        self.name,
+                        self.cfg.vpcd,
+                        NOT_TAKEN_WARNING.as_secs()
+                    );
+                    accepted = true; // warn once
+                    continue;
+                }
                 changed = link.changed() => {
                     if changed.is_err() || *link.borrow_and_update() != started_on {
                         break End::LinkDown;
@@ -741,6 +760,21 @@ impl Reader {
                 Ok(None) => break End::VpcdClosed("end of stream".into()),
                 Err(e) => break End::VpcdClosed(e.to_string()),
             };
+            if self.status.borrow().state != Presence::Present {
+                accepted = true;
+                log::info!(
+                    "{}: card {} present, ATR {}",
+                    self.name,
+                    lease.number(),
+                    hex::encode_upper(&atr)
+                );
+                let card = Some(lease.number());
+                self.status.send_modify(|s| {
+                    s.state = Presence::Present;
+                    s.card = card;
+                    s.detail = None;
+                });
+            }
             match ev {
                 Event::GetAtr => {
                     if let Err(e) = conn.reply(&atr).await {

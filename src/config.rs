@@ -74,6 +74,10 @@ pub struct FileConfig {
     pub health_max_bad_ratio: Option<f64>,
     pub duplicate_settle_ms: Option<u64>,
     pub duplicate_guard_s: Option<u64>,
+    /// GSMTAP destination `HOST[:PORT]`, or "off".
+    pub gsmtap: Option<String>,
+    /// Cards traced by GSMTAP, e.g. "18,256" or "1-16"; default: all.
+    pub gsmtap_cards: Option<String>,
     #[serde(default)]
     pub reader: Vec<ReaderEntry>,
     /// The osmo-remsim bank.
@@ -176,6 +180,8 @@ pub struct ServeConfig {
     pub state: Option<PathBuf>,
     /// Be an osmo-remsim bank.
     pub remsim: Option<RemsimSpec>,
+    /// GSMTAP tracing; `None`: off.
+    pub gsmtap: Option<crate::gsmtap::Config>,
 }
 
 impl ReaderEntry {
@@ -274,6 +280,23 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         s if s == "off" => None,
         s => Some(s),
     };
+    let gsmtap_cards = flags.gsmtap_cards.or(file.gsmtap_cards);
+    let gsmtap = match flags.gsmtap.or(file.gsmtap) {
+        Some(s) if s != "off" => Some(crate::gsmtap::Config {
+            dest: crate::gsmtap::destination(&s).map_err(ConfigError::Invalid)?,
+            cards: match &gsmtap_cards {
+                Some(c) => crate::gsmtap::CardFilter::parse(c)
+                    .map_err(|e| ConfigError::Invalid(format!("gsmtap cards: {e}")))?,
+                None => crate::gsmtap::CardFilter::all(),
+            },
+        }),
+        _ if gsmtap_cards.is_some() => {
+            return Err(ConfigError::Invalid(
+                "GSMTAP cards given, but no GSMTAP destination (--gsmtap HOST[:PORT])".into(),
+            ))
+        }
+        _ => None,
+    };
     let command_timeout = pick(flags.command_timeout_ms, file.command_timeout_ms, 1500);
     let reply_timeout = pick(flags.reply_timeout_ms, file.reply_timeout_ms, 1000);
     if command_timeout < Duration::from_millis(10) || reply_timeout < Duration::from_millis(10) {
@@ -335,6 +358,7 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         control_token: flags.control_token.or(file.control_token),
         state: flags.state.or(file.state),
         remsim,
+        gsmtap,
     })
 }
 
@@ -412,6 +436,74 @@ mod tests {
                 vpcd: "127.0.0.1:40000".into()
             }]
         );
+    }
+
+    #[test]
+    fn gsmtap() {
+        let reader = || {
+            vec![ReaderEntry {
+                card: Some(18),
+                ..Default::default()
+            }]
+        };
+        let file: FileConfig = toml::from_str(
+            "gsmtap = \"127.0.0.1\"\ngsmtap_cards = \"18,256\"\n[[reader]]\ncard = 18\n",
+        )
+        .unwrap();
+        let g = resolve(file, FileConfig::default())
+            .unwrap()
+            .gsmtap
+            .unwrap();
+        assert_eq!(g.dest, "127.0.0.1:4729".parse().unwrap());
+        assert!(g.cards.contains(18) && g.cards.contains(256) && !g.cards.contains(17));
+        // Flags win, "off" included; off by default.
+        let on = FileConfig {
+            gsmtap: Some("127.0.0.2:5000".into()),
+            reader: reader(),
+            ..Default::default()
+        };
+        let off = FileConfig {
+            gsmtap: Some("off".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(on.clone(), off).unwrap().gsmtap, None);
+        let c = resolve(
+            FileConfig {
+                reader: reader(),
+                ..Default::default()
+            },
+            on,
+        )
+        .unwrap();
+        assert_eq!(c.gsmtap.unwrap().dest, "127.0.0.2:5000".parse().unwrap());
+        let c = resolve(
+            FileConfig {
+                reader: reader(),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        );
+        assert_eq!(c.unwrap().gsmtap, None);
+        for bad in [
+            FileConfig {
+                gsmtap_cards: Some("18".into()),
+                reader: reader(),
+                ..Default::default()
+            },
+            FileConfig {
+                gsmtap: Some("127.0.0.1".into()),
+                gsmtap_cards: Some("0".into()),
+                reader: reader(),
+                ..Default::default()
+            },
+            FileConfig {
+                gsmtap: Some("127.0.0.1:x".into()),
+                reader: reader(),
+                ..Default::default()
+            },
+        ] {
+            assert!(resolve(bad, FileConfig::default()).is_err());
+        }
     }
 
     #[test]

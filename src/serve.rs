@@ -23,6 +23,8 @@ pub enum ServeError {
     Control(String),
     #[error(transparent)]
     Remsim(#[from] crate::remsim::bank::BankError),
+    #[error("GSMTAP socket: {0}")]
+    Gsmtap(std::io::Error),
 }
 
 /// A running daemon.
@@ -60,6 +62,8 @@ pub struct Daemon {
     pub cards: Cards,
     pub readers: Vec<ReaderHandle>,
     pub command_timeout: Duration,
+    /// GSMTAP datagrams sent/dropped, when tracing is on.
+    pub gsmtap: Option<Arc<crate::gsmtap::Counters>>,
     state: Option<PathBuf>,
     /// The bindings the command line/config asked for at start-up (saved with the state, so a
     /// changed command line wins over an old state file).
@@ -222,6 +226,18 @@ pub async fn start_with(
             ..LinkOptions::default()
         },
     );
+    let mut observers = observers;
+    let gsmtap = match &cfg.gsmtap {
+        Some(g) => {
+            let tracer =
+                crate::gsmtap::Tracer::new(g.dest, g.cards.clone()).map_err(ServeError::Gsmtap)?;
+            log::info!("GSMTAP to {}, cards {}", g.dest, g.cards);
+            let counters = tracer.counters();
+            observers.push(Arc::new(tracer));
+            Some(counters)
+        }
+        None => None,
+    };
     let cards = Cards::new(link.clone(), observers);
     // The bank's listener before the readers: a bank that cannot listen should not half-start.
     let bank = match &cfg.remsim {
@@ -269,6 +285,7 @@ pub async fn start_with(
         cards,
         readers,
         command_timeout: cfg.command_timeout,
+        gsmtap,
         state: cfg.state.clone(),
         startup,
         save: tokio::sync::Mutex::new(()),

@@ -50,6 +50,15 @@ impl Scripted {
             .expect("connection open")
     }
 
+    /// Expects the ID query and answers the manual's ID.
+    async fn answer_id(&mut self) {
+        assert_eq!(self.next().await, Request::ReadId);
+        self.writer
+            .write_all(&common::hex("AA 44 00 00 0C FF7506718255543339206700"))
+            .await
+            .unwrap();
+    }
+
     async fn card(&mut self, slot: u8, data: &str) {
         let bytes = Reply::Card {
             slot: Slot(slot),
@@ -347,7 +356,9 @@ async fn the_daemon_link_reconnects_after_the_pool_drops_it() {
         },
     );
     let mut watch = link.watch();
-    let first = Scripted::accept(&listener).await;
+    let mut first = Scripted::accept(&listener).await;
+    // The daemon's link checks that a pool answers before it calls the link up.
+    first.answer_id().await;
     assert!(link.wait_up(Duration::from_secs(5)).await);
     drop(first);
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -358,6 +369,7 @@ async fn the_daemon_link_reconnects_after_the_pool_drops_it() {
     .await
     .expect("link noticed the drop");
     let mut second = Scripted::accept(&listener).await;
+    second.answer_id().await;
     assert!(link.wait_up(Duration::from_secs(5)).await);
     let v = tokio::spawn({
         let link = link.clone();

@@ -8,6 +8,7 @@ pub mod scan;
 pub mod serve;
 pub mod sim;
 pub mod status;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// address free), print one verdict per line and exit (1 if any failed).
     #[arg(long)]
     check: bool,
+    /// Send every card exchange as GSMTAP (UDP) to HOST[:PORT] (port 4729 if left out), or `off`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    gsmtap: Option<String>,
+    /// Trace only these cards, e.g. `18,256` or `1-16` [default: all].
+    #[arg(long, value_name = "LIST")]
+    gsmtap_cards: Option<String>,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -137,6 +143,8 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         control: args.control.clone(),
         control_token: args.control_token.clone(),
         state: args.state.clone(),
+        gsmtap: args.gsmtap.clone(),
+        gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(&args, m),
         remsim: (args.remsim.is_some() || args.bank_id.is_some() || args.remsim_listen.is_some())
             .then(|| config::RemsimEntry {

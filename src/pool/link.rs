@@ -145,6 +145,9 @@ pub struct LinkStats {
 
 const ROUTE_DEPTH: usize = 64;
 
+/// Junk bytes in one run that count as line noise, not as a bad frame.
+const NOISE: usize = 16;
+
 /// A connection that lasted this long was a real one: the next reconnect starts from the
 /// shortest back-off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
@@ -492,8 +495,14 @@ impl Link {
                             .undecodable
                             .fetch_add(1, Ordering::Relaxed);
                         log::warn!("pool {}: {e}", self.shared.addr);
-                        if let Some(why) = self.bad(conn, "undecodable") {
-                            return why;
+                        // A few junk bytes between frames are noise the decoder handles; a
+                        // longer run of junk, or a header that cannot be right, is bad content.
+                        // (Wrong lengths also show up as exchanges that break T=0 or never
+                        // complete: counted there.)
+                        if !matches!(e, FrameError::Garbage(k) if k <= NOISE) {
+                            if let Some(why) = self.bad(conn, "undecodable") {
+                                return why;
+                            }
                         }
                     }
                 }

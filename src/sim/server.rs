@@ -58,6 +58,8 @@ pub struct SimStats {
     pub replies: AtomicU64,
     pub bad_requests: AtomicU64,
     pub connections: AtomicU64,
+    /// Cards started (answered an ATR), e.g. to check one GSMTAP ATR datagram per start.
+    pub card_starts: AtomicU64,
 }
 
 struct SlotSim {
@@ -400,6 +402,10 @@ impl SimPool {
                     return (0, Vec::new(), None);
                 }
                 let atr = card.reset();
+                self.shared
+                    .stats
+                    .card_starts
+                    .fetch_add(1, Ordering::Relaxed);
                 s.state = SlotState::Working;
                 self.shared.generation[usize::from(slot.0)].fetch_add(1, Ordering::SeqCst);
                 (

@@ -1,0 +1,458 @@
+//! simpool's GSMTAP as the real decoder sees it: Debian's tshark captures the datagrams on the
+//! loopback interface while a pySim-style session runs (SELECT MF, DF.GSM, EF.IMSI with GET
+//! RESPONSE, READ BINARY) and must show each command with its file id, data and status word,
+//! nothing malformed. First on the cards' exchange path in-process, then through a running
+//! `simpool serve --gsmtap` behind the private pcscd (fixed ports: run it in a network namespace
+//! on a shared machine). Needs tshark (`driver/ensure-build-deps` installs it) and root, to capture.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use simpool::cards::{Cards, Front, Holder};
+use simpool::gsmtap::{self, CardFilter, Tracer};
+use simpool::pool::{Link, LinkOptions};
+use simpool::sim::profile::CardsFile;
+use simpool::sim::Faults;
+
+fn h(s: &str) -> Vec<u8> {
+    common::hex(s)
+}
+
+/// A tshark capture of the UDP datagrams to one loopback port, plus a socket that receives
+/// them (so the sender meets a listener, and the test knows when all have arrived).
+struct Capture {
+    child: Child,
+    file: PathBuf,
+    sink: UdpSocket,
+}
+
+impl Capture {
+    fn start(name: &str) -> Capture {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = sink.local_addr().unwrap().port();
+        let file = std::env::temp_dir().join(format!(
+            "simpool-gsmtap-{}-{name}.pcapng",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&file);
+        let mut child = Command::new("tshark")
+            .args(["-i", "lo", "-f"])
+            .arg(format!("udp and dst port {port} and dst host 127.0.0.1"))
+            // Bounded even if the test dies before stopping it.
+            .args(["-a", "duration:120", "-w"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tshark (driver/ensure-build-deps installs it)");
+        // tshark says "Capture started" once dumpcap has the interface open with its filter.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Capture started") {
+                    let _ = tx.send(Ok(()));
+                }
+                said.push(line);
+            }
+            let _ = tx.send(Err(said.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(said)) => panic!("tshark could not capture on lo (root needed):\n{said}"),
+            Err(_) => panic!("tshark did not start capturing within 30 s"),
+        }
+        Capture { child, file, sink }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.sink.local_addr().unwrap()
+    }
+
+    /// Receives `count` datagrams, then checks that no more follow for a moment.
+    fn receive(&self, count: usize) -> Vec<Vec<u8>> {
+        self.sink
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < count {
+            let (n, _) = self
+                .sink
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("{} of {count} datagrams, then {e}", got.len()));
+            got.push(buf[..n].to_vec());
+        }
+        self.sink
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        if let Ok((n, _)) = self.sink.recv_from(&mut buf) {
+            panic!(
+                "datagram beyond the {count} expected: {}",
+                hex::encode_upper(&buf[..n])
+            );
+        }
+        got
+    }
+
+    /// Stops the capture and decodes it: one row of fields per frame.
+    fn decode(mut self) -> Decoded {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < end, "tshark did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = self.addr().port();
+        let decode_as = format!("udp.port=={port},gsmtap");
+        let fields = [
+            "frame.protocols",
+            "gsm_sim.apdu.ins",
+            "gsm_sim.file_id",
+            "gsm_sim.apdu.data",
+            "gsm_sim.apdu.sw",
+            "_ws.malformed",
+            "_ws.expert",
+            "_ws.col.Info",
+        ];
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-r").arg(&self.file).args(["-d", &decode_as]);
+        cmd.args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=a"]);
+        for f in fields {
+            cmd.args(["-e", f]);
+        }
+        let out = cmd.output().expect("tshark -r");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Vec<String> = l.split('|').map(str::to_string).collect();
+                Frame {
+                    protocols: v[0].clone(),
+                    ins: v[1].clone(),
+                    file_id: v[2].clone(),
+                    data: v[3].clone(),
+                    sw: v[4].clone(),
+                    malformed: v[5].clone(),
+                    expert: v[6].clone(),
+                    info: v[7].clone(),
+                }
+            })
+            .collect();
+        // The verbose text too: any "Malformed" or dissector exception anywhere fails.
+        let verbose = Command::new("tshark")
+            .arg("-r")
+            .arg(&self.file)
+            .args(["-d", &decode_as, "-V"])
+            .output()
+            .expect("tshark -V");
+        let _ = std::fs::remove_file(&self.file);
+        Decoded {
+            frames: rows,
+            verbose: String::from_utf8_lossy(&verbose.stdout).into_owned(),
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Frame {
+    protocols: String,
+    ins: String,
+    file_id: String,
+    data: String,
+    sw: String,
+    malformed: String,
+    expert: String,
+    info: String,
+}
+
+struct Decoded {
+    frames: Vec<Frame>,
+    verbose: String,
+}
+
+/// One command of the session and what the card really answered.
+struct Exchange {
+    cmd: Vec<u8>,
+    resp: Vec<u8>,
+}
+
+/// What a frame must show: an ATR, or one exchange as the card really answered it.
+enum Expect<'a> {
+    Atr(&'a [u8]),
+    Exchange(&'a Exchange),
+}
+
+/// Checks tshark's view of each frame against the ATR or exchange that produced it.
+fn check(decoded: &Decoded, expected: &[Expect]) {
+    assert!(
+        !decoded.verbose.contains("Malformed") && !decoded.verbose.contains("Exception"),
+        "tshark found malformed packets:\n{}",
+        decoded.verbose
+    );
+    let frames = &decoded.frames;
+    assert_eq!(frames.len(), expected.len(), "{frames:#?}");
+    for (f, e) in frames.iter().zip(expected) {
+        assert!(f.protocols.ends_with("udp:gsmtap:gsm_sim"), "{f:?}");
+        assert_eq!((f.malformed.as_str(), f.expert.as_str()), ("", ""), "{f:?}");
+        let x = match e {
+            // Wireshark 4.0 has no ATR view for GSMTAP SIM: it shows the ATR as a (bogus)
+            // APDU whose "SW" is the ATR's last two bytes, which proves the ATR was the body.
+            Expect::Atr(atr) => {
+                let n = atr.len();
+                assert_eq!(
+                    f.sw,
+                    format!("0x{:02x}{:02x}", atr[n - 2], atr[n - 1]),
+                    "{f:?}"
+                );
+                continue;
+            }
+            Expect::Exchange(x) => x,
+        };
+        let what = format!(
+            "{} -> {}: {f:?}",
+            hex::encode_upper(&x.cmd),
+            hex::encode_upper(&x.resp)
+        );
+        assert_eq!(f.ins, format!("0x{:02x}", x.cmd[1]), "{what}");
+        let r = x.resp.len();
+        assert_eq!(
+            f.sw,
+            format!("0x{:02x}{:02x}", x.resp[r - 2], x.resp[r - 1]),
+            "{what}"
+        );
+        match x.cmd[1] {
+            0xA4 => {
+                let fid = &x.cmd[5..7];
+                assert_eq!(f.file_id, format!("0x{}", hex::encode(fid)), "{what}");
+                assert!(f.info.contains("SELECT"), "{what}");
+            }
+            0xC0 | 0xB0 => {
+                assert_eq!(f.data, hex::encode(&x.resp[..r - 2]), "{what}");
+                let name = if x.cmd[1] == 0xC0 {
+                    "GET RESPONSE"
+                } else {
+                    "READ BINARY"
+                };
+                assert!(f.info.contains(name), "{what}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// pySim-read's opening on a GSM SIM, GET RESPONSE lengths taken from the card's 9Fxx.
+fn pysim_session(mut transmit: impl FnMut(&[u8]) -> Vec<u8>) -> Vec<Exchange> {
+    let mut done = Vec::new();
+    let mut run = |cmd: Vec<u8>| -> Vec<u8> {
+        let resp = transmit(&cmd);
+        done.push(Exchange {
+            cmd,
+            resp: resp.clone(),
+        });
+        resp
+    };
+    // pySim's UICC probe: a GSM SIM refuses CLA 00 right after the header.
+    let probe = run(h("00A40004023F00"));
+    assert_eq!(probe, h("6E00"), "the simulated GSM SIM refuses CLA 00");
+    for fid in ["3F00", "7F20", "6F07"] {
+        let sw = run(h(&format!("A0A4000002{fid}")));
+        assert_eq!(sw[0], 0x9F, "SELECT {fid}: {}", hex::encode_upper(&sw));
+        run(vec![0xA0, 0xC0, 0, 0, sw[1]]);
+    }
+    let imsi = run(h("A0B0000009"));
+    assert_eq!(
+        imsi.len(),
+        11,
+        "READ BINARY EF.IMSI: {}",
+        hex::encode_upper(&imsi)
+    );
+    done
+}
+
+#[test]
+fn tshark_decodes_a_pysim_style_session_on_the_exchange_path() {
+    let capture = Capture::start("session");
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    // A worker thread runs the link's and the tracer's tasks while this thread blocks.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tracer = {
+        let _in = rt.enter();
+        Tracer::new(capture.addr(), CardFilter::all()).unwrap()
+    };
+    let counters = tracer.counters();
+    let link = rt
+        .block_on(Link::connect(
+            &sim.addr().to_string(),
+            LinkOptions::default(),
+        ))
+        .unwrap();
+    // The daemon's one exchange path, with the tracer as its observer.
+    let cards = Cards::new(link, vec![Arc::new(tracer)]);
+    let mut lease = cards.lease(18, Holder::Api("test".into())).unwrap();
+    let atr = rt.block_on(lease.start()).unwrap();
+    let exchanges = pysim_session(|cmd| {
+        rt.block_on(lease.transmit(cmd, Duration::from_secs(2), Front::Api))
+            .unwrap()
+    });
+    // Refused by simpool itself (one data byte cannot go over the pool): not card traffic.
+    assert!(rt
+        .block_on(lease.transmit(&h("A0D600000101"), Duration::from_secs(2), Front::Api))
+        .is_err());
+    let got = capture.receive(1 + exchanges.len());
+    assert_eq!((counters.sent(), counters.dropped()), (got.len() as u64, 0));
+    assert_eq!(got[0][12], gsmtap::SUB_ATR);
+    let mut expected = vec![Expect::Atr(&atr)];
+    expected.extend(exchanges.iter().map(Expect::Exchange));
+    check(&capture.decode(), &expected);
+}
+
+/// The pcscd of this test binary: 16 vpcd readers from this port.
+const BASE_PORT: u16 = 37500;
+const CONTROL: &str = "127.0.0.1:37590";
+
+fn get(path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(CONTROL).expect("control API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {CONTROL}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The acceptance run: pySim-style traffic through reader 0 of a running `simpool serve
+/// --gsmtap`, captured by tshark: one datagram per exchange the pool carried, one ATR datagram
+/// per real card start, every command decoded.
+#[test]
+fn serve_traces_every_exchange_and_card_start_of_reader_0() {
+    let capture = Capture::start("serve");
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let pcscd = common::stack::pcscd(BASE_PORT);
+    let gsmtap = capture.addr().to_string();
+    let pool = sim.addr().to_string();
+    let vpcd = pcscd.vpcd_addr(0);
+    let serve = common::stack::Serve::start(
+        &[
+            "--pool",
+            &pool,
+            "--vpcd",
+            &vpcd,
+            "--card",
+            "18",
+            "--control",
+            CONTROL,
+            "--gsmtap",
+            &gsmtap,
+            "--gsmtap-cards",
+            "18,256",
+        ],
+        "gsmtap",
+    );
+    let ctx = common::stack::context();
+    let reader = pcscd.reader_name(0);
+    assert!(
+        common::stack::wait_card(&ctx, &reader, true, Duration::from_secs(15)),
+        "reader 0 shows no card; log:\n{}",
+        serve.log_text()
+    );
+    let card = ctx
+        .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        .expect("connect");
+    let exchanges = pysim_session(|cmd| {
+        let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+        card.transmit(cmd, &mut buf).expect("transmit").to_vec()
+    });
+    card.disconnect(pcsc::Disposition::LeaveCard)
+        .map_err(|(_, e)| e)
+        .unwrap();
+
+    let starts = sim
+        .stats()
+        .card_starts
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    assert!(starts >= 1);
+    // Every exchange the pool carried for card 18: the daemon's identity read when it bound
+    // the card, then the session.
+    let api = get("/api/v1/cards/18");
+    assert_eq!(api["errors"], 0, "{api}");
+    let carried = api["exchanges"].as_u64().unwrap() as usize;
+    assert!(carried >= exchanges.len(), "{api}");
+    let got = capture.receive(starts + carried);
+    let (atrs, traced): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        got.iter().partition(|d| d[12] == gsmtap::SUB_ATR);
+    assert_eq!(atrs.len(), starts, "one ATR datagram per card start");
+    let atr = sim.with_card(18, |c| c.atr().to_vec()).unwrap();
+    for d in &got {
+        assert_eq!(gsmtap::decode(d).unwrap().card, Some(18));
+    }
+    for d in &atrs {
+        assert_eq!(&d[gsmtap::HEADER_LEN..], atr.as_slice());
+    }
+    // The session's datagrams are exactly what the PC/SC application saw, byte for byte.
+    let earlier = traced.len() - exchanges.len();
+    for (d, x) in traced[earlier..].iter().zip(&exchanges) {
+        let mut want = [0u8; gsmtap::MAX_DATAGRAM];
+        let n = gsmtap::encode_exchange(18, &x.cmd, &x.resp, &mut want).unwrap();
+        assert_eq!(hex::encode_upper(d), hex::encode_upper(&want[..n]));
+    }
+    // Before it, the daemon's own exchanges, checked in tshark against their datagrams.
+    let own: Vec<Exchange> = traced[..earlier]
+        .iter()
+        .map(|d| match gsmtap::decode(d).unwrap().body {
+            gsmtap::Body::Apdu(a) if a.data_in() == Some(true) => Exchange {
+                cmd: [&a.header[..], a.data].concat(),
+                resp: a.sw.to_vec(),
+            },
+            gsmtap::Body::Apdu(a) => Exchange {
+                cmd: a.header.to_vec(),
+                resp: [a.data, &a.sw[..]].concat(),
+            },
+            b => panic!("{b:?}"),
+        })
+        .collect();
+    let mut exchanges_in_order = own.iter().chain(&exchanges);
+    let expected: Vec<Expect> = got
+        .iter()
+        .map(|d| match d[12] {
+            gsmtap::SUB_ATR => Expect::Atr(&atr),
+            _ => Expect::Exchange(exchanges_in_order.next().unwrap()),
+        })
+        .collect();
+    drop(serve);
+    check(&capture.decode(), &expected);
+}
