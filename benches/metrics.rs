@@ -72,6 +72,7 @@ fn main() {
             state: None,
             gsmtap: None,
             health: Default::default(),
+            remsim: None,
         })
         .await
         .unwrap();

@@ -10,6 +10,7 @@ pub mod gsmtap;
 pub mod inventory;
 pub mod metrics;
 pub mod pool;
+pub mod remsim;
 pub mod serve;
 pub mod sim;
 pub mod t0;
