@@ -139,6 +139,7 @@ fn main() {
         control: None,
         control_token: None,
         state: None,
+        remsim: None,
         // `SIMPOOL_BENCH_GSMTAP=HOST:PORT` measures with GSMTAP tracing on.
         gsmtap: std::env::var("SIMPOOL_BENCH_GSMTAP")
             .ok()

@@ -122,7 +122,8 @@ pub enum Unavailable {
     LinkDown,
     #[error(transparent)]
     Lease(#[from] LeaseError),
-    #[error("{want}: {error}")]
+    /// (The binding is named where this is logged.)
+    #[error("{error}")]
     Find { want: String, error: FindError },
     #[error("card {card} did not start: {error}")]
     Start { card: u16, error: PoolError },
@@ -156,8 +157,12 @@ const REMOVAL_GRACE: Duration = Duration::from_millis(600);
 /// After this long without a word from vpcd on a new connection, say so.
 const NOT_TAKEN_WARNING: Duration = Duration::from_secs(5);
 
-/// Longest wait for vpcd to take the last answer before the connection is reset.
-const CLOSE_GRACE: Duration = Duration::from_millis(20);
+/// Closing a session (see `Connection::close_now`): vpcd is idle after this much silence;
+/// commands that still come are answered `6F 00` this far apart; the whole close takes at most
+/// the limit (pcscd polls every ~400 ms).
+const CLOSE_QUIET: Duration = Duration::from_millis(30);
+const CLOSE_PACE: Duration = Duration::from_millis(75);
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Consecutive start failures of an inserted card that mark it bad on the pool.
 const BAD_START_FAILURES: u32 = 2;
@@ -492,7 +497,13 @@ impl Reader {
             );
             let (end, conn) = self.session(conn, atr, started_on).await;
             if let Some(conn) = conn {
-                conn.close_now(CLOSE_GRACE).await;
+                conn.close_now(
+                    CLOSE_QUIET,
+                    CLOSE_PACE,
+                    &t0::sw::TECHNICAL_PROBLEM,
+                    CLOSE_LIMIT,
+                )
+                .await;
             }
             self.set_state(Presence::Waiting, Some("card removed".into()));
             let pause = match end {

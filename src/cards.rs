@@ -152,6 +152,9 @@ impl Latency {
 pub struct CardStats {
     pub exchanges: AtomicU64,
     pub errors: AtomicU64,
+    /// The same, split by front end (indexed like [`Front::ALL`]), for the metrics.
+    pub exchanges_by_front: [AtomicU64; 4],
+    pub errors_by_front: [AtomicU64; 4],
     pub starts: AtomicU64,
     pub stops: AtomicU64,
     pub start_failures: AtomicU64,
@@ -662,6 +665,7 @@ impl Lease {
         let stats = &self.entry().stats;
         let fs = &self.cards.inner.fronts[front.index()];
         stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        stats.exchanges_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
         fs.exchanges.fetch_add(1, Ordering::Relaxed);
         fs.latency.observe(t0.elapsed());
         match &result {
@@ -672,6 +676,7 @@ impl Lease {
             }
             Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.errors_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
                 fs.errors.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -127,6 +127,35 @@ pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
         };
         out.push(v);
     }
+    if let Some(r) = &cfg.remsim {
+        // Only a TCP connect: registering would make the server push this bank's maps to a
+        // connection about to close (and could unsettle a bank already running).
+        let item = format!("remsim server {}", r.server);
+        let v = match tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&r.server),
+        )
+        .await
+        {
+            Ok(Ok(_)) => verdict(item, true, "accepts connections"),
+            Ok(Err(e)) => verdict(
+                item,
+                false,
+                format!("{e}: is osmo-remsim-server running there?"),
+            ),
+            Err(_) => verdict(item, false, "no answer to connect within 2 s"),
+        };
+        out.push(v);
+        let item = format!("remsim bank listen {}", r.listen);
+        let v = match crate::remsim::bank::listen(&r.listen).await {
+            Ok(l) => {
+                drop(l);
+                verdict(item, true, "free")
+            }
+            Err(e) => verdict(item, false, e.to_string()),
+        };
+        out.push(v);
+    }
     if let Some(addr) = &cfg.control {
         let item = format!("control API {addr}");
         let v = match crate::control::bind(addr, cfg.control_token.as_deref()).await {

@@ -21,6 +21,11 @@
 //! [[reader]]
 //! imsi = "460019894013615"
 //! vpcd = "127.0.0.1:35970"      # optional: this reader's own vpcd address
+//!
+//! [remsim]                      # be an osmo-remsim bank (readers are then optional)
+//! server = "10.0.0.5"           # osmo-remsim-server, HOST[:PORT] (port 9998 by default)
+//! bank_id = 1
+//! listen = "0.0.0.0:9999"       # where remote clients connect (the server announces 9999)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,6 +81,59 @@ pub struct FileConfig {
     pub gsmtap_cards: Option<String>,
     #[serde(default)]
     pub reader: Vec<ReaderEntry>,
+    /// The osmo-remsim bank.
+    pub remsim: Option<RemsimEntry>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemsimEntry {
+    pub server: Option<String>,
+    pub bank_id: Option<u16>,
+    pub listen: Option<String>,
+}
+
+/// The osmo-remsim bank of the resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemsimSpec {
+    /// osmo-remsim-server, HOST:PORT.
+    pub server: String,
+    pub bank_id: u16,
+    pub listen: String,
+}
+
+/// Merges the `[remsim]` table and the flags; `None` if neither asks for a bank.
+fn resolve_remsim(
+    file: Option<RemsimEntry>,
+    flags: Option<RemsimEntry>,
+) -> Result<Option<RemsimSpec>, ConfigError> {
+    let (file, flags) = (file.unwrap_or_default(), flags.unwrap_or_default());
+    let server = flags.server.or(file.server);
+    let bank_id = flags.bank_id.or(file.bank_id);
+    let listen = flags.listen.or(file.listen);
+    let Some(server) = server else {
+        if bank_id.is_some() || listen.is_some() {
+            return Err(ConfigError::Invalid(
+                "a remsim bank id or listen address without a server: give --remsim SERVER \
+                 (or server in [remsim])"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let bank_id = bank_id.ok_or_else(|| {
+        ConfigError::Invalid("--remsim needs --bank-id N (or bank_id in [remsim])".into())
+    })?;
+    if bank_id > 1023 {
+        return Err(ConfigError::Invalid(format!(
+            "bank id {bank_id}: osmo-remsim takes 0-1023"
+        )));
+    }
+    Ok(Some(RemsimSpec {
+        server: crate::remsim::bank::server_address(&server),
+        bank_id,
+        listen: listen.unwrap_or_else(|| crate::remsim::bank::DEFAULT_LISTEN.into()),
+    }))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -121,6 +179,8 @@ pub struct ServeConfig {
     pub control: Option<String>,
     pub control_token: Option<PathBuf>,
     pub state: Option<PathBuf>,
+    /// Be an osmo-remsim bank.
+    pub remsim: Option<RemsimSpec>,
     /// GSMTAP tracing; `None`: off.
     pub gsmtap: Option<crate::gsmtap::Config>,
 }
@@ -163,10 +223,12 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         flags.reader
     };
     let count = flags.readers.or(file.readers);
-    if entries.is_empty() && count.is_none() {
+    let remsim = resolve_remsim(file.remsim, flags.remsim)?;
+    // A pure bank needs no reader (and no pcscd).
+    if entries.is_empty() && count.is_none() && remsim.is_none() {
         return Err(ConfigError::Invalid(
             "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config), \
-             or --readers N for readers that start without a card"
+             or --readers N for readers that start without a card, or --remsim for a bank"
                 .into(),
         ));
     }
@@ -294,6 +356,7 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         control,
         control_token: flags.control_token.or(file.control_token),
         state: flags.state.or(file.state),
+        remsim,
         gsmtap,
     })
 }
@@ -339,6 +402,46 @@ pub fn check_clashes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remsim_bank_alone_or_beside_readers() {
+        let file: FileConfig =
+            toml::from_str("pool = \"sim\"\n[remsim]\nserver = \"10.0.0.5\"\nbank_id = 3\n")
+                .unwrap();
+        let c = resolve(file.clone(), FileConfig::default()).unwrap();
+        assert!(c.readers.is_empty(), "a pure bank needs no reader");
+        assert_eq!(
+            c.remsim,
+            Some(RemsimSpec {
+                server: "10.0.0.5:9998".into(),
+                bank_id: 3,
+                listen: "0.0.0.0:9999".into()
+            })
+        );
+        let flags = FileConfig {
+            remsim: Some(RemsimEntry {
+                server: Some("127.0.0.1:19998".into()),
+                bank_id: Some(1),
+                listen: Some("127.0.0.1:19999".into()),
+            }),
+            readers: Some(2),
+            ..Default::default()
+        };
+        let c = resolve(file, flags).unwrap();
+        assert_eq!(c.readers.len(), 2);
+        let r = c.remsim.unwrap();
+        assert_eq!((r.server.as_str(), r.bank_id), ("127.0.0.1:19998", 1));
+        assert_eq!(r.listen, "127.0.0.1:19999");
+        for bad in [
+            "[remsim]\nserver = \"h\"\n",
+            "[remsim]\nbank_id = 1\n",
+            "[remsim]\nserver = \"h\"\nbank_id = 1024\n",
+        ] {
+            let f: FileConfig = toml::from_str(bad).unwrap();
+            assert!(resolve(f, FileConfig::default()).is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[remsim]\nport = 1\n").is_err());
+    }
 
     #[test]
     fn file_and_flags() {

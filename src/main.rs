@@ -68,7 +68,8 @@ enum Command {
         json: bool,
     },
     /// Serve pool cards as PC/SC readers through vpcd (card N to the first reader, M to the next…).
-    Serve(cmd::serve::ServeArgs),
+    // Boxed: its many flags make it far larger than the other variants.
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Print the GSMTAP SIM trace of `serve --gsmtap` decoded, one exchange per line.
     Trace(cmd::trace::TraceArgs),
     /// Read ATR, ICCID and IMSI of the cards in PC/SC readers (through pcscd, like any application).
@@ -189,7 +190,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
     match cli.command {
         Command::Serve(args) => {
             let sub = matches.subcommand_matches("serve").expect("serve matches");
-            cmd::serve::run(args, sub).await
+            cmd::serve::run(*args, sub).await
         }
         Command::Read { reader, json, wait } => cmd::read::run(reader, json, wait).await,
         Command::Sim(args) => cmd::sim::run(args).await,

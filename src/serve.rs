@@ -21,6 +21,8 @@ pub enum ServeError {
     Sim(String),
     #[error("control API: {0}")]
     Control(String),
+    #[error(transparent)]
+    Remsim(#[from] crate::remsim::bank::BankError),
     #[error("GSMTAP socket: {0}")]
     Gsmtap(std::io::Error),
 }
@@ -32,6 +34,8 @@ pub struct Running {
     pub sim: Option<SimPool>,
     /// Where the control API listens, if on.
     pub control: Option<std::net::SocketAddr>,
+    /// The osmo-remsim bank, if on.
+    pub bank: Option<crate::remsim::Bank>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -42,6 +46,9 @@ impl Running {
 
     /// Stops every reader (their vpcd connections close: pcscd sees the cards removed).
     pub fn shutdown(self) {
+        if let Some(b) = self.bank {
+            b.shutdown();
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -232,6 +239,23 @@ pub async fn start_with(
         None => None,
     };
     let cards = Cards::new(link.clone(), observers);
+    // The bank's listener before the readers: a bank that cannot listen should not half-start.
+    let bank = match &cfg.remsim {
+        Some(r) => Some(
+            crate::remsim::Bank::start(
+                crate::remsim::BankConfig {
+                    server: r.server.clone(),
+                    bank_id: r.bank_id,
+                    listen: r.listen.clone(),
+                    command_timeout: cfg.command_timeout,
+                    name: "simpool".into(),
+                },
+                cards.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let startup: Vec<Option<Binding>> = cfg.readers.iter().map(|r| r.binding.clone()).collect();
     let bindings = initial_bindings(&startup, cfg.state.as_deref().and_then(load_state));
     let mut readers = Vec::new();
@@ -276,6 +300,7 @@ pub async fn start_with(
         daemon,
         sim,
         control,
+        bank,
         tasks,
     })
 }

@@ -24,6 +24,9 @@ mod pool_request_decoder;
 #[path = "../fuzz/fuzz_targets/profile_codecs.rs"]
 mod profile_codecs;
 #[allow(unused_attributes)]
+#[path = "../fuzz/fuzz_targets/rspro_decoder.rs"]
+mod rspro_decoder;
+#[allow(unused_attributes)]
 #[path = "../fuzz/fuzz_targets/sim_card.rs"]
 mod sim_card;
 #[allow(unused_attributes)]
@@ -287,6 +290,20 @@ fn profile_codecs_replays() {
         Vec::new(),
     ];
     replay("profile_codecs", profile_codecs::run, seeds, 6);
+}
+
+#[test]
+fn rspro_decoder_replays() {
+    // The frames captured between the real osmo-remsim binaries: each whole (IPA), its RSPRO
+    // payload alone, and all of them as one stream after a PING.
+    let frames: Vec<Vec<u8>> = common::remsim::captured()
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect();
+    let mut seeds: Vec<Vec<u8>> = frames.iter().map(|f| f[4..].to_vec()).collect();
+    seeds.extend(frames.iter().cloned());
+    seeds.push([&[0x00, 0x01, 0xFE, 0x00][..], &frames.concat()].concat());
+    replay("rspro_decoder", rspro_decoder::run, seeds, 8);
 }
 
 /// Stands in for libfuzzer-sys' macro (the targets import it by path: defined after them, it is

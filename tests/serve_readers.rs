@@ -242,7 +242,7 @@ fn readers_bound_in_flag_order_by_identity_never_touching_a_used_card() {
     assert_eq!(iccid(&r7), card5, "reader 7: card 5 by ICCID");
     wait_log(
         &s,
-        "ICCID 89860043191482190636 unavailable: no inserted card has it",
+        "ICCID 89860043191482190636 unavailable: it is card 18, held by reader 1",
     );
     assert!(
         stack::wait_card(&ctx, &name(6), false, Duration::ZERO),

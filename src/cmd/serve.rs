@@ -60,6 +60,15 @@ pub struct ServeArgs {
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
+    /// Be an osmo-remsim bank: the osmo-remsim-server, HOST[:PORT] [default port: 9998].
+    #[arg(long, value_name = "SERVER")]
+    remsim: Option<String>,
+    /// The bank's id (0-1023) at the osmo-remsim-server; bank slot k is card k+1.
+    #[arg(long, value_name = "N")]
+    bank_id: Option<u16>,
+    /// Where remote osmo-remsim clients connect [default: 0.0.0.0:9999].
+    #[arg(long, value_name = "HOST:PORT")]
+    remsim_listen: Option<String>,
     /// Run the start-up checks (pool answers, vpcd ports accept, bound cards present, control
     /// address free), print one verdict per line and exit (1 if any failed).
     #[arg(long)]
@@ -188,6 +197,12 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         gsmtap: args.gsmtap.clone(),
         gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(&args, m),
+        remsim: (args.remsim.is_some() || args.bank_id.is_some() || args.remsim_listen.is_some())
+            .then(|| config::RemsimEntry {
+                server: args.remsim.clone(),
+                bank_id: args.bank_id,
+                listen: args.remsim_listen.clone(),
+            }),
         ..FileConfig::default()
     };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -6,6 +6,9 @@
 //! - `GET /api/v1/cards`, `GET /api/v1/cards/{n}`, `POST /api/v1/cards/{n}/apdu`
 //! - `POST /api/v1/scan`
 //! - `POST /api/v1/cards/{n}/stop`, `POST /api/v1/stop-all` with optional `{"force":true}`
+//! - `GET /metrics` — Prometheus metrics (see [`crate::metrics`])
+//! - `GET /`, `GET /ui/…` — the front-panel page (static, served without the token: it holds no
+//!   data, and reads everything through the endpoints above)
 //!
 //! Errors are `{"error": "…"}` with the fitting status.
 
@@ -70,7 +73,7 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/pool", get(pool))
         .route("/api/v1/readers", get(readers))
@@ -81,10 +84,8 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
         .route("/api/v1/scan", post(scan))
         .route("/api/v1/cards/{n}/stop", post(stop_card))
         .route("/api/v1/stop-all", post(stop_all))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-        })
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(
             move |req: Request, next: axum::middleware::Next| {
                 let token = token.clone();
@@ -102,7 +103,27 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
                 }
             },
         ))
-        .with_state(daemon)
+        .with_state(daemon);
+    // The page's routes sit outside the token check: it is static and must load before the
+    // user has given the token.
+    super::panel::router()
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Response {
+    let format = crate::metrics::Format::from_accept(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let text = crate::metrics::render(d, format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 /// Compares the bearer token in constant time (no early exit on the first wrong byte).

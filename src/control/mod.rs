@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod client;
+pub mod panel;
 
 use std::net::SocketAddr;
 use std::path::Path;

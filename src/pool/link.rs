@@ -273,8 +273,11 @@ impl Waiter {
     /// Sends a request on the connection this waiter listens on; from now on only frames that
     /// arrive after it are taken.
     pub(crate) async fn send(&mut self, req: &Request, link: &Link) -> Result<(), PoolError> {
+        // Counted before the write: the answer can be routed (on another thread) before the
+        // write call returns, and must not be taken for a stale frame.
+        let before = self.conn.frames.load(Ordering::SeqCst);
         link.write(&self.conn, req).await?;
-        self.after = self.conn.frames.load(Ordering::SeqCst);
+        self.after = before;
         Ok(())
     }
 }

@@ -64,18 +64,45 @@ impl Connection {
         }
     }
 
-    /// Ends the session at once so that vpcd reports the card removed, without losing or
-    /// emptying an answer.
+    /// Ends the session so that vpcd reports the card removed, without losing or emptying an
+    /// answer, and without a flood of error answers.
     ///
-    /// Every command vpcd sent has been answered by then. vpcd turns a connection that closes
-    /// (FIN) while it waits for an answer into "success, 0 bytes", so the connection is reset
-    /// (RST) instead: a command vpcd sends from now on fails on its side with an error, and
-    /// pcscd reports the card removed at its next poll, so commands queued behind are not each
-    /// answered `6F 00`. The reset waits until vpcd has read the last answer (its next frame
-    /// shows it) or `grace` has passed, so the answer is not cut off in flight.
-    pub async fn close_now(self, grace: Duration) {
-        if self.decoder.buffered() == 0 {
-            let _ = tokio::time::timeout(grace, self.stream.readable()).await;
+    /// vpcd turns a connection that closes while it waits for a command's answer into
+    /// "success, 0 bytes" (measured: a reset then too), so the connection is reset only when
+    /// vpcd is not waiting for a command's answer: after `quiet` without a frame, or on pcscd's
+    /// presence poll (an ATR request, left unanswered: the poll fails and pcscd reports the card
+    /// removed to every handle). Until then each command gets `answer` — but only after
+    /// `pace`, so an application in a tight loop sees a handful of them, not thousands, before
+    /// pcscd's next poll (every ~400 ms) ends it. `limit` bounds the whole wait.
+    pub async fn close_now(
+        mut self,
+        quiet: Duration,
+        pace: Duration,
+        answer: &[u8],
+        limit: Duration,
+    ) {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            let wait = quiet.min(end.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, self.next_event()).await {
+                Ok(Ok(Some(Event::Command(_) | Event::Invalid { .. }))) => {
+                    tokio::time::sleep(pace).await;
+                    log::debug!(
+                        "vpcd {}: command while the card goes away: answered {}",
+                        self.peer,
+                        hex::encode_upper(answer)
+                    );
+                    if self.reply(answer).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Ok(Some(Event::GetAtr))) => break,
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) | Err(_) => break,
+            }
+            if tokio::time::Instant::now() >= end {
+                break;
+            }
         }
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
     }

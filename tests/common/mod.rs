@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod remsim;
 pub mod stack;
 
 /// One `>`/`<` pair of the manual's vectors.
