@@ -66,7 +66,44 @@ const SKIP: &[(&str, &str, Option<&str>)] = &[
         "reads the capture of the line above, which is not made here",
         None,
     ),
+    (
+        "/opt/osmo-remsim/src/osmo-remsim-1.0.0/src/server/osmo-remsim-server",
+        REMSIM,
+        None,
+    ),
+    (
+        "simpool serve --pool 10.1.2.3:6666 --remsim 10.0.0.5 --bank-id 1",
+        REMSIM,
+        None,
+    ),
+    (
+        "simpool serve --pool 10.1.2.3:6666 --card 2 --remsim 10.0.0.5:9998 --bank-id 1 --remsim-listen 0.0.0.0:9999",
+        REMSIM,
+        None,
+    ),
+    (
+        "S=http://10.0.0.5:9997/api/backend/v1",
+        REMSIM,
+        None,
+    ),
+    (
+        "curl -X POST $S/slotmaps -d '{\"bank\":{\"bankId\":1,\"slotNr\":17},\"client\":{\"clientId\":23,\"slotNr\":0}}'",
+        REMSIM,
+        None,
+    ),
+    (
+        "curl $S/slotmaps ; curl $S/banks ; curl $S/clients",
+        REMSIM,
+        None,
+    ),
+    (
+        "curl -X DELETE $S/slotmaps/$((1*65536+17))",
+        REMSIM,
+        None,
+    ),
 ];
+
+const REMSIM: &str = "needs osmo-remsim built and a server at 10.0.0.5 beside the real pool; tests/remsim_interop.rs runs the real osmo-remsim with simpool in a private network";
 
 /// Commands a block needs before its first line (the README shows them elsewhere): (a line of
 /// the block, the command, why).
