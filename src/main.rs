@@ -45,27 +45,27 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// The pool's ID and firmware version.
     Info {
-        #[command(flatten)]
-        pool: PoolArgs,
         /// Print JSON: {"id","version"}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// The 256 slot states (through the daemon: and who holds which card).
     Status {
-        #[command(flatten)]
-        pool: PoolArgs,
         /// Print JSON instead of the grid: [{"card","state","holder"}, ...] (256 entries).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Number, state, ATR, ICCID and IMSI of every inserted card (starts each free card).
     Scan {
-        #[command(flatten)]
-        pool: PoolArgs,
         /// Print JSON instead of a table: [{"card","state","atr","iccid","imsi","holder","error"}, ...].
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Serve pool cards as PC/SC readers through vpcd (card N to the first reader, M to the next…).
     // Boxed: its many flags make it far larger than the other variants.
@@ -91,11 +91,11 @@ enum Command {
     Stop(cmd::stop::StopArgs),
     /// The running daemon's readers: binding, state, card.
     Readers {
-        #[command(flatten)]
-        control: ControlArgs,
         /// Print JSON instead of a table: [{"reader","name","vpcd","binding","card","state",...}, ...].
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Bind a reader of the running daemon to a card (pcscd sees the old card removed first).
     #[command(
@@ -106,21 +106,21 @@ enum Command {
         reader: String,
         #[command(flatten)]
         target: cmd::daemon::Target,
-        #[command(flatten)]
-        control: ControlArgs,
         /// Print JSON instead of text: the reader, as `readers --json` shows it.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Unbind a reader of the running daemon: pcscd sees no card in it.
     Unbind {
         /// Reader index (0-based).
         reader: String,
-        #[command(flatten)]
-        control: ControlArgs,
         /// Print JSON instead of text: the reader, as `readers --json` shows it.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {

@@ -771,6 +771,13 @@ fn help_lists_exit_codes_json_help_and_clean_usage_lines() {
         assert!(help.contains("130  interrupted"), "{s}");
         if let Some(l) = help.lines().find(|l| l.trim_start().starts_with("--json")) {
             assert!(l.trim() != "--json", "{s}: --json has no help text");
+            // The command's own options, not under the pool's or daemon's heading.
+            let json_at = help.find("      --json").unwrap();
+            for heading in ["\nPool:", "\nDaemon:"] {
+                if let Some(h) = help.find(heading) {
+                    assert!(json_at < h, "{s}: --json under {heading:?}:\n{help}");
+                }
+            }
         }
     }
     // The flattened pool and daemon options stay out of the usage line after an error.

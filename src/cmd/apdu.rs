@@ -13,8 +13,6 @@ use super::{out, out_json, parse_hex, CliError, Interrupt, PoolArgs, Via, EXIT_I
 
 #[derive(Args)]
 pub struct ApduArgs {
-    #[command(flatten)]
-    pool: PoolArgs,
     /// Card number, 1–256 as on the front panel.
     #[arg(long)]
     card: u16,
@@ -27,6 +25,8 @@ pub struct ApduArgs {
     /// Commands in hex (spaces and colons allowed inside one argument).
     #[arg(required = true)]
     commands: Vec<String>,
+    #[command(flatten)]
+    pool: PoolArgs,
 }
 
 /// What the card answered.
