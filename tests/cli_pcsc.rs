@@ -9,7 +9,7 @@ use common::stack;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
-const BASE_PORT: u16 = 37500;
+const BASE_PORT: u16 = 28100;
 
 fn read(args: &[&str]) -> (Option<i32>, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_simpool"))

@@ -337,8 +337,8 @@ fn tshark_decodes_a_pysim_style_session_on_the_exchange_path() {
 }
 
 /// The pcscd of this test binary: 16 vpcd readers from this port.
-const BASE_PORT: u16 = 37500;
-const CONTROL: &str = "127.0.0.1:37590";
+const BASE_PORT: u16 = 28300;
+const CONTROL: &str = "127.0.0.1:28390";
 
 fn get(path: &str) -> serde_json::Value {
     use std::io::{Read, Write};
