@@ -423,25 +423,41 @@ fn drop_counted(counters: &Counters, why: &dyn std::fmt::Display) {
     }
 }
 
+/// While exchanges flow, datagrams are sent in batches this far apart, so no exchange wakes
+/// the sender (a wake-up and a `sendto` between two exchanges of a busy reader cost more than
+/// the exchange path itself on a small machine). Capture times are late by at most this much;
+/// the order is kept.
+const FLUSH: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn send_loop(
     socket: Socket,
     dest: SockAddr,
     mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
     counters: Arc<Counters>,
 ) {
+    let send = |d: Outgoing| match socket.send_to(&d.bytes[..d.len], &dest) {
+        Ok(_) => {
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        // Full socket buffer (WouldBlock) or any error: this datagram is lost, the next one
+        // is tried anyway.
+        Err(e) => drop_counted(&counters, &e),
+    };
+    // Idle: wait for the first datagram (one wake-up).
     while let Some(first) = rx.recv().await {
-        // Everything queued meanwhile goes in the same turn: one wake-up for a burst.
-        let mut next = Some(first);
-        while let Some(d) = next {
-            match socket.send_to(&d.bytes[..d.len], &dest) {
-                Ok(_) => {
-                    counters.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                // Full socket buffer (WouldBlock) or any error: this datagram is lost, the
-                // next one is tried anyway.
-                Err(e) => drop_counted(&counters, &e),
+        send(first);
+        // Busy: poll the queue on a timer instead of parking on it, so exchanges never wake
+        // this task; back to idle after a quiet tick.
+        loop {
+            tokio::time::sleep(FLUSH).await;
+            let mut sent = 0;
+            while let Ok(d) = rx.try_recv() {
+                send(d);
+                sent += 1;
             }
-            next = rx.try_recv().ok();
+            if sent == 0 {
+                break;
+            }
         }
     }
 }

@@ -428,6 +428,7 @@ fn bad_api_input_gets_its_status_and_the_daemon_keeps_serving() {
     );
 
     // A client that sends half a request and stalls, and 200 idle connections: others go on.
+    let stalled_at = Instant::now();
     let mut stalled = TcpStream::connect(c).unwrap();
     stalled
         .write_all(b"PUT /api/v1/readers/0 HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"ca")
@@ -452,6 +453,22 @@ fn bad_api_input_gets_its_status_and_the_daemon_keeps_serving() {
     let mut out = String::new();
     let _ = stalled.read_to_string(&mut out);
     assert_eq!(parse_response(&out).0, 408, "{out}");
+    assert!(
+        stalled_at.elapsed() < Duration::from_millis(1500),
+        "408 after {:?}",
+        stalled_at.elapsed()
+    );
+    // Half a header line: the connection is closed once the header timeout (1 s) passes.
+    half_header
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = half_header.read_to_end(&mut rest);
+    assert!(
+        stalled_at.elapsed() < Duration::from_millis(2500),
+        "half a header held the connection for {:?}",
+        stalled_at.elapsed()
+    );
     drop(idle);
     drop(half_header);
     within(

@@ -33,7 +33,7 @@ use crate::serve::Daemon;
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// A client must send its body within this time.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a bind waits for the card to show before answering "waiting".
 pub const BIND_SETTLE: Duration = Duration::from_secs(5);
 /// Most TPDUs in one `apdu` request.

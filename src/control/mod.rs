@@ -26,7 +26,7 @@ use crate::serve::Daemon;
 /// Connections served at once; more are closed at once (the API is for a handful of tools).
 pub const MAX_CONNECTIONS: usize = 256;
 /// A client must send a request's headers within this time.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
