@@ -253,6 +253,106 @@ async fn exchange_loop(cards: Cards, sim: Arc<SimPool>, card: u16, until: Instan
     }
 }
 
+/// pySim's way of reading two files of one card: SELECT, GET RESPONSE (the file's header,
+/// the same length for both files, so a duplicated header of one fits the other), READ BINARY.
+const PYSIM_STEPS: [&str; 8] = [
+    "A0A40000023F00",
+    "A0A40000022FE2",
+    "A0C000000F",
+    "A0B000000A",
+    "A0A40000027F20",
+    "A0A40000026F07",
+    "A0C000000F",
+    "A0B0000009",
+];
+
+/// The answers of [`PYSIM_STEPS`] on a sane link: what every later answer must equal.
+async fn learn(cards: &Cards, card: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut l = cards.lease(card, Holder::Scan).expect("free");
+    l.start().await.unwrap();
+    let mut out = Vec::new();
+    for cmd in PYSIM_STEPS {
+        let c = common::hex(cmd);
+        let r = l
+            .transmit(&c, Duration::from_secs(1), Front::Scan)
+            .await
+            .unwrap();
+        out.push((c, r));
+    }
+    l.release().await;
+    out
+}
+
+/// Runs the learnt steps in a loop; every answer must be exactly the learnt one, else it is an
+/// error status (counted), another command's status (`9F xx`) or data with `90 00` that is
+/// not this command's (wrong).
+async fn pysim_loop(
+    cards: Cards,
+    card: u16,
+    steps: Vec<(Vec<u8>, Vec<u8>)>,
+    until: Instant,
+    t: Arc<Tally>,
+) {
+    let mut lease: Option<Lease> = None;
+    while Instant::now() < until {
+        if lease.is_none() {
+            let mut l = cards.lease(card, Holder::Scan).expect("free");
+            if l.start().await.is_err() {
+                drop(l);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            lease = Some(l);
+        }
+        let l = lease.as_ref().unwrap();
+        let mut failed = false;
+        for (cmd, want) in &steps {
+            match l
+                .transmit(cmd, Duration::from_millis(800), Front::Scan)
+                .await
+            {
+                Ok(r) if &r == want => {
+                    t.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => {
+                    let sw = &r[r.len() - 2..];
+                    let counter = if sw == [0x90, 0x00] {
+                        &t.wrong
+                    } else if sw[0] == 0x9F {
+                        &t.wrong_status
+                    } else {
+                        &t.errors
+                    };
+                    if sw == [0x90, 0x00] || sw[0] == 0x9F {
+                        eprintln!(
+                            "card {card}: {} answered {} (want {})",
+                            hex::encode_upper(cmd),
+                            hex::encode_upper(&r),
+                            hex::encode_upper(want)
+                        );
+                    }
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    failed = true;
+                    break;
+                }
+                Err(_) => {
+                    t.errors.fetch_add(1, Ordering::Relaxed);
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            if let Some(l) = lease.take() {
+                l.release().await;
+            }
+        }
+    }
+    if let Some(l) = lease.take() {
+        l.release().await;
+    }
+}
+
 struct Setup {
     sim: Arc<SimPool>,
     proxy: Proxy,
@@ -414,8 +514,20 @@ async fn duplicated_replies_never_pass_as_another_commands_answer() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let s = setup().await;
+    let mut learnt = Vec::new();
+    for c in [2u16, 9, 18, 256] {
+        learnt.push((c, learn(&s.cards, c).await));
+    }
     s.proxy.set(Mode::Duplicate);
-    let t = run_loops(&s, secs).await;
+    let t = Arc::new(Tally::default());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = learnt
+        .into_iter()
+        .map(|(c, steps)| tokio::spawn(pysim_loop(s.cards.clone(), c, steps, until, t.clone())))
+        .collect();
+    for x in tasks {
+        x.await.unwrap();
+    }
     let st = s.link.stats();
     eprintln!(
         "duplicates for {secs} s: ok {} errors {} wrong data+9000 {} wrong status {}; stale \
