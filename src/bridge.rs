@@ -184,8 +184,8 @@ enum End {
     Rebound(Rebind),
 }
 
-/// What to tell the operator when vpcd cannot be reached.
-fn vpcd_problem(addr: &str, e: &std::io::Error) -> String {
+/// What to tell the operator when vpcd cannot be reached (also `serve --check`'s verdict).
+pub(crate) fn vpcd_problem(addr: &str, e: &std::io::Error) -> String {
     let port = addr.rsplit_once(':').map_or(addr, |(_, p)| p);
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => format!(

@@ -79,15 +79,7 @@ pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
         .await
         {
             Ok(Ok(_)) => verdict(item, true, "accepts connections (pcscd with vpcd is there)"),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                let port = r.vpcd.rsplit_once(':').map_or("?", |(_, p)| p);
-                verdict(
-                    item,
-                    false,
-                    format!("{e}: is pcscd running with a vpcd reader on port {port}?"),
-                )
-            }
-            Ok(Err(e)) => verdict(item, false, e.to_string()),
+            Ok(Err(e)) => verdict(item, false, crate::bridge::vpcd_problem(&r.vpcd, &e)),
             Err(_) => verdict(item, false, "no answer to connect within 2 s"),
         };
         out.push(v);

@@ -213,7 +213,7 @@ impl Card {
                             seen: ex.received().to_vec(),
                         });
                     }
-                    if Link::more_queued(&mut w) {
+                    if w.more_queued() {
                         // Another reply is already here: one of the two is not this command's.
                         self.link.duplicates_seen();
                         self.link.stats().ambiguous.fetch_add(1, Ordering::Relaxed);

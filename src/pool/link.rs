@@ -270,6 +270,11 @@ impl Waiter {
         }
     }
 
+    /// Another piece for this waiter is already queued (no wait, no syscall).
+    pub(crate) fn more_queued(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// Sends a request on the connection this waiter listens on; from now on only frames that
     /// arrive after it are taken.
     pub(crate) async fn send(&mut self, req: &Request, link: &Link) -> Result<(), PoolError> {
@@ -611,16 +616,11 @@ impl Link {
                     // The card got bytes outside any exchange: a late or duplicated reply. Its
                     // last answer may have been another command's; its next exchange fails.
                     self.shared.tainted[usize::from(s.0)].store(true, Ordering::SeqCst);
-                    self.guard();
+                    guard(&self.shared);
                 }
                 let _ = self.bad(conn, "unsolicited");
             }
         }
-    }
-
-    /// Holds answers for the settle time from now on, for a while.
-    fn guard(&self) {
-        guard(&self.shared);
     }
 
     /// The settle time to hold a completed answer for, if the link is guarded.
@@ -634,12 +634,7 @@ impl Link {
 
     /// Marks the link guarded (a card answered more than it was asked).
     pub(crate) fn duplicates_seen(&self) {
-        self.guard();
-    }
-
-    /// Another piece for this waiter is already queued (no wait, no syscall).
-    pub(crate) fn more_queued(w: &mut Waiter) -> bool {
-        !w.rx.is_empty()
+        guard(&self.shared);
     }
 
     /// Takes the card's taint: true if it got bytes outside any exchange since last asked.
