@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use simpool::cards::{Cards, Front, Holder, Lease};
 use simpool::pool::frame::{Reply, ReplyDecoder};
 use simpool::pool::{HealthOptions, Link, LinkOptions, LinkState};
-use simpool::sim::profile::{encode_iccid, CardsFile};
+use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -186,73 +186,6 @@ struct Tally {
     wrong_status: AtomicU64,
 }
 
-/// Whether an answer is the expected one.
-type Check<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
-
-/// Each card: SELECT MF, SELECT EF.ICCID, READ BINARY; every answer must be this card's own.
-async fn exchange_loop(cards: Cards, sim: Arc<SimPool>, card: u16, until: Instant, t: Arc<Tally>) {
-    let iccid = sim.with_card(card, |c| c.profile().iccid.clone()).unwrap();
-    let mut want_read = encode_iccid(&iccid).to_vec();
-    want_read.extend_from_slice(&[0x90, 0x00]);
-    let mut lease: Option<Lease> = None;
-    let deadline = Duration::from_millis(800);
-    while Instant::now() < until {
-        if lease.is_none() {
-            let mut l = cards.lease(card, Holder::Scan).expect("free");
-            if l.start().await.is_err() {
-                drop(l);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            lease = Some(l);
-        }
-        let l = lease.as_ref().unwrap();
-        let steps: [(&str, &Check<'_>); 3] = [
-            ("A0A40000023F00", &|r| r.len() == 2 && r[0] == 0x9F),
-            ("A0A40000022FE2", &|r| r == [0x9F, 0x0F]),
-            ("A0B000000A", &|r| r == want_read.as_slice()),
-        ];
-        let mut failed = false;
-        for (cmd, good) in steps {
-            match l.transmit(&common::hex(cmd), deadline, Front::Scan).await {
-                Ok(r) if good(&r) => {
-                    t.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r) => {
-                    // A status word other than success is the card's own refusal; anything
-                    // with 90 00 / 9F xx that is not this card's answer is wrong data.
-                    let sw1 = r[r.len() - 2];
-                    if sw1 == 0x90 {
-                        eprintln!("card {card}: {cmd} answered {}", hex::encode_upper(&r));
-                        t.wrong.fetch_add(1, Ordering::Relaxed);
-                    } else if sw1 == 0x9F {
-                        eprintln!("card {card}: {cmd} answered {}", hex::encode_upper(&r));
-                        t.wrong_status.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        t.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    failed = true;
-                    break;
-                }
-                Err(_) => {
-                    t.errors.fetch_add(1, Ordering::Relaxed);
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if failed {
-            // T=0 state unknown: start over with a fresh card, as the bridge does.
-            if let Some(l) = lease.take() {
-                l.release().await;
-            }
-        }
-    }
-    if let Some(l) = lease.take() {
-        l.release().await;
-    }
-}
-
 /// pySim's way of reading two files of one card: SELECT, GET RESPONSE (the file's header,
 /// the same length for both files, so a duplicated header of one fits the other), READ BINARY.
 const PYSIM_STEPS: [&str; 8] = [
@@ -266,8 +199,11 @@ const PYSIM_STEPS: [&str; 8] = [
     "A0B0000009",
 ];
 
+/// Commands and the answers they must get.
+type Steps = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The answers of [`PYSIM_STEPS`] on a sane link: what every later answer must equal.
-async fn learn(cards: &Cards, card: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
+async fn learn(cards: &Cards, card: u16) -> Steps {
     let mut l = cards.lease(card, Holder::Scan).expect("free");
     l.start().await.unwrap();
     let mut out = Vec::new();
@@ -286,13 +222,7 @@ async fn learn(cards: &Cards, card: u16) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Runs the learnt steps in a loop; every answer must be exactly the learnt one, else it is an
 /// error status (counted), another command's status (`9F xx`) or data with `90 00` that is
 /// not this command's (wrong).
-async fn pysim_loop(
-    cards: Cards,
-    card: u16,
-    steps: Vec<(Vec<u8>, Vec<u8>)>,
-    until: Instant,
-    t: Arc<Tally>,
-) {
+async fn pysim_loop(cards: Cards, card: u16, steps: Steps, until: Instant, t: Arc<Tally>) {
     let mut lease: Option<Lease> = None;
     while Instant::now() < until {
         if lease.is_none() {
@@ -354,27 +284,32 @@ async fn pysim_loop(
 }
 
 struct Setup {
-    sim: Arc<SimPool>,
     proxy: Proxy,
     link: Link,
     cards: Cards,
+    /// Each loop card with its answers learnt on the sane link.
+    learnt: Vec<(u16, Steps)>,
+    _sim: SimPool,
 }
 
 async fn setup() -> Setup {
-    let sim = Arc::new(
-        SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
-            .await
-            .unwrap(),
-    );
+    let sim = SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
+        .await
+        .unwrap();
     let proxy = proxy(sim.addr().to_string()).await;
     let link = Link::spawn(&proxy.addr, options());
     assert!(link.wait_up(Duration::from_secs(5)).await, "link up");
     let cards = Cards::new(link.clone(), Vec::new());
+    let mut learnt = Vec::new();
+    for c in [2u16, 9, 18, 256] {
+        learnt.push((c, learn(&cards, c).await));
+    }
     Setup {
-        sim,
         proxy,
         link,
         cards,
+        learnt,
+        _sim: sim,
     }
 }
 
@@ -400,13 +335,14 @@ async fn time_to_drop(link: &Link, since: Instant, within: Duration) -> Duration
 async fn run_loops(s: &Setup, secs: u64) -> Arc<Tally> {
     let t = Arc::new(Tally::default());
     let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = [2u16, 9, 18, 256]
-        .into_iter()
-        .map(|c| {
-            tokio::spawn(exchange_loop(
+    let tasks: Vec<_> = s
+        .learnt
+        .iter()
+        .map(|(c, steps)| {
+            tokio::spawn(pysim_loop(
                 s.cards.clone(),
-                s.sim.clone(),
-                c,
+                *c,
+                steps.clone(),
                 until,
                 t.clone(),
             ))
@@ -422,20 +358,10 @@ async fn run_loops(s: &Setup, secs: u64) -> Arc<Tally> {
 async fn a_trickling_pool_is_dropped_within_the_bound_and_recovers() {
     let s = setup().await;
     // Traffic so that frames flow.
-    let cards = s.cards.clone();
-    let sim = s.sim.clone();
-    let bg = tokio::spawn(async move {
-        let t = Arc::new(Tally::default());
-        exchange_loop(
-            cards,
-            sim,
-            18,
-            Instant::now() + Duration::from_secs(4),
-            t.clone(),
-        )
-        .await;
-        t
-    });
+    let one = Arc::new(Tally::default());
+    let steps = s.learnt.iter().find(|(c, _)| *c == 18).unwrap().1.clone();
+    let until = Instant::now() + Duration::from_secs(4);
+    let bg = tokio::spawn(pysim_loop(s.cards.clone(), 18, steps, until, one.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     s.proxy.set(Mode::Trickle);
@@ -448,28 +374,18 @@ async fn a_trickling_pool_is_dropped_within_the_bound_and_recovers() {
         "trickle: dropped after {took:?}, up again after {:?}",
         t1.elapsed()
     );
-    let t = bg.await.unwrap();
-    assert_eq!(t.wrong.load(Ordering::Relaxed), 0);
+    bg.await.unwrap();
+    assert_eq!(one.wrong.load(Ordering::Relaxed), 0);
     assert!(s.link.stats().health_drops.load(Ordering::Relaxed) >= 1);
 }
 
 #[tokio::test]
 async fn a_frame_cut_in_half_is_dropped_within_the_bound() {
     let s = setup().await;
-    let cards = s.cards.clone();
-    let sim = s.sim.clone();
-    let bg = tokio::spawn(async move {
-        let t = Arc::new(Tally::default());
-        exchange_loop(
-            cards,
-            sim,
-            2,
-            Instant::now() + Duration::from_secs(4),
-            t.clone(),
-        )
-        .await;
-        t
-    });
+    let one = Arc::new(Tally::default());
+    let steps = s.learnt.iter().find(|(c, _)| *c == 2).unwrap().1.clone();
+    let until = Instant::now() + Duration::from_secs(4);
+    let bg = tokio::spawn(pysim_loop(s.cards.clone(), 2, steps, until, one.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     s.proxy.set(Mode::Cut);
@@ -478,7 +394,8 @@ async fn a_frame_cut_in_half_is_dropped_within_the_bound() {
     s.proxy.set(Mode::Normal);
     assert!(s.link.wait_up(Duration::from_secs(3)).await, "recovered");
     eprintln!("cut frame: dropped after {took:?}");
-    assert_eq!(bg.await.unwrap().wrong.load(Ordering::Relaxed), 0);
+    bg.await.unwrap();
+    assert_eq!(one.wrong.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
@@ -514,20 +431,8 @@ async fn duplicated_replies_never_pass_as_another_commands_answer() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let s = setup().await;
-    let mut learnt = Vec::new();
-    for c in [2u16, 9, 18, 256] {
-        learnt.push((c, learn(&s.cards, c).await));
-    }
     s.proxy.set(Mode::Duplicate);
-    let t = Arc::new(Tally::default());
-    let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = learnt
-        .into_iter()
-        .map(|(c, steps)| tokio::spawn(pysim_loop(s.cards.clone(), c, steps, until, t.clone())))
-        .collect();
-    for x in tasks {
-        x.await.unwrap();
-    }
+    let t = run_loops(&s, secs).await;
     let st = s.link.stats();
     eprintln!(
         "duplicates for {secs} s: ok {} errors {} wrong data+9000 {} wrong status {}; stale \
