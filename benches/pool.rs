@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use simpool::inventory::{read_identity, scan};
+use simpool::cards::Cards;
+use simpool::inventory::read_identity;
 use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
@@ -67,10 +68,16 @@ fn main() {
         let scanned: u16 = if quick() { 8 } else { 256 };
         let (_sim, link) = pool(Duration::from_millis(5), scanned).await;
         let t0 = Instant::now();
-        let reports = scan(&link, Duration::from_secs(5)).await.unwrap();
+        // The daemon's scan: every free card under a lease, concurrently over the one link.
+        let reports = Cards::new(link.clone(), Vec::new())
+            .scan(Duration::from_secs(5))
+            .await
+            .unwrap();
         let concurrent = t0.elapsed();
         assert_eq!(reports.len(), usize::from(scanned));
-        assert!(reports.iter().all(|r| r.error.is_none() && r.imsi.is_some()));
+        assert!(reports
+            .iter()
+            .all(|r| r.report.error.is_none() && r.report.imsi.is_some()));
 
         let t0 = Instant::now();
         for n in 1..=scanned {

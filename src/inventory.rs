@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::pool::{Card, ExchangeError, Link, PoolError, Slot, SlotState};
+use crate::pool::{Card, ExchangeError, PoolError, SlotState};
 use crate::sim::profile::{decode_iccid, decode_imsi};
 
 /// One scanned card. Every key is always present (`null` where unknown): tools rely on it.
@@ -120,49 +120,6 @@ pub async fn read_identity(card: &Card, deadline: Duration) -> Result<Identity, 
         |cmd| async move { card.transmit(&cmd, deadline).await },
     )
     .await
-}
-
-/// Scans every inserted card concurrently over a connection of this command's own. Cards that
-/// were not working before are stopped again.
-pub async fn scan(link: &Link, deadline: Duration) -> Result<Vec<CardReport>, PoolError> {
-    let states = link.states().await?;
-    let mut tasks = Vec::new();
-    for (i, state) in states.iter().copied().enumerate() {
-        if !state.has_card() {
-            continue;
-        }
-        let card = link.card(Slot(i as u8));
-        tasks.push(tokio::spawn(async move {
-            let mut report = CardReport {
-                card: card.slot().card(),
-                state,
-                atr: None,
-                iccid: None,
-                imsi: None,
-                error: None,
-            };
-            match read_identity(&card, deadline).await {
-                Ok(id) => {
-                    report.atr = Some(hex::encode_upper(&id.atr));
-                    report.iccid = id.iccid;
-                    report.imsi = id.imsi;
-                }
-                Err(e) => report.error = Some(e.to_string()),
-            }
-            if state != SlotState::Working {
-                let _ = card.stop().await;
-            }
-            report
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        match t.await {
-            Ok(r) => out.push(r),
-            Err(e) => log::error!("scan task failed: {e}"),
-        }
-    }
-    Ok(out)
 }
 
 /// A 16×16 grid like the front panel: one character per slot.
