@@ -1,5 +1,5 @@
-//! `scan`: ATR, ICCID and IMSI of every inserted card, read concurrently over the one link,
-//! with the manual's command sequences (sessions 1 and 2). Each card's failure is its own.
+//! Reading a card's ATR, ICCID and IMSI with the manual's command sequences (sessions 1 and 2),
+//! through any exchange function (a lease, or a card of a command's own link); the front-panel grid.
 
 use std::future::Future;
 use std::time::Duration;
