@@ -9,6 +9,7 @@ pub mod control;
 pub mod gsmtap;
 pub mod inventory;
 pub mod metrics;
+pub mod pcap;
 pub mod pool;
 pub mod remsim;
 pub mod serve;
