@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod gsmtap;
 pub mod inventory;
+pub mod man;
 pub mod metrics;
 pub mod pcap;
 pub mod pool;
