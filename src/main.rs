@@ -29,11 +29,12 @@ file (serve --config) > default. RUST_LOG, if set, wins over -v/-q.";
 )]
 struct Cli {
     /// More log output on stderr: -v one level more (info), -vv debug, -vvv trace.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    // A heading of their own: under a command's --help they come after its own options.
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
     verbose: u8,
     /// Less log output on stderr: -q one level less, -qq none. The default level is info for
     /// `serve` and `sim`, warn for the other commands.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
     quiet: u8,
     #[command(subcommand)]
     command: Command,
@@ -223,13 +224,12 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             match dir {
                 Some(d) => {
                     std::fs::create_dir_all(&d)
-                        .and_then(|()| clap_mangen::generate_to(page, &d))
+                        .and_then(|()| simpool::man::generate_to(page, &d))
                         .map_err(|e| CliError::Failed(format!("{}: {e}", d.display())))?;
                 }
                 None => {
                     let mut buf = Vec::new();
-                    clap_mangen::Man::new(page)
-                        .render(&mut buf)
+                    simpool::man::render(page, &mut buf)
                         .map_err(|e| CliError::Failed(e.to_string()))?;
                     cmd::out_bytes(&buf)?;
                 }

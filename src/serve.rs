@@ -59,6 +59,8 @@ impl Running {
 /// What the control API and the front ends share.
 pub struct Daemon {
     pub link: Link,
+    /// The pool as configured: `sim` or HOST:PORT (the link dials the simulator's own port).
+    pub pool_address: String,
     pub cards: Cards,
     pub readers: Vec<ReaderHandle>,
     pub command_timeout: Duration,
@@ -90,6 +92,16 @@ impl Daemon {
         r.bind(binding).await?;
         self.save_state().await;
         Ok(())
+    }
+
+    /// The pool as the page and the API name it: "built-in simulated pool" for `sim`, else its
+    /// address.
+    pub fn pool_name(&self) -> &str {
+        if self.pool_address == "sim" {
+            "built-in simulated pool"
+        } else {
+            &self.pool_address
+        }
     }
 
     pub fn link_up(&self) -> bool {
@@ -282,6 +294,7 @@ pub async fn start_with(
     }
     let daemon = Arc::new(Daemon {
         link,
+        pool_address: cfg.pool.clone(),
         cards,
         readers,
         command_timeout: cfg.command_timeout,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::gsmtap::{self, Apdu, Body};
+use crate::gsmtap::{self, Apdu, Body, CardFilter};
 
 /// Command name by CLA and INS (GSM 11.11 names for CLA A0, else ETSI TS 102 221 / ISO 7816-4).
 pub fn command_name(cla: u8, ins: u8) -> Option<&'static str> {
@@ -227,15 +227,59 @@ fn clock(at: SystemTime) -> String {
     )
 }
 
-/// Receives GSMTAP on `socket` and writes one line per datagram to `out`, until an I/O error
-/// (stdout closed, e.g. `simpool trace | head`).
-pub async fn listen(socket: tokio::net::UdpSocket, out: &mut impl Write) -> std::io::Result<()> {
+/// What `simpool trace` keeps and where it writes besides its lines.
+#[derive(Default)]
+pub struct Options {
+    /// Only these cards (`--card LIST`); datagrams that name no card (other senders) or no
+    /// GSMTAP SIM datagram are left out too. `None`: everything.
+    pub cards: Option<CardFilter>,
+    /// Also write each datagram kept into this pcap capture (`--pcap FILE`), flushed per record.
+    pub pcap: Option<Box<dyn Write + Send>>,
+}
+
+/// Whether `datagram` is for a card of `cards`.
+pub fn wanted(cards: &CardFilter, datagram: &[u8]) -> bool {
+    match gsmtap::decode(datagram) {
+        Ok(d) => d
+            .card
+            .and_then(|n| u16::try_from(n).ok())
+            .is_some_and(|n| cards.contains(n)),
+        Err(_) => false,
+    }
+}
+
+/// Receives GSMTAP on `socket` and writes one line per datagram kept to `out` (and, with
+/// `opts.pcap`, the datagram to the capture), until an I/O error (stdout closed, e.g.
+/// `simpool trace | head`, or the capture's disk full).
+pub async fn listen(
+    socket: tokio::net::UdpSocket,
+    out: &mut impl Write,
+    mut opts: Options,
+) -> std::io::Result<()> {
     let mut printer = Printer::new();
     let mut buf = vec![0u8; 65_536];
+    let local = socket.local_addr()?;
+    if let Some(p) = opts.pcap.as_mut() {
+        p.write_all(&crate::pcap::file_header())?;
+        p.flush()?;
+    }
     loop {
-        let (n, _) = socket.recv_from(&mut buf).await?;
-        writeln!(out, "{}", printer.line(SystemTime::now(), &buf[..n]))?;
+        let (n, from) = socket.recv_from(&mut buf).await?;
+        let d = &buf[..n];
+        if opts.cards.as_ref().is_some_and(|c| !wanted(c, d)) {
+            continue;
+        }
+        let at = SystemTime::now();
+        writeln!(out, "{}", printer.line(at, d))?;
         out.flush()?;
+        if let Some(p) = opts.pcap.as_mut() {
+            // To GSMTAP's own port, whatever port this socket has: Wireshark (and pySim-trace,
+            // through tshark) decode GSMTAP by port. Flushed per record: a capture cut by
+            // Ctrl-C is whole up to its last datagram.
+            let to = std::net::SocketAddr::new(local.ip(), gsmtap::PORT);
+            p.write_all(&crate::pcap::record(at, from, to, d))?;
+            p.flush()?;
+        }
     }
 }
 
@@ -342,5 +386,18 @@ mod tests {
         let mut unknown = dg(5, "80AB000000", "9000");
         unknown[12] = 0;
         assert!(p.line(UNIX_EPOCH, &unknown).contains(" INS AB "));
+    }
+
+    #[test]
+    fn the_card_filter_keeps_only_datagrams_naming_its_cards() {
+        let cards = CardFilter::parse("1-16,18").unwrap();
+        assert!(wanted(&cards, &dg(18, "A0F2000016", "9000")));
+        assert!(wanted(&cards, &dg(3, "A0F2000016", "9000")));
+        assert!(!wanted(&cards, &dg(17, "A0F2000016", "9000")));
+        assert!(!wanted(&cards, &dg(256, "A0F2000016", "9000")));
+        let mut anon = dg(18, "A0F2000016", "9000");
+        anon[8..12].fill(0);
+        assert!(!wanted(&cards, &anon), "a sender that names no card");
+        assert!(!wanted(&cards, &[0x02, 0x04, 0x01]));
     }
 }

@@ -812,7 +812,7 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         out.starts_with(".ie") || out.contains(".TH simpool 1"),
         "{out}"
     );
-    assert!(out.contains("Exit status"));
+    assert!(out.contains(".SH \"EXIT STATUS\""));
     let dir = std::env::temp_dir().join(format!("simpool-man-{}", std::process::id()));
     let (code, _, err) = simpool(&["man", "--dir", dir.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");

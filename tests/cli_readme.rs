@@ -87,23 +87,26 @@ const SKIP: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
     (
-        "curl -X POST $S/slotmaps -d '{\"bank\":{\"bankId\":1,\"slotNr\":17},\"client\":{\"clientId\":23,\"slotNr\":0}}'",
-        REMSIM,
+        "curl -f -X POST -H 'Content-Type: application/json' $S/slotmaps \
+         -d '{\"bank\":{\"bankId\":1,\"slotNr\":17},\"client\":{\"clientId\":23,\"slotNr\":0}}'",
+        REMSIM_REST,
         None,
     ),
     (
-        "curl $S/slotmaps ; curl $S/banks ; curl $S/clients",
-        REMSIM,
+        "curl -f $S/slotmaps ; curl -f $S/banks ; curl -f $S/clients",
+        REMSIM_REST,
         None,
     ),
     (
-        "curl -X DELETE $S/slotmaps/$((1*65536+17))",
-        REMSIM,
+        "curl -f -X DELETE $S/slotmaps/$((1*65536+17))",
+        REMSIM_REST,
         None,
     ),
 ];
 
 const REMSIM: &str = "needs osmo-remsim built and a server at 10.0.0.5 beside the real pool; tests/remsim_interop.rs runs the real osmo-remsim with simpool in a private network";
+
+const REMSIM_REST: &str = "needs a server at 10.0.0.5; tests/remsim_interop.rs runs this line verbatim (S pointed at 127.0.0.1) against the real osmo-remsim-server, with curl failing on an HTTP error";
 
 /// Commands a block needs before its first line (the README shows them elsewhere): (a line of
 /// the block, the command, why).
@@ -266,6 +269,26 @@ struct Ran {
     stderr: String,
 }
 
+/// A `curl` first in `PATH` that fails (exit 22) on an HTTP error status, as the README's own
+/// `curl -f` lines do: a 400 or 415 answer is a broken example, not "exit 0 with an error body"
+/// (osmo-remsim-server's 400 for a body without `Content-Type` passed unnoticed that way).
+fn curl_failing_on_http_errors(dir: &Path) -> PathBuf {
+    let real = Command::new("sh")
+        .args(["-c", "command -v curl"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_string();
+    assert!(!real.is_empty(), "curl is not installed");
+    let bin = dir.join("curl-wrapper");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("curl");
+    // `-f` given twice is still `-f`; `--fail-with-body` would clash with the README's `-f`.
+    std::fs::write(&script, format!("#!/bin/sh\nexec {real} -f \"$@\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 /// Runs the block's lines as one script in a private network namespace, in `dir`.
 fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_simpool"));
@@ -294,8 +317,9 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
     }
     script.push_str("[ -z \"$pids\" ] || { kill $pids; wait; }\nexit 0\n");
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         bin.parent().unwrap().display(),
+        curl_failing_on_http_errors(dir).display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let st = Command::new("unshare")

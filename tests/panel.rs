@@ -3,7 +3,11 @@
 //! `simpool serve --pool sim` daemon with a bearer token. The page loads without the token,
 //! takes it from the user, shows 256 slots with card 18 held by reader 0 and live activity, and
 //! a bind and an unbind done by clicks on the page show up in `GET /api/v1/readers`.
-//! Screenshots go to target/screenshots/ (with SIMPOOL_UPDATE_DOCS=1 also to docs/panel.png).
+//! The layout is measured: on a 1280×900 desktop the whole page fits, footer included; the
+//! legend's "working" and "exchanging" differ; on a 390×844 phone every slot is a tap target of
+//! 32 px or more with its number, and the reader tags are readable. A daemon whose pool refuses
+//! shows the cause on the page. Screenshots go to target/screenshots/ (with
+//! SIMPOOL_UPDATE_DOCS=1 the 1280×900 one also to docs/panel.png).
 
 mod common;
 mod watch;
@@ -118,7 +122,9 @@ fn panel_in_headless_chromium() {
         .collect();
 
     let t0 = std::time::Instant::now();
-    let b = Browser::start(1280, 1230);
+    let b = Browser::start(1280, 1100);
+    // A 1280×900 desktop screen.
+    b.set_viewport(1280, 900);
     eprintln!("browser up in {:?}", t0.elapsed());
     b.goto(&format!("http://{control}/"));
     // No token yet: the page asks for it.
@@ -167,6 +173,73 @@ fn panel_in_headless_chromium() {
         Some("present")
     );
     assert!(b.find("#link").text().contains("up"));
+    // The simulated pool by its name, not the simulator's loopback port.
+    b.wait_for(
+        "the pool's name in the header",
+        Duration::from_secs(5),
+        "return document.getElementById('pool-info').textContent.startsWith('built-in simulated pool')",
+    );
+    assert!(b.find("#pool-cause").attr("hidden").is_some());
+
+    // 1280×900: the whole page on the screen, footer included; the panel whole.
+    let fit = b.script(
+        "const r = (id) => document.querySelector(id).getBoundingClientRect(); \
+         return {inner: window.innerHeight, width: window.innerWidth, \
+                 scroll: document.documentElement.scrollHeight, \
+                 footer: r('footer').bottom, panel: r('#panel').bottom, \
+                 slot: r('#slot-1').width};",
+        json!([]),
+    );
+    eprintln!("1280×900: {fit}");
+    let inner = fit["inner"].as_f64().unwrap();
+    assert_eq!(fit["width"], 1280, "{fit}");
+    assert!(
+        fit["footer"].as_f64().unwrap() <= inner && fit["scroll"].as_f64().unwrap() <= inner,
+        "footer cut off at 1280×900: {fit}"
+    );
+    assert!(fit["panel"].as_f64().unwrap() <= inner, "{fit}");
+    assert!(fit["slot"].as_f64().unwrap() >= 32.0, "{fit}");
+    // Every reader can be brought into view (the reader list scrolls in its own box).
+    let seen = b.script(
+        "const e = document.getElementById('reader-3'); e.scrollIntoView({block: 'nearest'}); \
+         const r = e.getBoundingClientRect(); \
+         return r.top >= 0 && r.bottom <= window.innerHeight && \
+                document.documentElement.scrollHeight <= window.innerHeight;",
+        json!([]),
+    );
+    assert_eq!(seen, json!(true), "reader 3 out of reach at 1280×900");
+
+    // "working" and "exchanging" look different in the legend, and a slot that exchanges
+    // shows the legend's exchanging colour.
+    let colours = b.script(
+        "const c = (e) => getComputedStyle(e).backgroundColor; \
+         return [c(document.querySelector('.legend .sw.st-working')), \
+                 c(document.querySelector('.legend .sw.busy')), \
+                 getComputedStyle(document.getElementById('slot-18')).boxShadow];",
+        json!([]),
+    );
+    let rgb = |v: &Value| -> [i64; 3] {
+        let s = v.as_str().unwrap();
+        let n: Vec<i64> = s
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|x| !x.is_empty())
+            .take(3)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        [n[0], n[1], n[2]]
+    };
+    let (working, busy) = (rgb(&colours[0]), rgb(&colours[1]));
+    let distance: i64 = working.iter().zip(&busy).map(|(a, b)| (a - b).abs()).sum();
+    assert!(
+        distance >= 150,
+        "legend: working {working:?} and exchanging {busy:?} look alike: {colours}"
+    );
+    let busy_css = format!("rgb({}, {}, {})", busy[0], busy[1], busy[2]);
+    assert!(
+        colours[2].as_str().unwrap().contains(&busy_css),
+        "slot 18 exchanges without the legend's colour {busy_css}: {colours}"
+    );
 
     // Bind by clicks: slot 100, reader 2, Bind.
     b.find("#slot-100").click();
@@ -215,7 +288,10 @@ fn panel_in_headless_chromium() {
         Duration::from_secs(5),
         "return document.getElementById('slot-18').classList.contains('busy')",
     );
-    b.script("window.scrollTo(0, 0)", json!([]));
+    b.script(
+        "window.scrollTo(0, 0); document.querySelector('.reader-list').scrollTop = 0",
+        json!([]),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let png = b.screenshot();
     assert_eq!(&png[1..4], b"PNG");
@@ -249,28 +325,107 @@ fn panel_in_headless_chromium() {
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"].is_null(),
     );
 
-    // A phone: no sideways scrolling, all 256 slots on screen.
-    b.set_window(390, 844);
+    // A phone, 390×844: no sideways scrolling; slots one can tap (≥ 32 px), each with its
+    // number; holder tags one can read.
+    b.set_viewport(390, 844);
     b.wait_for(
         "the narrow layout",
         Duration::from_secs(5),
-        "return window.innerWidth <= 420",
+        "return window.innerWidth === 390",
     );
-    let fits = b.script(
-        "const p = document.getElementById('panel').getBoundingClientRect(); \
-         return [document.documentElement.scrollWidth, window.innerWidth, p.right];",
+    let phone = b.script(
+        "const slots = [...document.querySelectorAll('#panel .slot')]; \
+         const p = document.getElementById('panel').getBoundingClientRect(); \
+         const sizes = slots.map((e) => e.getBoundingClientRect()); \
+         const numbered = slots.filter((e) => { \
+           const n = e.querySelector('.n'); const r = n.getBoundingClientRect(); \
+           const s = e.getBoundingClientRect(); \
+           return getComputedStyle(n).display !== 'none' && n.textContent === e.dataset.card && \
+                  r.width > 0 && r.left >= s.left && r.right <= s.right + 0.5 && \
+                  r.top >= s.top && r.bottom <= s.bottom + 0.5; }).length; \
+         const tag = document.querySelector('#slot-18 .h'); \
+         return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, \
+                 right: p.right, \
+                 minW: Math.min(...sizes.map((r) => r.width)), \
+                 minH: Math.min(...sizes.map((r) => r.height)), \
+                 columns: new Set(sizes.map((r) => Math.round(r.left))).size, numbered, \
+                 tagFont: parseFloat(getComputedStyle(tag).fontSize), tag: tag.textContent, \
+                 tagClipped: tag.scrollWidth > tag.clientWidth};",
         json!([]),
     );
-    let (scroll, inner, right) = (
-        fits[0].as_f64().unwrap(),
-        fits[1].as_f64().unwrap(),
-        fits[2].as_f64().unwrap(),
+    eprintln!("390×844: {phone}");
+    let f = |k: &str| phone[k].as_f64().unwrap();
+    assert!(
+        f("scroll") <= f("inner") && f("right") <= f("inner"),
+        "page overflows a phone: {phone}"
     );
     assert!(
-        scroll <= inner && right <= inner,
-        "page overflows a phone: {fits}"
+        f("minW") >= 32.0 && f("minH") >= 32.0,
+        "slots too small to tap: {phone}"
     );
+    assert_eq!(
+        phone["numbered"], 256,
+        "slots without their number: {phone}"
+    );
+    assert_eq!(phone["tag"], "R0", "{phone}");
+    assert!(
+        f("tagFont") >= 11.0 && phone["tagClipped"] == json!(false),
+        "reader tag unreadable: {phone}"
+    );
+    // A tap on a slot near the bottom selects it.
+    b.find("#slot-250").click();
+    b.wait_for(
+        "the detail of card 250 after a tap",
+        Duration::from_secs(5),
+        "return document.getElementById('d-card').textContent === '250'",
+    );
+    b.script("window.scrollTo(0, 0)", json!([]));
     std::fs::write(shots.join("panel-phone.png"), b.screenshot()).unwrap();
+
+    // A pool that refuses: the page says so and why, in the log's words, not just
+    // "connecting".
+    let refused = format!("127.0.0.1:{}", watch::free_port());
+    let control2 = format!("127.0.0.1:{}", watch::free_port());
+    let vpcd2 = format!("127.0.0.1:{}", watch::free_port());
+    let serve2 = Serve::start(
+        &[
+            "--pool",
+            &refused,
+            "--readers",
+            "1",
+            "--vpcd",
+            &vpcd2,
+            "--control",
+            &control2,
+        ],
+        "panel-refused",
+    );
+    watch::wait_until(
+        "the second daemon's control API",
+        Duration::from_secs(15),
+        || http(&control2, "GET", "/healthz", &[], None).0 == 503,
+    );
+    b.set_viewport(1280, 900);
+    b.goto(&format!("http://{control2}/"));
+    let cause = b.wait_for(
+        "the cause on the page",
+        Duration::from_secs(10),
+        "const e = document.getElementById('pool-cause'); return !e.hidden && e.textContent",
+    );
+    let cause = cause.as_str().unwrap();
+    assert!(
+        cause.contains(&refused) && cause.contains("nothing listens there"),
+        "{cause}"
+    );
+    assert!(
+        serve2.log_text().contains(cause),
+        "the page's cause is not the log's: {cause}\n{}",
+        serve2.log_text()
+    );
+    assert_eq!(b.find("#link").text(), "pool connecting");
+    assert_eq!(b.find("#pool-info").text(), refused);
+    std::fs::write(shots.join("panel-refused.png"), b.screenshot()).unwrap();
+    drop(serve2);
 
     stop.store(true, Ordering::Relaxed);
     for t in traffic {

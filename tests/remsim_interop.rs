@@ -262,6 +262,69 @@ fn post_map_on(bank: u16, bank_slot: u16, client: u16) {
     assert!((200..300).contains(&code), "POST slotmap: {code} {resp}");
 }
 
+/// The README's slot-map examples: the lines of the `sh` block that sets `S=`, continuation
+/// lines joined, as (command, what its comment promises); and the `S=` line, pointed at this
+/// namespace's server instead of 10.0.0.5.
+fn readme_rest_examples() -> (String, Vec<(String, String)>) {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut block = None;
+    let mut cur: Option<Vec<String>> = None;
+    for line in readme.lines() {
+        let t = line.trim();
+        if let Some(c) = cur.as_mut() {
+            if t.starts_with("```") {
+                let done = cur.take().unwrap();
+                if done.iter().any(|l| l.starts_with("S=http")) {
+                    block = Some(done);
+                    break;
+                }
+            } else {
+                c.push(t.to_string());
+            }
+        } else if t == "```sh" {
+            cur = Some(Vec::new());
+        }
+    }
+    let block = block.expect("the README's slot-map block (S=http://…)");
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    for l in block {
+        match l.strip_suffix('\\') {
+            Some(part) => pending.push_str(part),
+            None => {
+                lines.push(format!("{pending}{l}"));
+                pending.clear();
+            }
+        }
+    }
+    let set = lines.remove(0).replace("10.0.0.5", "127.0.0.1");
+    let lines = lines
+        .into_iter()
+        .map(|l| match l.split_once("  # ") {
+            Some((c, why)) => (c.trim().to_string(), why.trim().to_string()),
+            None => (l, String::new()),
+        })
+        .collect();
+    (set, lines)
+}
+
+/// Runs one README line as a user would, after its `S=` line; answers stdout, fails the test
+/// on a non-zero exit (`curl -f`: an HTTP error).
+fn run_readme_line(set: &str, line: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("{set}\n{line}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "README example `{line}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn wait_for(what: &str, wait: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + wait;
     while Instant::now() < end {
@@ -364,7 +427,11 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         bank_registered,
     );
 
-    post_map(17, 23);
+    // The README's map for card 18, verbatim; then one for card 256 beside it.
+    let (set, readme) = readme_rest_examples();
+    assert_eq!(readme.len(), 3, "{readme:?}");
+    assert!(readme[0].1.contains("card 18 → client 23:0"), "{readme:?}");
+    run_readme_line(&set, &readme[0].0);
     post_map(255, 24);
     wait_for("maps ACTIVE", Duration::from_secs(10), || {
         slotmap_state(17).as_deref() == Some("ACTIVE")
@@ -465,6 +532,32 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         .expect("client 24 gets card 256 again");
     assert_eq!(b.imsi().as_deref(), Some("460019894013615"));
     assert_eq!(a.iccid(), "89860043191482190636");
+
+    // The README's listing line: three JSON answers, naming the bank.
+    let listed = run_readme_line(&set, &readme[1].0);
+    for key in [r#""slotmaps""#, r#""banks""#, r#""clients""#] {
+        assert!(listed.contains(key), "{listed}");
+    }
+    // The README's DELETE: "ends client 23:0's session, card 18 is stopped and freed".
+    assert!(
+        readme[2].1.contains("card 18 is stopped and freed"),
+        "{readme:?}"
+    );
+    run_readme_line(&set, &readme[2].0);
+    wait_for("map 17 gone", Duration::from_secs(10), || {
+        slotmap_state(17).is_none()
+    });
+    wait_for("card 18 stopped and freed", Duration::from_secs(10), || {
+        http("127.0.0.1:6680", "GET", "/api/v1/cards/18", None).is_ok_and(|(_, b)| {
+            serde_json::from_str::<serde_json::Value>(&b)
+                .is_ok_and(|v| v["holder"].is_null() && v["state"] != "working")
+        })
+    });
+    a.send("A0F2000016");
+    assert!(
+        a.expect("R-APDU: ", Duration::from_secs(2)).is_none(),
+        "client 23 still served after the README's DELETE"
+    );
     let _ = std::fs::remove_dir_all(&logdir);
 }
 

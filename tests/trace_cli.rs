@@ -23,8 +23,13 @@ impl Drop for Trace {
 
 /// Starts `simpool trace --listen ADDR` and waits until it says it listens.
 fn trace(listen: &str) -> Trace {
+    trace_with(listen, &[])
+}
+
+fn trace_with(listen: &str, extra: &[&str]) -> Trace {
     let mut child = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(["trace", "--listen", listen])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -237,4 +242,248 @@ fn serve_gsmtap_into_simpool_trace() {
         t.lines.recv_timeout(Duration::from_millis(300)).is_err(),
         "more lines than exchanges"
     );
+}
+
+fn datagram(card: u16, cmd: &str, resp: &str) -> Vec<u8> {
+    let mut b = [0u8; simpool::gsmtap::MAX_DATAGRAM];
+    let n = simpool::gsmtap::encode_exchange(card, &h(cmd), &h(resp), &mut b).unwrap();
+    b[..n].to_vec()
+}
+
+/// `trace --card LIST --pcap FILE`: only the listed cards are shown and captured; the capture
+/// opens in tshark (while trace still runs: written record by record) as Ethernet, IPv4, UDP
+/// to GSMTAP's port 4729 (trace listens on another) with good checksums, GSMTAP and GSM SIM,
+/// each datagram byte for byte, and pySim-trace's display filter (`gsm_sim || iso7816.atr`)
+/// takes every frame, all without "Decode As".
+#[test]
+fn card_filter_and_pcap_capture() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("simpool-trace-pcap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sim.pcap");
+    let t = trace_with(
+        &format!("127.0.0.1:{port}"),
+        &["--card", "18,20-21", "--pcap", file.to_str().unwrap()],
+    );
+    let mut atr = [0u8; simpool::gsmtap::MAX_DATAGRAM];
+    let n = simpool::gsmtap::encode_atr(
+        18,
+        &h("3B9F95801FC38031E073FE21135786810286984418A8"),
+        &mut atr,
+    )
+    .unwrap();
+    let mut anonymous = datagram(18, "A0F2000016", "9000");
+    anonymous[8..12].fill(0);
+    let sent = [
+        (true, atr[..n].to_vec()),
+        (true, datagram(18, "A0A40000027F20", "9F17")),
+        (false, datagram(256, "A0B0000009", "0849061089491063519000")),
+        (false, anonymous),
+        (
+            true,
+            datagram(
+                20,
+                "00880081221023553CBE9637A89D218AE64DAE47BF351055F328B43577B9B94A9FFAC354DFAFB3",
+                "6135",
+            ),
+        ),
+        (false, vec![0x02, 0x04, 0x01]),
+        (true, datagram(21, "00C0000002", "AABB9000")),
+    ];
+    let from = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (_, d) in &sent {
+        from.send_to(d, ("127.0.0.1", port)).unwrap();
+    }
+    let kept: Vec<&Vec<u8>> = sent.iter().filter(|(k, _)| *k).map(|(_, d)| d).collect();
+    let lines: Vec<String> = (0..kept.len())
+        .map(|_| {
+            t.lines
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a line")
+        })
+        .collect();
+    assert!(
+        t.lines.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a line for a card not asked for: {lines:#?}"
+    );
+    for (l, want) in lines.iter().zip([
+        "card  18 ATR ",
+        "card  18 SELECT ",
+        "card  20 AUTHENTICATE ",
+        "card  21 GET RESPONSE ",
+    ]) {
+        assert!(l.contains(want), "{l} (want {want})");
+    }
+
+    // The capture, read while trace still runs.
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+        ])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args([
+            "-e",
+            "frame.protocols",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "udp.payload",
+        ])
+        .args([
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "udp.checksum.status",
+            "-e",
+            "_ws.malformed",
+        ])
+        .output()
+        .expect("tshark (driver/ensure-build-deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), kept.len(), "{text}");
+    for (r, d) in rows.iter().zip(&kept) {
+        assert_eq!(r[0], "eth:ethertype:ip:udp:gsmtap:gsm_sim", "{text}");
+        // GSMTAP's port, so that Wireshark decodes it without "Decode As".
+        assert_eq!(r[1], "4729", "{text}");
+        assert_eq!(r[2], hex::encode(d), "{text}");
+        // 1: checksum good.
+        assert_eq!((r[3], r[4], r[5]), ("1", "1", ""), "{text}");
+    }
+    let encap = Command::new("capinfos")
+        .arg("-E")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let encap = String::from_utf8_lossy(&encap.stdout);
+    assert!(encap.contains("Ethernet"), "{encap}");
+    // pySim-trace (gsmtap-pyshark-pcap) reads the frames this display filter passes.
+    let pysim = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args(["-Y", "gsm_sim || iso7816.atr"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&pysim.stdout).lines().count(),
+        kept.len()
+    );
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_card_list_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
+        .args(["trace", "--listen", "127.0.0.1:0", "--card", "0,300"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--card 0,300") && err.contains("no card number"),
+        "{err}"
+    );
+}
+
+/// pySim-trace (osmocom pySim, `gsmtap-pyshark-pcap`) decodes the capture of `trace --pcap`:
+/// a USIM session as pySim runs it (SELECT, GET RESPONSE, READ BINARY of EF.ICCID and EF.IMSI,
+/// AUTHENTICATE). Needs pySim's source in `SIMPOOL_PYSIM` and a Python with its dependencies
+/// and pyshark in `SIMPOOL_PYSIM_PYTHON` (default `python3`); skipped loudly without them.
+#[test]
+fn pysim_trace_opens_the_capture() {
+    let Some(pysim) = std::env::var_os("SIMPOOL_PYSIM") else {
+        eprintln!(
+            "\n*** SKIPPED pySim-trace on trace --pcap: SIMPOOL_PYSIM (pySim's source) is not set ***\n"
+        );
+        return;
+    };
+    let python = std::env::var_os("SIMPOOL_PYSIM_PYTHON").unwrap_or("python3".into());
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("simpool-trace-pysim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("usim.pcap");
+    let t = trace_with(
+        &format!("127.0.0.1:{port}"),
+        &["--pcap", file.to_str().unwrap()],
+    );
+    // Card 20 of the simulated pool, as `simpool apdu --pool sim --card 20` answers.
+    let session = [
+        ("00A40004023F00", "6122"),
+        (
+            "00C0000022",
+            "62208202782183023F00A5038001718A01058B032F0601C6099001406106",
+        ),
+        ("00A40004022FE2", "611E"),
+        (
+            "00C000001E",
+            "621C8202412183022FE2A5038001718A01058B032F06018002000A88009000",
+        ),
+        ("00B000000A", "989444000000000020309000"),
+        ("00A4040410A0000000871002FFFFFFFF8907090000", "6134"),
+        (
+            "00C0000034",
+            "62328202782183027FF08410A0000000871002FFFFFFFF8907090000A5038001718A01058B036F0601C60990014083010183010A9000",
+        ),
+        ("00A40004026F07", "611E"),
+        (
+            "00C000001E",
+            "621C8202412183026F07A5038001718A01058B036F06048002000988083800009000",
+        ),
+        ("00B0000009", "0809101000000000029000"),
+        (
+            "00880081221023553CBE9637A89D218AE64DAE47BF351055F328B43577B9B94A9FFAC354DFAFB3",
+            "6135",
+        ),
+        (
+            "00C0000035",
+            "DB08A54211D5E3BA50BF10B40BA9A3C58B2A05BBF0D987B21BF8CB10F769BCD751044604127672711C6D344108EAE4BE823AF9A08B9000",
+        ),
+    ];
+    let from = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut atr = [0u8; simpool::gsmtap::MAX_DATAGRAM];
+    let n = simpool::gsmtap::encode_atr(20, &h("3B8B801FC773696D706F6F6C5553494DBA"), &mut atr)
+        .unwrap();
+    from.send_to(&atr[..n], ("127.0.0.1", port)).unwrap();
+    for (cmd, resp) in session {
+        from.send_to(&datagram(20, cmd, resp), ("127.0.0.1", port))
+            .unwrap();
+    }
+    for _ in 0..=session.len() {
+        t.lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a line");
+    }
+    let out = Command::new(&python)
+        .arg(std::path::Path::new(&pysim).join("pySim-trace.py"))
+        .args(["gsmtap-pyshark-pcap", "-f"])
+        .arg(&file)
+        .current_dir(&pysim)
+        .env("PYSIM_INTEGRATION_TEST", "1")
+        .env("ANSI_COLORS_DISABLED", "1")
+        .output()
+        .expect("run pySim-trace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let what = format!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what}");
+    assert!(
+        text.contains(r#"{"iccid": "89494400000000000203"}"#),
+        "{what}"
+    );
+    assert!(text.contains(r#"{"imsi": "001010000000020"}"#), "{what}");
+    assert!(text.contains(r#""res": "a54211d5e3ba50bf""#), "{what}");
+    assert!(text.contains("APDUs parsed"), "{what}");
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
 }

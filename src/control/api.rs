@@ -1,7 +1,7 @@
 //! The control API's endpoints (v1). Tools rely on these paths and keys: keep them.
 //!
 //! - `GET /healthz` — 200 when the pool link is up, 503 otherwise
-//! - `GET /api/v1/pool` — address, link state, ID and firmware version
+//! - `GET /api/v1/pool` — address, name, link state and why it is not up, ID and firmware version
 //! - `GET /api/v1/readers`, `GET|PUT|DELETE /api/v1/readers/{i}`
 //! - `GET /api/v1/cards`, `GET /api/v1/cards/{n}`, `POST /api/v1/cards/{n}/apdu`
 //! - `POST /api/v1/scan`
@@ -184,17 +184,23 @@ fn link_state(s: LinkState) -> &'static str {
 
 async fn healthz(State(d): State<Arc<Daemon>>) -> Response {
     let st = d.link.state();
+    let up = d.link_up();
+    let cause = if up { None } else { d.link.problem() };
     let body = json!({
-        "pool": d.link.addr(),
+        "pool": d.pool_name(),
         "link": link_state(st),
+        "cause": cause,
         "readers": d.readers.len(),
         "leases": d.cards.leases_held(),
     });
-    if d.link_up() {
+    if up {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         let mut body = body;
-        body["error"] = json!(format!("pool link {}", link_state(st)));
+        body["error"] = json!(match &cause {
+            Some(c) => format!("pool link {}: {c}", link_state(st)),
+            None => format!("pool link {}", link_state(st)),
+        });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
@@ -210,8 +216,10 @@ async fn pool(State(d): State<Arc<Daemon>>) -> ApiResult {
         (None, None)
     };
     Ok(Json(json!({
-        "address": d.link.addr(),
+        "address": d.pool_address,
+        "name": d.pool_name(),
         "link": link_state(st),
+        "cause": if d.link_up() { None } else { d.link.problem() },
         "id": id,
         "version": version,
     }))

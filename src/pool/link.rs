@@ -195,6 +195,9 @@ impl Conn {
 struct Shared {
     addr: String,
     opts: LinkOptions,
+    /// Why the link is not up, as logged (refused, no answer to ID, connection lost …); `None`
+    /// while it is up or before the first attempt.
+    problem: Mutex<Option<String>>,
     /// Cards that got bytes while nobody waited for them: their next exchange must fail.
     tainted: Vec<AtomicBool>,
     /// Until when (ms since `born`) answers are held for the settle time.
@@ -324,6 +327,7 @@ impl Link {
             shared: Arc::new(Shared {
                 addr: addr.to_string(),
                 opts,
+                problem: Mutex::new(None),
                 tainted: (0..256).map(|_| AtomicBool::new(false)).collect(),
                 guarded_until_ms: AtomicU64::new(0),
                 born: Instant::now(),
@@ -352,6 +356,16 @@ impl Link {
 
     pub fn state(&self) -> LinkState {
         *self.shared.state.borrow()
+    }
+
+    /// Why the link is not up (what the log said last), for `/healthz` and the page; `None`
+    /// while it is up.
+    pub fn problem(&self) -> Option<String> {
+        self.shared.problem.lock().unwrap().clone()
+    }
+
+    fn set_problem(&self, p: Option<String>) {
+        *self.shared.problem.lock().unwrap() = p;
     }
 
     /// Watches connection changes (the bridge uses it to show "no card" while the link is down).
@@ -442,6 +456,7 @@ impl Link {
                     matches!(l.state(), LinkState::Up { generation: g } if g == generation);
                 if was_up {
                     log::warn!("pool {}: connection lost: {cause}", l.shared.addr);
+                    l.set_problem(Some(format!("connection lost: {cause}")));
                 } else {
                     log::debug!("pool {}: connection closed: {cause}", l.shared.addr);
                 }
@@ -452,6 +467,7 @@ impl Link {
     }
 
     fn announce(&self, generation: u64) {
+        self.set_problem(None);
         self.shared.state.send_replace(LinkState::Up { generation });
         log::info!("pool {}: connected", self.shared.addr);
     }
@@ -725,6 +741,7 @@ impl Link {
                 }
                 Err(e) => e.to_string(),
             };
+            self.set_problem(Some(problem.clone()));
             if problem != last_problem {
                 log::warn!("{problem}");
                 last_problem = problem;

@@ -154,6 +154,25 @@ impl Browser {
         );
     }
 
+    /// Sizes the window so that the page's viewport (`innerWidth` × `innerHeight`) is
+    /// `width` × `height` CSS pixels: the window's frame takes some of the window's size.
+    pub fn set_viewport(&self, width: u32, height: u32) {
+        let (width, height) = (i64::from(width), i64::from(height));
+        self.set_window(width as u32, height as u32);
+        for _ in 0..5 {
+            let v = self.script("return [window.innerWidth, window.innerHeight]", json!([]));
+            let (w, h) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
+            if (w, h) == (width, height) {
+                return;
+            }
+            let r = self.call("GET", &self.s("/window/rect"), None);
+            let (ww, wh) = (r["width"].as_i64().unwrap(), r["height"].as_i64().unwrap());
+            self.set_window((ww + width - w) as u32, (wh + height - h) as u32);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cannot make the viewport {width}×{height}");
+    }
+
     /// A PNG of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         let v = self.call("GET", &self.s("/screenshot"), None);

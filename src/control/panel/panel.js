@@ -278,12 +278,16 @@
     const up = h && h.link === "up";
     setText(link, "pool " + (h ? h.link : "?"));
     link.className = "pill " + (up ? "up" : "down");
-    link.title = h ? `pool ${h.pool}: link ${h.link}, ${h.leases} cards held, ${h.readers} readers`
+    link.title = h ? `${h.pool}: link ${h.link}, ${h.leases} cards held, ${h.readers} readers`
                    : "";
+    // Why the link is not up, in the log's words (refused, no answer to ID, …).
+    const cause = $("pool-cause");
+    setText(cause, h && !up && h.cause ? h.cause : "");
+    cause.hidden = !(h && !up && h.cause);
     if (up && !poolKnown) {
       poolKnown = true;
       api("GET", "/api/v1/pool").then((p) => {
-        const bits = [p.address];
+        const bits = [p.name];
         if (p.id) bits.push("ID " + p.id);
         if (p.version) bits.push("firmware " + p.version);
         setText($("pool-info"), bits.join(" · "));
