@@ -503,6 +503,7 @@ fn to_euicc(mut r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
         };
     }
     base.euicc = Some(params);
+    base.validate()?;
     Ok((r.state, base))
 }
 
@@ -841,17 +842,17 @@ pub const EUICC_ATR: [u8; 18] = [
 ];
 
 /// Profile `k` (0-based) of the generated eUICC in `slot`: a USIM with ICCID
-/// `8949449` + slot (5 digits) + `000000` + k + Luhn digit, IMSI `001018` + slot + `000` + k,
+/// `8949449` + slot (5 digits) + `00000` + k (2 digits) + Luhn digit, IMSI `001018` + slot +
+/// `00` + k,
 /// K and OPc derived from slot and k, SPN "simpool eSIM <k+1>", PIN1 disabled; profile name
 /// "simpool <slot>/<k+1>", provider "simpool", class operational, its ISD-P
 /// [`euicc::isdp_aid`]; profile 0 enabled.
 pub fn generated_euicc_profile(slot: u16, k: usize) -> EuiccProfile {
-    let k9 = (k % 10) as u64;
-    let payload = format!("8949449{slot:05}000000{k9}");
+    let payload = format!("8949449{slot:05}00000{:02}", k % 100);
     let iccid = format!("{payload}{}", luhn_digit(&payload));
     let card = CardProfile {
         iccid,
-        imsi: format!("001018{slot:05}000{k9}"),
+        imsi: format!("001018{slot:05}00{:02}", k % 100),
         ki: derive_key(slot, 0x4B69_0100 + k as u64),
         algo: Algo::Milenage {
             opc: derive_key(slot, 0x4F50_0100 + k as u64),

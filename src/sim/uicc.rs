@@ -154,12 +154,13 @@ enum Ac {
 }
 
 /// The EF.ARR records: (READ, UPDATE); DFs use record 1.
-const RULES: [(Ac, Ac); 5] = [
+const RULES: [(Ac, Ac); 6] = [
     (Ac::Alw, Ac::Adm),
     (Ac::Pin1, Ac::Adm),
     (Ac::Pin1, Ac::Pin1),
     (Ac::Alw, Ac::Nev),
     (Ac::Alw, Ac::Pin1),
+    (Ac::Adm, Ac::Adm),
 ];
 const ARR_REC_LEN: usize = 40;
 
@@ -390,9 +391,13 @@ fn ecc_records() -> Vec<Vec<u8>> {
 /// ACL (35), DCK (36), CNL (37), GSM security context (38), OPLMNwAcT (42), HPLMNwAcT (43),
 /// PNN (45), OPL (46), MBDN (47), MWIS (48), CFIS (49), SPDI (51), EHPLMN (71),
 /// EHPLMN presentation (73), EPS mobility management (85).
-pub const UST_SERVICES: [u8; 37] = [
-    1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 15, 16, 17, 18, 19, 20, 21, 27, 29, 33, 34, 35, 36, 37,
-    38, 42, 43, 45, 46, 47, 48, 49, 51, 71, 73, 85,
+/// Also BDN (6), EXT4 (7), CCP2 (14), EXT5 (44), RPLMN AcT (50), MMS (52, 53) and the 5GS
+/// services: mobility management (122), NAS security contexts (123), SUCI calculation by the ME
+/// (124), UAC access identities (126).
+pub const UST_SERVICES: [u8; 48] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 27, 29, 33, 34,
+    35, 36, 37, 38, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 71, 73, 85, 122, 123, 124,
+    126,
 ];
 
 /// The UICC file system: MF with EF.DIR, EF.ICCID, EF.PL, EF.ARR, EF.UMPC, DF.TELECOM (phone
@@ -451,6 +456,7 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     for fid in [0x6F4A, 0x6F4B, 0x6F4C] {
         t.lin(tel, fid, None, (Pin1, Pin1), recs(5, ext_free()));
     }
+    unset_files(&mut t, tel, TELECOM_MORE);
     let pb = t.add(tel, 0x5F3A, None, (Alw, Adm), Body::Df { aid: None });
     phonebook(&mut t, pb);
 
@@ -473,6 +479,7 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     t.tr(gsm, 0x6FAD, None, (Alw, Adm), vec![0x00, 0x00, 0x00, 0x02]);
     t.tr(gsm, 0x6FAE, None, (Alw, Adm), vec![0x03]);
     t.tr(gsm, 0x6FB7, None, (Alw, Adm), vec![0x11, 0xF2, 0xFF, 0x19, 0xF1, 0xFF]);
+    unset_files(&mut t, gsm, GSM_MORE);
 
     let adf = t.add(
         mf,
@@ -506,7 +513,7 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
         0x6F38,
         Some(0x04),
         (Pin1, Adm),
-        service_table(&UST_SERVICES, 11),
+        service_table(&UST_SERVICES, 16),
     );
     t.cyc(adf, 0x6F39, None, (Pin1, Pin1), recs(1, vec![0, 0, 0]));
     t.lin(adf, 0x6F3B, None, (Pin1, Adm), recs(10, adn_record(None)));
@@ -592,12 +599,116 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     // EPS NAS security context: none (KSI "no key available").
     t.lin(adf, 0x6FE4, Some(0x18), (Pin1, Pin1), recs(1, ff(54)));
 
+    unset_files(&mut t, adf, USIM_MORE);
+
     let access = t.add(adf, 0x5F3B, None, (Alw, Adm), Body::Df { aid: None });
     t.tr(access, 0x4F20, Some(0x01), (Pin1, Pin1), kc.clone());
     t.tr(access, 0x4F52, Some(0x02), (Pin1, Pin1), kc);
+    t.tr(access, 0x4F63, None, (Pin1, Adm), ff(10));
+    t.tr(access, 0x4F64, None, (Pin1, Adm), vec![0x00]);
+    // DF.5GS (TS 31.102 §4.4.11): locations "not updated", no security contexts, SUCI in
+    // the clear (null scheme), no routing indicator.
+    let g5 = t.add(adf, 0x5FC0, None, (Alw, Adm), Body::Df { aid: None });
+    let mut loci5 = ff(13);
+    loci5.extend(plmn);
+    loci5.extend([0xFF, 0xFF, 0xFE, 0x01]);
+    t.tr(g5, 0x4F01, Some(0x01), (Pin1, Pin1), loci5.clone());
+    t.tr(g5, 0x4F02, Some(0x02), (Pin1, Pin1), loci5);
+    t.lin(g5, 0x4F03, Some(0x03), (Pin1, Pin1), recs(1, ff(57)));
+    t.lin(g5, 0x4F04, Some(0x04), (Pin1, Pin1), recs(1, ff(57)));
+    t.tr(g5, 0x4F05, Some(0x05), (Pin1, Pin1), ff(68));
+    t.tr(g5, 0x4F06, Some(0x06), (Pin1, Adm), vec![0, 0, 0, 0]);
+    t.tr(g5, 0x4F07, Some(0x07), (Pin1, Adm), vec![0xA0, 0x02, 0x00, 0x00, 0xA1, 0x00]);
+    t.lin(g5, 0x4F08, Some(0x08), (Alw, Adm), recs(1, ff(10)));
+    t.tr(g5, 0x4F0A, Some(0x0A), (Pin1, Adm), vec![0xF0, 0xFF, 0xFF, 0xFF]);
     let pb = t.add(adf, 0x5F3A, None, (Alw, Adm), Body::Df { aid: None });
     phonebook(&mut t, pb);
     (t, Some(adf))
+}
+
+/// Files whose content is "not set" (`FF`, records of `FF`): (FID, SFI, record length or 0 for
+/// transparent, size or record count).
+type Unset = (u16, Option<u8>, usize, usize);
+
+/// DF.GSM beyond the basics: AoC, cell broadcast, DCK, CNL, GPRS, *wAcT, PNN/OPL, mailbox,
+/// forwarding, SPDI, EXT6/7.
+const GSM_MORE: &[Unset] = &[
+    (0x6F37, None, 0, 3),
+    (0x6F39, None, 3, 1),
+    (0x6F41, None, 0, 5),
+    (0x6F45, None, 0, 10),
+    (0x6F48, None, 0, 10),
+    (0x6F50, None, 0, 8),
+    (0x6F2C, None, 0, 16),
+    (0x6F32, None, 0, 6),
+    (0x6F52, None, 0, 9),
+    (0x6F53, None, 0, 14),
+    (0x6F60, None, 0, 40),
+    (0x6F61, None, 0, 40),
+    (0x6F62, None, 0, 40),
+    (0x6F63, None, 0, 10),
+    (0x6FC5, None, 16, 1),
+    (0x6FC6, None, 8, 1),
+    (0x6FC7, None, 30, 2),
+    (0x6FC8, None, 13, 2),
+    (0x6FC9, None, 4, 1),
+    (0x6FCA, None, 5, 1),
+    (0x6FCB, None, 16, 1),
+    (0x6FCC, None, 13, 2),
+    (0x6FCD, None, 0, 16),
+];
+
+/// DF.TELECOM beyond the basics: CCP, ECCP, BDN, EXT4, CMI.
+const TELECOM_MORE: &[Unset] = &[
+    (0x6F3D, None, 14, 5),
+    (0x6F4F, None, 15, 5),
+    (0x6F4D, None, 30, 5),
+    (0x6F4E, None, 13, 5),
+    (0x6F58, None, 21, 5),
+];
+
+/// ADF.USIM files of optional services, present and empty as on many commercial USIMs: EXT5,
+/// CCP2, BDN, EXT4, CMI, RPLMNAcTD, NETPAR, EXT7, MMS (MMSN, EXT8, MMSICP, MMSUP, MMSUCP),
+/// SPNI, PNNI, UFC, PWS, IPS, ePDG (Id, Selection, emergency ones), FromPreferred, eAKA, OCST,
+/// IMSDCI, NASCONFIG.
+const USIM_MORE: &[Unset] = &[
+    (0x6F4E, None, 13, 5),
+    (0x6F4F, Some(0x16), 15, 5),
+    (0x6F4D, None, 30, 5),
+    (0x6F55, None, 13, 5),
+    (0x6F58, None, 21, 5),
+    (0x6F65, None, 0, 2),
+    (0x6FC4, None, 0, 16),
+    (0x6FCC, None, 13, 2),
+    (0x6FCE, None, 20, 2),
+    (0x6FCF, None, 13, 2),
+    (0x6FD0, None, 0, 32),
+    (0x6FD1, None, 32, 1),
+    (0x6FD2, None, 0, 32),
+    (0x6FDE, None, 0, 16),
+    (0x6FDF, None, 16, 1),
+    (0x6FE6, None, 0, 16),
+    (0x6FEC, None, 0, 1),
+    (0x6FF1, None, 4, 1),
+    (0x6FF3, None, 0, 32),
+    (0x6FF4, None, 0, 16),
+    (0x6FF5, None, 0, 32),
+    (0x6FF6, None, 0, 16),
+    (0x6FF7, None, 0, 1),
+    (0x6F01, None, 0, 1),
+    (0x6F02, None, 0, 8),
+    (0x6F0B, None, 0, 8),
+    (0x6FE8, None, 0, 16),
+];
+
+fn unset_files(t: &mut Tree, df: usize, list: &[Unset]) {
+    for &(fid, sfi, rec_len, n) in list {
+        if rec_len == 0 {
+            t.tr(df, fid, sfi, (Ac::Pin1, Ac::Adm), ff(n));
+        } else {
+            t.lin(df, fid, sfi, (Ac::Pin1, Ac::Adm), recs(n, ff(rec_len)));
+        }
+    }
 }
 
 /// An empty extension record (EXT1–EXT7).
