@@ -1228,7 +1228,12 @@ impl Uicc {
 
     fn by_fid(&self, fid: u16) -> Option<usize> {
         let t = &self.tree;
-        let cur = self.cur_df;
+        // A security domain has no files: FIDs are looked up from the MF.
+        let cur = if t.files[self.cur_df].sd {
+            0
+        } else {
+            self.cur_df
+        };
         let parent = t.files[cur].parent;
         if fid == 0x3F00 {
             return Some(0);
