@@ -242,7 +242,10 @@ fn isdr_select_on_basic_and_logical_channels_and_ecasd() {
     s.ok("00A4000402 3F00");
     s.ok("00A4000402 2FE2");
     let iccid = s.ok("00B000000A");
-    assert_eq!(decode_iccid(&iccid), generated_euicc_profile(33, 0).card.iccid);
+    assert_eq!(
+        decode_iccid(&iccid),
+        generated_euicc_profile(33, 0).card.iccid
+    );
 }
 
 #[test]
@@ -272,7 +275,10 @@ fn es10_on_channel_two_with_chaining_and_every_function() {
     assert_eq!(s.sw("82E2910102035C"), "6A86");
     // EUICCInfo1 and 2, challenge (16 bytes, fresh each time), addresses, RAT.
     let i1 = s.es10(2, "BF2000");
-    assert_eq!(get(&get(&i1, 0xBF20).unwrap(), 0x82).unwrap(), vec![2, 2, 2]);
+    assert_eq!(
+        get(&get(&i1, 0xBF20).unwrap(), 0x82).unwrap(),
+        vec![2, 2, 2]
+    );
     let i2 = get(&s.es10(2, "BF2200"), 0xBF22).unwrap();
     assert_eq!(get(&i2, 0x81).unwrap(), vec![2, 3, 1]);
     assert_eq!(get(&i2, 0x85).unwrap(), vec![0x05, 0x60]);
@@ -308,7 +314,10 @@ fn profiles_enable_disable_delete_nickname_notifications() {
         assert_eq!(get(e, 0x9F70).unwrap(), vec![u8::from(k == 0)]);
         assert_eq!(get(e, 0x4F).unwrap()[14], 0x10 + k as u8);
         assert_eq!(get(e, 0x95).unwrap(), vec![2]);
-        assert_eq!(get(e, 0x92).unwrap(), format!("simpool 34/{}", k + 1).as_bytes());
+        assert_eq!(
+            get(e, 0x92).unwrap(),
+            format!("simpool 34/{}", k + 1).as_bytes()
+        );
     }
     // A tag list returns only those tags (pySim --all sends it); a search by ICCID one entry.
     let only = profiles(&s.es10(0, "BF2D065C045A9F7095"));
@@ -319,8 +328,14 @@ fn profiles_enable_disable_delete_nickname_notifications() {
     let req = |tag: &str, iccid: &str| format!("{tag}11A00C{}810100", iccid_tlv(iccid));
     let r = s.es10(0, &req("BF31", "89000000000000000000"));
     assert_eq!(result_code(&r, 0xBF31), 1);
-    assert_eq!(result_code(&s.es10(0, &req("BF31", &p[0].iccid)), 0xBF31), 2);
-    assert_eq!(result_code(&s.es10(0, &req("BF31", &p[1].iccid)), 0xBF31), 0);
+    assert_eq!(
+        result_code(&s.es10(0, &req("BF31", &p[0].iccid)), 0xBF31),
+        2
+    );
+    assert_eq!(
+        result_code(&s.es10(0, &req("BF31", &p[1].iccid)), 0xBF31),
+        0
+    );
     let states: Vec<Vec<u8>> = profiles(&s.es10(0, "BF2D00"))
         .iter()
         .map(|e| get(e, 0x9F70).unwrap())
@@ -336,21 +351,36 @@ fn profiles_enable_disable_delete_nickname_notifications() {
     let r = s.es10(0, &format!("BF3117A0124F10{aid}8101FF"));
     assert_eq!(result_code(&r, 0xBF31), 0);
     // Disable: not enabled 2, enabled 0; then nothing is enabled.
-    assert_eq!(result_code(&s.es10(0, &req("BF32", &p[0].iccid)), 0xBF32), 2);
-    assert_eq!(result_code(&s.es10(0, &req("BF32", &p[2].iccid)), 0xBF32), 0);
+    assert_eq!(
+        result_code(&s.es10(0, &req("BF32", &p[0].iccid)), 0xBF32),
+        2
+    );
+    assert_eq!(
+        result_code(&s.es10(0, &req("BF32", &p[2].iccid)), 0xBF32),
+        0
+    );
     // Delete (a bare CHOICE): the enabled one is refused, a disabled one goes.
-    assert_eq!(result_code(&s.es10(0, &req("BF31", &p[1].iccid)), 0xBF31), 0);
+    assert_eq!(
+        result_code(&s.es10(0, &req("BF31", &p[1].iccid)), 0xBF31),
+        0
+    );
     let del = |iccid: &str| format!("BF330C{}", iccid_tlv(iccid));
     assert_eq!(result_code(&s.es10(0, &del(&p[1].iccid)), 0xBF33), 2);
     assert_eq!(result_code(&s.es10(0, &del(&p[0].iccid)), 0xBF33), 0);
     assert_eq!(result_code(&s.es10(0, &del(&p[0].iccid)), 0xBF33), 1);
     assert_eq!(profiles(&s.es10(0, "BF2D00")).len(), 2);
     // SetNickname (lpac's bytes), shown in the list; unknown ICCID 1; empty name clears it.
-    let r = s.es10(0, &format!("BF2913{}9005 68656C6C6F", iccid_tlv(&p[2].iccid)));
+    let r = s.es10(
+        0,
+        &format!("BF2913{}9005 68656C6C6F", iccid_tlv(&p[2].iccid)),
+    );
     assert_eq!(result_code(&r, 0xBF29), 0);
     let e = profiles(&s.es10(0, "BF2D00"));
     assert_eq!(get(&e[1], 0x90).unwrap(), b"hello");
-    let r = s.es10(0, &format!("BF290E{}9000", iccid_tlv("8900000000000000000")));
+    let r = s.es10(
+        0,
+        &format!("BF290E{}9000", iccid_tlv("8900000000000000000")),
+    );
     assert_eq!(result_code(&r, 0xBF29), 1);
     // Notifications: enable 1 + disable 0, enable 2 + disable 1, disable 2, enable 1, delete 0.
     let n = get(&get(&s.es10(0, "BF2800"), 0xBF28).unwrap(), 0xA0).unwrap();
@@ -361,8 +391,16 @@ fn profiles_enable_disable_delete_nickname_notifications() {
         .map(|m| ber::read_uint(&get(m.value, 0x80).unwrap()).unwrap())
         .collect();
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
-    assert_eq!(get(meta[1].value, 0x81).unwrap(), vec![0x06, 0x40], "enable");
-    assert_eq!(get(meta[6].value, 0x81).unwrap(), vec![0x04, 0x10], "delete");
+    assert_eq!(
+        get(meta[1].value, 0x81).unwrap(),
+        vec![0x06, 0x40],
+        "enable"
+    );
+    assert_eq!(
+        get(meta[6].value, 0x81).unwrap(),
+        vec![0x04, 0x10],
+        "delete"
+    );
     assert_eq!(
         get(meta[0].value, 0x0C).unwrap(),
         b"testsmdpplus1.example.com"
@@ -373,7 +411,10 @@ fn profiles_enable_disable_delete_nickname_notifications() {
     // RemoveNotificationFromList: seq 3 goes, then nothing to delete.
     assert_eq!(result_code(&s.es10(0, "BF3003800103"), 0xBF30), 0);
     assert_eq!(result_code(&s.es10(0, "BF3003800103"), 0xBF30), 1);
-    assert_eq!(s.card.euicc().unwrap().notifications(), vec![1, 2, 4, 5, 6, 7]);
+    assert_eq!(
+        s.card.euicc().unwrap().notifications(),
+        vec![1, 2, 4, 5, 6, 7]
+    );
 }
 
 #[test]
@@ -523,7 +564,10 @@ nickname = "spare"
     let f = CardsFile::from_toml(text).unwrap();
     let p = &f.get(60).unwrap().profile;
     assert_eq!(p.kind, CardKind::Euicc);
-    assert_eq!(p.iccid, "89000123456789012341", "card-wide = the enabled profile");
+    assert_eq!(
+        p.iccid, "89000123456789012341",
+        "card-wide = the enabled profile"
+    );
     let e = p.euicc.as_ref().unwrap();
     assert_eq!(eid_digits(&e.eid), "89049032000000000000000012345644");
     assert_eq!(e.profiles.len(), 2);

@@ -114,10 +114,7 @@ fn isdr_and_es10_on_a_logical_channel_through_pcscd_and_vpcd() {
     let (_serve, ctx, name) = serve(&sim, 1, 34, &[]);
     let card = connect(&ctx, &name);
     // lpac's sequence: TERMINAL CAPABILITY, MANAGE CHANNEL, SELECT ISD-R (P2 00), STORE DATA.
-    assert_eq!(
-        sw(&tx(&card, "80AA00000AA9088100820101830107")),
-        "9000"
-    );
+    assert_eq!(sw(&tx(&card, "80AA00000AA9088100820101830107")), "9000");
     assert_eq!(tx(&card, "0070000001"), h("019000"));
     assert_eq!(
         sw(&tx(&card, &format!("01A4040010{}", hx(&ISDR_AID)))),
@@ -150,7 +147,10 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
 }
 
 #[test]
@@ -158,12 +158,23 @@ fn channels_and_es10_through_the_api_apdu() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let control = "127.0.0.1:28580";
     let serve = Serve::start(
-        &["--pool", &sim.addr().to_string(), "--control", control, "--readers", "1"],
+        &[
+            "--pool",
+            &sim.addr().to_string(),
+            "--control",
+            control,
+            "--readers",
+            "1",
+        ],
         "euicc-api",
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(control).is_err() {
-        assert!(Instant::now() < deadline, "no control API: {}", serve.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no control API: {}",
+            serve.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let tpdus = [
@@ -189,7 +200,10 @@ fn channels_and_es10_through_the_api_apdu() {
         .collect();
     assert_eq!(r[0], "019000");
     assert_eq!(r[1], "6121");
-    assert!(r[2].starts_with("6F1F8410A0000005591010FFFFFFFF8900000100"), "{r:?}");
+    assert!(
+        r[2].starts_with("6F1F8410A0000005591010FFFFFFFF8900000100"),
+        "{r:?}"
+    );
     assert_eq!(r[3], "6115");
     let eid = sim
         .with_card(33, |c| hx(&c.euicc().unwrap().eid()))
@@ -214,13 +228,21 @@ fn a_3_s_profile_enable_through_pcscd_and_vpcd_succeeds_and_a_reset_shows_the_ne
     let t = Instant::now();
     let r = tx4(&card, &format!("80E2910014BF3111A00C5A0A{iccid}810100"));
     let took = t.elapsed();
-    assert_eq!(hx(&r), "BF3103800100", "enable ok; simpool log:\n{}", serve.log_text());
+    assert_eq!(
+        hx(&r),
+        "BF3103800100",
+        "enable ok; simpool log:\n{}",
+        serve.log_text()
+    );
     assert!(took >= Duration::from_millis(2900), "took {took:?}");
     assert!(took < Duration::from_secs(6), "took {took:?}");
     // Until the reset the card still shows the old profile; after it, the new one.
     tx4(&card, "00A40004022FE2");
     let old = tx(&card, "00B000000A");
-    assert_eq!(decode_iccid(&old[..10]), generated_euicc_profile(50, 0).card.iccid);
+    assert_eq!(
+        decode_iccid(&old[..10]),
+        generated_euicc_profile(50, 0).card.iccid
+    );
     card.reconnect(ShareMode::Exclusive, Protocols::T0, Disposition::ResetCard)
         .expect("reset");
     tx4(&card, "00A40004022FE2");
@@ -232,6 +254,12 @@ fn a_3_s_profile_enable_through_pcscd_and_vpcd_succeeds_and_a_reset_shows_the_ne
     assert_eq!(decode_imsi(&imsi[..9]).as_deref(), Some(p1.imsi.as_str()));
     // The reset reached the pool as stop + start.
     let log = serve.log_text();
-    assert!(sim.stats().card_starts.load(std::sync::atomic::Ordering::Relaxed) >= 2, "{log}");
+    assert!(
+        sim.stats()
+            .card_starts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "{log}"
+    );
     card.disconnect(Disposition::LeaveCard).ok();
 }

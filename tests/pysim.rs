@@ -128,14 +128,23 @@ fn pysim_read_on_a_sim_and_on_a_usim() {
         );
         assert!(ok, "pySim-read on card {card}:\n{out}");
         let iccid = iccid_of(&sim, card);
-        assert!(out.contains(&format!("ICCID: {iccid}")), "card {card}:\n{out}");
+        assert!(
+            out.contains(&format!("ICCID: {iccid}")),
+            "card {card}:\n{out}"
+        );
         let imsi = format!("IMSI: 0010100000{card:05}");
         assert!(out.contains(&imsi), "card {card}:\n{out}");
         // Everything pySim-read looks for is there (on the USIM through class 00: DF.GSM on
         // the UICC face; pySim-read's USIM part runs only for card types it knows by ATR).
         assert!(!out.contains("Can't read"), "card {card}:\n{out}");
-        assert!(out.contains("SIM Service Table: ff33c3f3"), "card {card}:\n{out}");
-        assert!(out.contains(&format!("SPN: simpool {card}")), "card {card}:\n{out}");
+        assert!(
+            out.contains("SIM Service Table: ff33c3f3"),
+            "card {card}:\n{out}"
+        );
+        assert!(
+            out.contains(&format!("SPN: simpool {card}")),
+            "card {card}:\n{out}"
+        );
     }
 }
 
@@ -157,14 +166,27 @@ fn pysim_shell_on_a_usim_imsi_and_authenticate() {
     );
     let (ok, out) = run(
         &src,
-        &["pySim-shell.py", "--pcsc-regex", &reader(2), "--noprompt", "--script", &s],
+        &[
+            "pySim-shell.py",
+            "--pcsc-regex",
+            &reader(2),
+            "--noprompt",
+            "--script",
+            &s,
+        ],
         Duration::from_secs(90),
     );
     assert!(ok, "{out}");
     assert!(out.contains("\"imsi\": \"001010000000020\""), "{out}");
     assert!(out.contains("\"res\": \"a54211d5e3ba50bf\""), "{out}");
-    assert!(out.contains("\"ck\": \"b40ba9a3c58b2a05bbf0d987b21bf8cb\""), "{out}");
-    assert!(out.contains("\"ik\": \"f769bcd751044604127672711c6d3441\""), "{out}");
+    assert!(
+        out.contains("\"ck\": \"b40ba9a3c58b2a05bbf0d987b21bf8cb\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"ik\": \"f769bcd751044604127672711c6d3441\""),
+        "{out}"
+    );
 }
 
 #[test]
@@ -197,7 +219,14 @@ fn pysim_shell_on_an_euicc_enable_a_profile_then_reset() {
     );
     let (ok, out) = run(
         &src,
-        &["pySim-shell.py", "--pcsc-regex", &reader(3), "--noprompt", "--script", &s],
+        &[
+            "pySim-shell.py",
+            "--pcsc-regex",
+            &reader(3),
+            "--noprompt",
+            "--script",
+            &s,
+        ],
         Duration::from_secs(90),
     );
     assert!(ok, "{out}");
@@ -214,8 +243,16 @@ fn pysim_shell_on_an_euicc_enable_a_profile_then_reset() {
         p1.iccid
     );
     // Both profiles listed, with the states before and after the enable.
-    assert_eq!(out.matches("\"profile_state\": \"enabled\"").count(), 2, "{out}");
-    assert_eq!(out.matches("\"profile_state\": \"disabled\"").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("\"profile_state\": \"enabled\"").count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("\"profile_state\": \"disabled\"").count(),
+        2,
+        "{out}"
+    );
 }
 
 #[test]
@@ -225,7 +262,14 @@ fn pysim_shell_export_finds_the_files_of_a_real_usim() {
     let _serve = serve(&sim, 4, 4, &[]);
     let (_, out) = run(
         &src,
-        &["pySim-shell.py", "--pcsc-regex", &reader(4), "--noprompt", "-e", "export"],
+        &[
+            "pySim-shell.py",
+            "--pcsc-regex",
+            &reader(4),
+            "--noprompt",
+            "-e",
+            "export",
+        ],
         Duration::from_secs(120),
     );
     let exported = out.lines().filter(|l| l.starts_with("select ")).count();
@@ -245,7 +289,14 @@ fn pysim_shell_export_finds_the_files_of_a_real_usim() {
     // Measured: before issue 24, 27 exported, 86 EFs and 10 DFs missing; now 174, 47 and 10.
     assert!(exported >= 170, "{exported} exported:\n{out}");
     assert!(missing.0 <= 47 && missing.1 <= 10, "{missing:?}:\n{out}");
-    for must in ["EF.ECC", "EF.GID1", "EF.SMSP", "EF.FDN", "DF.TELECOM", "EF.ADN"] {
+    for must in [
+        "EF.ECC",
+        "EF.GID1",
+        "EF.SMSP",
+        "EF.FDN",
+        "DF.TELECOM",
+        "EF.ADN",
+    ] {
         assert!(
             !out.contains(&format!("/{must}, SW match failed")),
             "{must} missing:\n{out}"
@@ -290,11 +341,22 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
     );
     let (ok, out) = run(
         &src,
-        &["pySim-shell.py", "--pcsc-regex", &reader(5), "--noprompt", "--script", &s],
+        &[
+            "pySim-shell.py",
+            "--pcsc-regex",
+            &reader(5),
+            "--noprompt",
+            "--script",
+            &s,
+        ],
         Duration::from_secs(90),
     );
     assert!(ok, "{out}");
-    let want = ["MF/ADF.USIM/EF.IMSI", "\"imsi\": \"001010000000020\"", "a54211d5e3ba50bf"];
+    let want = [
+        "MF/ADF.USIM/EF.IMSI",
+        "\"imsi\": \"001010000000020\"",
+        "a54211d5e3ba50bf",
+    ];
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
@@ -308,5 +370,8 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
     for w in want {
         assert!(text.contains(w), "{w} not in pySim-trace's output:\n{text}");
     }
-    assert!(text.contains("CardReset(3b8b801fc773696d706f6f6c5553494dba)"), "{text}");
+    assert!(
+        text.contains("CardReset(3b8b801fc773696d706f6f6c5553494dba)"),
+        "{text}"
+    );
 }

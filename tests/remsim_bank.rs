@@ -157,10 +157,7 @@ async fn logical_channels_and_es10_through_the_bank() {
     assert_eq!(&fci[..4], &h("6F1F8410")[..]);
     assert_eq!(a.transmit(&h("81E2910006BF3E035C015A")).await, h("6115"));
     let eid = a.transmit(&h("81C0000015")).await;
-    let want = r
-        .sim
-        .with_card(33, |c| c.euicc().unwrap().eid())
-        .unwrap();
+    let want = r.sim.with_card(33, |c| c.euicc().unwrap().eid()).unwrap();
     assert_eq!(&eid[5..21], &want[..]);
     assert_eq!(&eid[21..], &[0x90, 0x00]);
     // An extended channel, never opened, and a close.

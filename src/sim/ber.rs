@@ -128,7 +128,13 @@ mod tests {
     fn tags_and_lengths() {
         let d = hex::decode("BF2D00").unwrap();
         let l = parse(&d).unwrap();
-        assert_eq!(l, vec![Tlv { tag: 0xBF2D, value: &[] }]);
+        assert_eq!(
+            l,
+            vec![Tlv {
+                tag: 0xBF2D,
+                value: &[]
+            }]
+        );
         let long = tlv(0xBF2D, &[0xAA; 300]);
         assert_eq!(&long[..5], &[0xBF, 0x2D, 0x82, 0x01, 0x2C]);
         assert_eq!(parse(&long).unwrap()[0].value.len(), 300);

@@ -500,7 +500,10 @@ impl Rsp {
                 let filter = ber::find(&req, 0x81).map(bits);
                 let mut list = Vec::new();
                 for n in &self.notifications {
-                    if filter.as_ref().is_some_and(|f| !f.contains(&(n.event as u8))) {
+                    if filter
+                        .as_ref()
+                        .is_some_and(|f| !f.contains(&(n.event as u8)))
+                    {
                         continue;
                     }
                     let mut v = ber::tlv(0x80, &ber::uint(n.seq));
@@ -517,7 +520,11 @@ impl Rsp {
                     .ok_or(SW_WRONG_DATA)?;
                 let before = self.notifications.len();
                 self.notifications.retain(|n| n.seq != seq);
-                let code = if self.notifications.len() < before { 0 } else { 1 };
+                let code = if self.notifications.len() < before {
+                    0
+                } else {
+                    1
+                };
                 now(result(0xBF30, code))
             }
             0xBF2E => {
@@ -559,8 +566,8 @@ impl Isdr for Rsp {
 
 /// The (synthetic) subject key identifier of the GSMA test CI the simulated eUICC trusts.
 const CI_PKID: [u8; 20] = [
-    0xF5, 0x41, 0x72, 0xBD, 0xF9, 0x8A, 0x95, 0xD6, 0x5C, 0xBE, 0xB8, 0x8A, 0x38, 0xA1, 0xC1,
-    0x1D, 0x80, 0x0A, 0x85, 0xC3,
+    0xF5, 0x41, 0x72, 0xBD, 0xF9, 0x8A, 0x95, 0xD6, 0x5C, 0xBE, 0xB8, 0x8A, 0x38, 0xA1, 0xC1, 0x1D,
+    0x80, 0x0A, 0x85, 0xC3,
 ];
 
 /// EUICCInfo2 (SGP.22 §5.7.8): SGP.22 2.3.1 profile version, SVN 2.2.2, firmware 1.0.0, 16 KiB
@@ -571,7 +578,9 @@ fn euicc_info2() -> Vec<u8> {
     v.extend(ber::tlv(0x83, &[1, 0, 0]));
     v.extend(ber::tlv(
         0x84,
-        &[0x81, 0x01, 0x00, 0x82, 0x03, 0x00, 0x40, 0x00, 0x83, 0x02, 0x08, 0x00],
+        &[
+            0x81, 0x01, 0x00, 0x82, 0x03, 0x00, 0x40, 0x00, 0x83, 0x02, 0x08, 0x00,
+        ],
     ));
     v.extend(ber::tlv(0x85, &[0x05, 0x60]));
     v.extend(ber::tlv(0x87, &[2, 3, 0]));
@@ -609,6 +618,9 @@ mod tests {
         assert_eq!(bit_string(1), vec![0x06, 0x40]);
         assert_eq!(bit_string(3), vec![0x04, 0x10]);
         assert_eq!(bits(&[0x05, 0x60]), vec![1, 2]);
-        assert_eq!(tag_list(&[0x5A, 0x9F, 0x70, 0x90]), vec![0x5A, 0x9F70, 0x90]);
+        assert_eq!(
+            tag_list(&[0x5A, 0x9F, 0x70, 0x90]),
+            vec![0x5A, 0x9F70, 0x90]
+        );
     }
 }

@@ -233,7 +233,10 @@ impl CardProfile {
                 .as_deref()
                 .ok_or_else(|| invalid("profiles", "an eUICC needs profiles"))?;
             if !euicc::eid_valid(&euicc::eid_digits(&e.eid)) {
-                return Err(invalid("eid", "32 digits whose SGP.29 check (mod 97 = 1) holds"));
+                return Err(invalid(
+                    "eid",
+                    "32 digits whose SGP.29 check (mod 97 = 1) holds",
+                ));
             }
             if e.profiles.is_empty() || e.profiles.len() > 16 {
                 return Err(invalid("profiles", "1..=16 profiles"));
@@ -459,13 +462,19 @@ fn to_euicc(mut r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
         ("files", !r.files.is_empty()),
     ] {
         if given {
-            return Err(invalid(field, "set it per profile ([[card.profiles]]) on an eUICC"));
+            return Err(invalid(
+                field,
+                "set it per profile ([[card.profiles]]) on an eUICC",
+            ));
         }
     }
     if let Some(e) = &r.eid {
         let d: String = e.chars().filter(|c| !c.is_whitespace()).collect();
         if !euicc::eid_valid(&d) {
-            return Err(invalid("eid", "32 digits whose SGP.29 check (mod 97 = 1) holds"));
+            return Err(invalid(
+                "eid",
+                "32 digits whose SGP.29 check (mod 97 = 1) holds",
+            ));
         }
         params.eid = hex::decode(&d)
             .ok()
@@ -837,8 +846,8 @@ pub const TS_35_208_SET1_OPC: [u8; 16] = [
 
 /// The ATR of generated eUICCs: as [`USIM_ATR`] with the historical bytes "simpooleUICC".
 pub const EUICC_ATR: [u8; 18] = [
-    0x3B, 0x8C, 0x80, 0x1F, 0xC7, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'e', b'U', b'I',
-    b'C', b'C', 0x18,
+    0x3B, 0x8C, 0x80, 0x1F, 0xC7, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'e', b'U', b'I', b'C',
+    b'C', 0x18,
 ];
 
 /// Profile `k` (0-based) of the generated eUICC in `slot`: a USIM with ICCID
@@ -877,8 +886,8 @@ pub fn generated_euicc_profile(slot: u16, k: usize) -> EuiccProfile {
 /// [`EUICC_ATR`], enabling takes [`euicc::DEFAULT_ENABLE_MS`]. The card-wide fields are those of
 /// the enabled profile.
 pub fn generated_euicc_with(slot: u16, n: usize) -> CardProfile {
-    let eid = euicc::eid_with_check(&format!("8904903200000000000000{slot:05}000"))
-        .expect("30 digits");
+    let eid =
+        euicc::eid_with_check(&format!("8904903200000000000000{slot:05}000")).expect("30 digits");
     let profiles: Vec<EuiccProfile> = (0..n).map(|k| generated_euicc_profile(slot, k)).collect();
     CardProfile {
         kind: CardKind::Euicc,
@@ -1071,7 +1080,17 @@ mod tests {
         assert_eq!(s.get(256).unwrap().profile.imsi, "460019894013615");
         assert_eq!(s.get(101).unwrap().profile.atr.len(), 17);
         assert!(s.get(36).is_none());
-        assert!(s.get(34).unwrap().profile.euicc.as_ref().unwrap().profiles.len() == 3);
+        assert!(
+            s.get(34)
+                .unwrap()
+                .profile
+                .euicc
+                .as_ref()
+                .unwrap()
+                .profiles
+                .len()
+                == 3
+        );
         assert_eq!(CardsFile::filled(256).card.len(), 256);
     }
 

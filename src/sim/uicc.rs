@@ -195,7 +195,9 @@ fn arr_index(read: Ac, update: Ac) -> u8 {
 
 #[derive(Debug, Clone)]
 enum Body {
-    Df { aid: Option<Vec<u8>> },
+    Df {
+        aid: Option<Vec<u8>>,
+    },
     Transparent(Vec<u8>),
     /// Linear fixed, or cyclic (record 1 is the one written last).
     Linear {
@@ -267,13 +269,33 @@ impl Tree {
     fn lin(&mut self, parent: usize, fid: u16, sfi: Option<u8>, ac: (Ac, Ac), recs: Vec<Vec<u8>>) {
         let rec_len = recs[0].len();
         let cyclic = false;
-        self.add(parent, fid, sfi, ac, Body::Linear { rec_len, recs, cyclic });
+        self.add(
+            parent,
+            fid,
+            sfi,
+            ac,
+            Body::Linear {
+                rec_len,
+                recs,
+                cyclic,
+            },
+        );
     }
 
     fn cyc(&mut self, parent: usize, fid: u16, sfi: Option<u8>, ac: (Ac, Ac), recs: Vec<Vec<u8>>) {
         let rec_len = recs[0].len();
         let cyclic = true;
-        self.add(parent, fid, sfi, ac, Body::Linear { rec_len, recs, cyclic });
+        self.add(
+            parent,
+            fid,
+            sfi,
+            ac,
+            Body::Linear {
+                rec_len,
+                recs,
+                cyclic,
+            },
+        );
     }
 
     fn is_df(&self, i: usize) -> bool {
@@ -395,9 +417,8 @@ fn ecc_records() -> Vec<Vec<u8>> {
 /// services: mobility management (122), NAS security contexts (123), SUCI calculation by the ME
 /// (124), UAC access identities (126).
 pub const UST_SERVICES: [u8; 48] = [
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 27, 29, 33, 34,
-    35, 36, 37, 38, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 71, 73, 85, 122, 123, 124,
-    126,
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 27, 29, 33, 34, 35,
+    36, 37, 38, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 71, 73, 85, 122, 123, 124, 126,
 ];
 
 /// The UICC file system: MF with EF.DIR, EF.ICCID, EF.PL, EF.ARR, EF.UMPC, DF.TELECOM (phone
@@ -463,22 +484,46 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     // DF.GSM as a 2G terminal sees it through a UICC (contents as the SIM face's).
     let gsm = t.add(mf, 0x7F20, None, (Alw, Adm), Body::Df { aid: None });
     t.tr(gsm, 0x6F05, None, (Alw, Pin1), vec![0x01, 0xFF]);
-    t.tr(gsm, 0x6F07, None, (Pin1, Adm), encode_imsi(&p.imsi).to_vec());
+    t.tr(
+        gsm,
+        0x6F07,
+        None,
+        (Pin1, Adm),
+        encode_imsi(&p.imsi).to_vec(),
+    );
     t.tr(gsm, 0x6F20, None, (Pin1, Pin1), kc.clone());
     t.tr(gsm, 0x6F30, None, (Pin1, Pin1), ff(24));
     t.tr(gsm, 0x6F31, None, (Pin1, Adm), vec![0x05]);
     // GSM 11.11 SST: CHV1 disabling, ADN, FDN, SMS, AoC, MSISDN, SMSP, GID1/2, SPN, …
-    t.tr(gsm, 0x6F38, None, (Pin1, Adm), vec![0xFF, 0x33, 0xC3, 0xF3, 0x03, 0x00]);
+    t.tr(
+        gsm,
+        0x6F38,
+        None,
+        (Pin1, Adm),
+        vec![0xFF, 0x33, 0xC3, 0xF3, 0x03, 0x00],
+    );
     t.tr(gsm, 0x6F3E, None, (Pin1, Adm), ff(8));
     t.tr(gsm, 0x6F3F, None, (Pin1, Adm), ff(8));
     t.tr(gsm, 0x6F46, None, (Alw, Adm), spn_content(p.spn.as_deref()));
     t.tr(gsm, 0x6F74, None, (Pin1, Pin1), ff(16));
-    t.tr(gsm, 0x6F78, None, (Pin1, Adm), access_class(&p.imsi).to_vec());
+    t.tr(
+        gsm,
+        0x6F78,
+        None,
+        (Pin1, Adm),
+        access_class(&p.imsi).to_vec(),
+    );
     t.tr(gsm, 0x6F7B, None, (Pin1, Pin1), ff(12));
     t.tr(gsm, 0x6F7E, None, (Pin1, Pin1), loci_content(&p.imsi));
     t.tr(gsm, 0x6FAD, None, (Alw, Adm), vec![0x00, 0x00, 0x00, 0x02]);
     t.tr(gsm, 0x6FAE, None, (Alw, Adm), vec![0x03]);
-    t.tr(gsm, 0x6FB7, None, (Alw, Adm), vec![0x11, 0xF2, 0xFF, 0x19, 0xF1, 0xFF]);
+    t.tr(
+        gsm,
+        0x6FB7,
+        None,
+        (Alw, Adm),
+        vec![0x11, 0xF2, 0xFF, 0x19, 0xF1, 0xFF],
+    );
     unset_files(&mut t, gsm, GSM_MORE);
 
     let adf = t.add(
@@ -521,7 +566,13 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     t.tr(adf, 0x6F3E, None, (Pin1, Adm), ff(8));
     t.tr(adf, 0x6F3F, None, (Pin1, Adm), ff(8));
     t.lin(adf, 0x6F40, None, (Pin1, Pin1), msisdn);
-    t.tr(adf, 0x6F41, None, (Pin1, Pin1), vec![0xFF, 0xFF, 0xFF, 0x00, 0x00]);
+    t.tr(
+        adf,
+        0x6F41,
+        None,
+        (Pin1, Pin1),
+        vec![0xFF, 0xFF, 0xFF, 0x00, 0x00],
+    );
     t.lin(adf, 0x6F42, None, (Pin1, Pin1), vec![smsp_record(&p.imsi)]);
     t.tr(adf, 0x6F43, None, (Pin1, Pin1), vec![0x00, 0xFF]);
     t.tr(adf, 0x6F45, None, (Pin1, Pin1), ff(10));
@@ -550,7 +601,13 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     // The home PLMN on UTRAN, E-UTRAN and GSM.
     let hplmn = [plmn[0], plmn[1], plmn[2], 0xC0, 0x80];
     t.tr(adf, 0x6F62, Some(0x13), (Pin1, Adm), hplmn.to_vec());
-    t.tr(adf, 0x6F78, Some(0x06), (Pin1, Adm), access_class(&p.imsi).to_vec());
+    t.tr(
+        adf,
+        0x6F78,
+        Some(0x06),
+        (Pin1, Adm),
+        access_class(&p.imsi).to_vec(),
+    );
     t.tr(adf, 0x6F7B, Some(0x0D), (Pin1, Pin1), ff(12));
     t.tr(adf, 0x6F7E, Some(0x0B), (Pin1, Pin1), loci_content(&p.imsi));
     // Incoming/outgoing call information and timers: cyclic, empty.
@@ -576,7 +633,13 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     t.lin(adf, 0x6FC7, None, (Pin1, Pin1), recs(2, adn_record(None)));
     t.lin(adf, 0x6FC8, None, (Pin1, Pin1), recs(2, ext_free()));
     // Mailbox identifiers (voice mail → MBDN record 1), no message waiting, no forwarding.
-    t.lin(adf, 0x6FC9, None, (Pin1, Pin1), recs(1, vec![0x01, 0, 0, 0]));
+    t.lin(
+        adf,
+        0x6FC9,
+        None,
+        (Pin1, Pin1),
+        recs(1, vec![0x01, 0, 0, 0]),
+    );
     t.lin(adf, 0x6FCA, None, (Pin1, Pin1), recs(1, vec![0; 5]));
     let mut cfis = ff(16);
     cfis[..2].copy_from_slice(&[0x01, 0x00]);
@@ -618,9 +681,21 @@ fn build_tree(p: &CardProfile, faces: Faces) -> (Tree, Option<usize>) {
     t.lin(g5, 0x4F04, Some(0x04), (Pin1, Pin1), recs(1, ff(57)));
     t.tr(g5, 0x4F05, Some(0x05), (Pin1, Pin1), ff(68));
     t.tr(g5, 0x4F06, Some(0x06), (Pin1, Adm), vec![0, 0, 0, 0]);
-    t.tr(g5, 0x4F07, Some(0x07), (Pin1, Adm), vec![0xA0, 0x02, 0x00, 0x00, 0xA1, 0x00]);
+    t.tr(
+        g5,
+        0x4F07,
+        Some(0x07),
+        (Pin1, Adm),
+        vec![0xA0, 0x02, 0x00, 0x00, 0xA1, 0x00],
+    );
     t.lin(g5, 0x4F08, Some(0x08), (Alw, Adm), recs(1, ff(10)));
-    t.tr(g5, 0x4F0A, Some(0x0A), (Pin1, Adm), vec![0xF0, 0xFF, 0xFF, 0xFF]);
+    t.tr(
+        g5,
+        0x4F0A,
+        Some(0x0A),
+        (Pin1, Adm),
+        vec![0xF0, 0xFF, 0xFF, 0xFF],
+    );
     let pb = t.add(adf, 0x5F3A, None, (Alw, Adm), Body::Df { aid: None });
     phonebook(&mut t, pb);
     (t, Some(adf))
@@ -738,7 +813,13 @@ fn phonebook(t: &mut Tree, pb: usize) {
     let mut pbr = vec![0xA8, 0x05, 0xC0, 0x03, 0x4F, 0x3A, 0x01];
     pbr.resize(20, 0xFF);
     t.lin(pb, 0x4F30, None, (Alw, Adm), recs(1, pbr));
-    t.lin(pb, 0x4F3A, Some(0x01), (Pin1, Pin1), recs(10, adn_record(None)));
+    t.lin(
+        pb,
+        0x4F3A,
+        Some(0x01),
+        (Pin1, Pin1),
+        recs(10, adn_record(None)),
+    );
     t.tr(pb, 0x4F22, None, (Pin1, Pin1), vec![0, 0, 0, 0]);
     t.tr(pb, 0x4F23, None, (Pin1, Pin1), vec![0, 0]);
     t.tr(pb, 0x4F24, None, (Pin1, Pin1), vec![0, 0]);
@@ -967,7 +1048,8 @@ impl Uicc {
 
     /// FID of the current DF (7FF0 for ADF.USIM) and of the current EF, on the basic channel.
     pub fn current(&self) -> (u16, Option<u16>) {
-        self.current_on(0).expect("the basic channel is always open")
+        self.current_on(0)
+            .expect("the basic channel is always open")
     }
 
     /// Executes one command: `hdr` = CLA INS P1 P2 P3; `data` = the P3 incoming bytes of an
@@ -978,7 +1060,12 @@ impl Uicc {
     }
 
     /// [`execute`](Self::execute) on a card whose ISD-R answers ES10 requests through `isdr`.
-    pub fn execute_with(&mut self, hdr: &[u8; 5], data: &[u8], isdr: Option<&mut dyn Isdr>) -> Answer {
+    pub fn execute_with(
+        &mut self,
+        hdr: &[u8; 5],
+        data: &[u8],
+        isdr: Option<&mut dyn Isdr>,
+    ) -> Answer {
         let pending = self.pending.take();
         self.busy = Duration::ZERO;
         let [_, ins, p1, p2, p3] = *hdr;
