@@ -245,7 +245,7 @@ fn scan_prints_a_table_exits_3_on_a_failed_card_and_stops_cards_that_were_idle()
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["card", "state", "ICCID", "IMSI", "ATR"]
     );
-    assert_eq!(lines.len(), 1 + 36, "a line per inserted card:\n{out}");
+    assert_eq!(lines.len(), 1 + 39, "a line per inserted card:\n{out}");
     let line = |n: u16| {
         *lines
             .iter()

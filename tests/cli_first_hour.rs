@@ -660,7 +660,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
         .output()
         .unwrap();
     let tty = String::from_utf8_lossy(&out.stdout);
-    assert!(tty.contains("/36 cards"), "{tty}");
+    assert!(tty.contains("/39 cards"), "{tty}");
 }
 
 // ---------------------------------------------------------------- 7. JSON, exit codes, help
