@@ -70,13 +70,18 @@ async fn simpool_sim_byte_time_us_flag() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(a) = line.split("listening on ").nth(1) {
                 let _ = tx.send(a.trim().to_string());
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(10)).expect("sim address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("sim address");
     let took = timed_read(&addr).await;
     let _ = child.kill();
     let _ = child.wait();
