@@ -312,7 +312,7 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
     // pySim-trace's --bind-port is broken in this pySim (a str goes to bind()): the default
     // 127.0.0.1:4729 is the one simpool sends to.
     let log = std::env::temp_dir().join(format!("simpool-pysim-{}-trace", std::process::id()));
-    let mut trace = Command::new(python(&src))
+    let trace = Command::new(python(&src))
         .args(["pySim-trace.py", "gsmtap-udp"])
         .current_dir(&src)
         .env("PYTHONUNBUFFERED", "1")
@@ -321,6 +321,8 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
         .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
+    // Killed however the test ends.
+    let trace = KillOnDrop(trace);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -365,8 +367,7 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = trace.kill();
-    let _ = trace.wait();
+    drop(trace);
     for w in want {
         assert!(text.contains(w), "{w} not in pySim-trace's output:\n{text}");
     }
@@ -374,4 +375,13 @@ fn pysim_trace_decodes_simpools_gsmtap_of_a_usim_session() {
         text.contains("CardReset(3b8b801fc773696d706f6f6c5553494dba)"),
         "{text}"
     );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
