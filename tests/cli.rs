@@ -68,7 +68,7 @@ fn scan_decodes_the_manual_cards() {
     let v = scan_json(&addr);
     assert_eq!(card(&v, 18)["iccid"], "89860043191482190636");
     assert_eq!(card(&v, 256)["imsi"], "460019894013615");
-    assert_eq!(v.as_array().unwrap().len(), 36, "1-32, 100, 101, 102, 256");
+    assert_eq!(v.as_array().unwrap().len(), 39, "1-35, 100, 101, 102, 256");
     assert!(v
         .as_array()
         .unwrap()
@@ -245,7 +245,7 @@ fn scan_prints_a_table_exits_3_on_a_failed_card_and_stops_cards_that_were_idle()
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["card", "state", "ICCID", "IMSI", "ATR"]
     );
-    assert_eq!(lines.len(), 1 + 36, "a line per inserted card:\n{out}");
+    assert_eq!(lines.len(), 1 + 39, "a line per inserted card:\n{out}");
     let line = |n: u16| {
         *lines
             .iter()
@@ -375,7 +375,7 @@ state = "mute"
 
     let sim = Sim::start(&["--listen", "127.0.0.1:0", "--mute", "2"]);
     let v = scan_json(&sim.addr);
-    assert_eq!(v.as_array().unwrap().len(), 36, "the built-in set: {v}");
+    assert_eq!(v.as_array().unwrap().len(), 39, "the built-in set: {v}");
     assert!(card(&v, 2)["error"].is_string(), "--mute 2: {v}");
     assert_eq!(card(&v, 18)["iccid"], "89860043191482190636");
 

@@ -259,7 +259,7 @@ fn simpool_pool_is_honoured_by_every_command_in_a_private_network() {
     assert_eq!(json(&out).as_array().unwrap().len(), 256);
     let (code, out, err) = isolated("\"$SIMPOOL\" scan --json", &sim);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(json(&out).as_array().unwrap().len(), 36);
+    assert_eq!(json(&out).as_array().unwrap().len(), 39);
     let (code, out, err) = isolated("\"$SIMPOOL\" apdu --card 18 A0A40000022FE2", &sim);
     assert_eq!((code, out.trim()), (Some(0), "9F0F"), "{err}");
     let (code, _, err) = isolated("\"$SIMPOOL\" stop --all", &sim);
@@ -660,7 +660,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
         .output()
         .unwrap();
     let tty = String::from_utf8_lossy(&out.stdout);
-    assert!(tty.contains("/36 cards"), "{tty}");
+    assert!(tty.contains("/39 cards"), "{tty}");
 }
 
 // ---------------------------------------------------------------- 7. JSON, exit codes, help

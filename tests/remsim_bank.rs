@@ -141,6 +141,32 @@ async fn data_link_answers_ping_and_id_ack() {
 }
 
 #[tokio::test]
+async fn logical_channels_and_es10_through_the_bank() {
+    let mut r = rig().await;
+    // Card 33, a simulated eUICC (bank slot 32).
+    map(&mut r.control, cs(23, 0), bs(1, 32)).await;
+    let (mut a, res, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 32)).await;
+    assert_eq!(res, ResultCode::Ok);
+    let h = |s: &str| hex::decode(s).unwrap();
+    assert_eq!(a.transmit(&h("0070000001")).await, h("019000"));
+    let sel = a
+        .transmit(&h("01A4040410A0000005591010FFFFFFFF8900000100"))
+        .await;
+    assert_eq!(sel, h("6121"));
+    let fci = a.transmit(&h("01C0000021")).await;
+    assert_eq!(&fci[..4], &h("6F1F8410")[..]);
+    assert_eq!(a.transmit(&h("81E2910006BF3E035C015A")).await, h("6115"));
+    let eid = a.transmit(&h("81C0000015")).await;
+    let want = r.sim.with_card(33, |c| c.euicc().unwrap().eid()).unwrap();
+    assert_eq!(&eid[5..21], &want[..]);
+    assert_eq!(&eid[21..], &[0x90, 0x00]);
+    // An extended channel, never opened, and a close.
+    assert_eq!(a.transmit(&h("4AA40004022FE2")).await, h("6881"));
+    assert_eq!(a.transmit(&h("0070800100")).await, h("9000"));
+    assert_eq!(a.transmit(&h("01A40004022FE2")).await, h("6881"));
+}
+
+#[tokio::test]
 async fn reset_restarts_the_card_and_sends_the_atr_again() {
     let mut r = rig().await;
     map(&mut r.control, cs(23, 0), bs(1, 17)).await;

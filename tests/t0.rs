@@ -188,3 +188,43 @@ fn case_4_apdu_le_is_stripped() {
     let (r, _) = run("00A40004023F0000", &[&["A4"], &["6120"]]);
     assert_eq!(r.unwrap().bytes, h("6120"));
 }
+
+/// Issue 24: nothing in the terminal depends on CLA. Every class a logical channel or a
+/// proprietary command uses (basic channels 1-3, extended 4-19 as `4X`/`CX`, `8X` STORE DATA,
+/// even classes no card would accept) runs procedure bytes, data, NULLs and `61xx` alike.
+#[test]
+fn any_class_byte_every_channel() {
+    for cla in [
+        0x00u8, 0x01, 0x02, 0x03, 0x40, 0x45, 0x4F, 0x60, 0x80, 0x81, 0x83, 0xC0, 0xCF, 0xE3, 0xA0,
+        0xFF,
+    ] {
+        // MANAGE CHANNEL open (case 2, Le = 1): ACK, the channel number, 90 00.
+        let r = out_at_every_split(&format!("{cla:02X}70000001"), "70 01 9000");
+        assert_eq!(r.bytes, h("01 9000"), "CLA {cla:02X}");
+        // SELECT by AID (case 3): header, ACK, body, NULLs, 61 21 passed through untouched.
+        let cmd = format!("{cla:02X}A4040410A0000005591010FFFFFFFF8900000100");
+        let (r, sent) = run(&cmd, &[&["A4"], &["60", "6061", "21"]]);
+        assert_eq!(r.unwrap().bytes, h("6121"), "CLA {cla:02X}");
+        assert_eq!(sent[0], h(&cmd[..10]));
+        assert_eq!(sent[1], h(&cmd[10..]));
+        // GET RESPONSE on the channel: data that look like procedure bytes stay data.
+        let r = out_at_every_split(&format!("{cla:02X}C0000004"), "C0 6061 9F6C 9000");
+        assert_eq!(r.bytes, h("6061 9F6C 9000"), "CLA {cla:02X}");
+        // STORE DATA with a case-4 Le the application left on: stripped, data sent after ACK.
+        let t = Tpdu::parse(&h(&format!("{cla:02X}E2910003BF2D0000"))).unwrap();
+        assert_eq!((t.header[0], t.body.clone()), (cla, h("BF2D00")));
+    }
+}
+
+/// Issue 24: a card working for seconds sends a NULL now and then (a profile enable); each one
+/// keeps the exchange going, the SW ends it.
+#[test]
+fn nulls_while_an_euicc_enables_a_profile() {
+    let nulls: Vec<&str> = std::iter::repeat_n("60", 15).collect();
+    let (r, sent) = run(
+        "81E2910014BF3111A00C5A0A98944409000500000031810100",
+        &[&["E2"], &nulls, &["6106"]],
+    );
+    assert_eq!(r.unwrap().bytes, h("6106"));
+    assert_eq!(sent.len(), 2);
+}

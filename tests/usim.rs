@@ -155,7 +155,9 @@ fn authenticate(s: &mut Session, rand: &str, autn: &str) -> (Vec<u8>, String) {
 fn default_set_mixes_sims_and_usims_and_keeps_the_manual_cards() {
     let set = CardsFile::default_set();
     for e in &set.card {
-        let want = if e.slot % 2 == 0 && ![2, 18, 256].contains(&e.slot) {
+        let want = if (33..=35).contains(&e.slot) {
+            CardKind::Euicc
+        } else if e.slot % 2 == 0 && ![2, 18, 256].contains(&e.slot) {
             CardKind::Usim
         } else {
             CardKind::Sim

@@ -35,6 +35,9 @@ pub struct FaultArgs {
     /// NULL bytes before the answer of slow commands.
     #[arg(long)]
     nulls: Option<u8>,
+    /// Wire time per byte between pool and card, µs (1040 = 9600 baud, as a real pool).
+    #[arg(long, value_name = "US")]
+    byte_time_us: Option<u64>,
     /// Junk bytes before every N-th reply frame.
     #[arg(long)]
     garbage_every: Option<u64>,
@@ -81,6 +84,14 @@ fn fault_knobs(a: &FaultArgs, cards: &mut CardsFile) -> Result<Faults, CliError>
     f.garbage_every = a.garbage_every.unwrap_or(0);
     if let Some(n) = a.nulls {
         cards.pool.nulls = n;
+    }
+    if let Some(us) = a.byte_time_us {
+        if us > 100_000 {
+            return Err(CliError::Usage(format!(
+                "--byte-time-us {us}: at most 100000 (0.1 s per byte)"
+            )));
+        }
+        cards.pool.byte_time_us = us;
     }
     for (list, set) in [(&a.mute, &mut f.mute), (&a.abnormal, &mut f.abnormal)] {
         for &c in list {

@@ -22,12 +22,25 @@
 //! - `t0.trailing_garbage`: one junk byte ([`JUNK`]) after every SW2.
 //! - A card is created powered off and ignores bytes until [`SimCard::reset`].
 
+use std::time::Duration;
+
+use super::euicc::Euicc;
 use super::fs::{sw_p3, Answer, GsmSim};
 use super::profile::{CardKind, CardProfile, T0Quirks};
 use super::uicc::{self, Dir, Uicc};
 
 /// NULL procedure byte.
 pub const NULL: u8 = 0x60;
+/// While a slow function runs (an eUICC enabling a profile), a NULL byte this often: well
+/// inside the pool's 1000 ms reply time.
+pub const NULL_EVERY: Duration = Duration::from_millis(200);
+
+/// Bytes the card sends `after` the previous burst (or after the terminal's last byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Burst {
+    pub after: Duration,
+    pub bytes: Vec<u8>,
+}
 /// The byte appended after SW2 when `t0.trailing_garbage` is set.
 pub const JUNK: u8 = 0xEE;
 
@@ -64,11 +77,22 @@ pub struct SimCard {
     sim: GsmSim,
     /// The UICC face of a USIM.
     uicc: Option<Uicc>,
+    /// An eUICC: its profiles, each with both faces (then `sim` and `uicc` are unused).
+    euicc: Option<Euicc>,
     powered: bool,
     hdr: [u8; 5],
     hdr_len: usize,
     /// `Some` while collecting the incoming data of the command in `hdr`.
     data: Option<Vec<u8>>,
+    /// The wait before the last burst of a slow function.
+    tail: Duration,
+}
+
+fn wrong_class() -> Answer {
+    Answer {
+        data: Vec::new(),
+        sw: uicc::SW_WRONG_CLASS,
+    }
 }
 
 impl SimCard {
@@ -77,14 +101,20 @@ impl SimCard {
     pub fn new(profile: CardProfile) -> SimCard {
         let sim = GsmSim::new(&profile);
         let uicc = (profile.kind == CardKind::Usim).then(|| Uicc::new(&profile));
+        let euicc = match (&profile.kind, &profile.euicc) {
+            (CardKind::Euicc, Some(p)) => Some(Euicc::new(&profile, p)),
+            _ => None,
+        };
         SimCard {
             profile,
             sim,
             uicc,
+            euicc,
             powered: false,
             hdr: [0; 5],
             hdr_len: 0,
             data: None,
+            tail: Duration::ZERO,
         }
     }
 
@@ -101,6 +131,9 @@ impl SimCard {
         self.sim.reset();
         if let Some(u) = &mut self.uicc {
             u.reset();
+        }
+        if let Some(e) = &mut self.euicc {
+            e.reset();
         }
         self.profile.atr.clone()
     }
@@ -130,24 +163,43 @@ impl SimCard {
         &self.sim
     }
 
-    /// The UICC face (USIMs only), for inspection.
+    /// The UICC face (USIMs, and the face an eUICC shows now), for inspection.
     pub fn uicc(&self) -> Option<&Uicc> {
-        self.uicc.as_ref()
+        match &self.euicc {
+            Some(e) => Some(e.uicc()),
+            None => self.uicc.as_ref(),
+        }
+    }
+
+    /// The eUICC state (eUICCs only), for inspection.
+    pub fn euicc(&self) -> Option<&Euicc> {
+        self.euicc.as_ref()
     }
 
     /// Bytes from the terminal, in chunks of any size. Returns the bytes the card sends in
-    /// answer (empty while it waits for more, or when powered off).
+    /// answer (empty while it waits for more, or when powered off), as if at once.
     pub fn receive(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.receive_paced(bytes)
+            .into_iter()
+            .flat_map(|b| b.bytes)
+            .collect()
+    }
+
+    /// [`receive`](Self::receive) with the card's own timing: a slow function (an eUICC
+    /// enabling a profile) answers in bursts, a NULL every [`NULL_EVERY`] while it works.
+    pub fn receive_paced(&mut self, bytes: &[u8]) -> Vec<Burst> {
+        let mut bursts = Vec::new();
         let mut out = Vec::new();
+        self.tail = Duration::ZERO;
         if !self.powered {
-            return out;
+            return bursts;
         }
         for &b in bytes {
             if let Some(data) = &mut self.data {
                 data.push(b);
                 if data.len() == usize::from(self.hdr[4]) {
                     let data = self.data.take().unwrap_or_default();
-                    self.finish_in(&data, &mut out);
+                    self.finish_in(&data, &mut out, &mut bursts);
                 }
                 continue;
             }
@@ -158,7 +210,44 @@ impl SimCard {
                 self.header(&mut out);
             }
         }
-        out
+        if !out.is_empty() {
+            bursts.push(Burst {
+                after: self.tail,
+                bytes: out,
+            });
+        }
+        bursts
+    }
+
+    fn has_uicc(&self) -> bool {
+        self.uicc.is_some() || self.euicc.is_some()
+    }
+
+    /// Runs a UICC command on the face the card shows.
+    fn uicc_execute(&mut self, data: &[u8]) -> Answer {
+        match (&mut self.euicc, &mut self.uicc) {
+            (Some(e), _) => e.execute(&self.hdr, data),
+            (None, Some(u)) => u.execute(&self.hdr, data),
+            (None, None) => Answer {
+                data: Vec::new(),
+                sw: uicc::SW_WRONG_CLASS,
+            },
+        }
+    }
+
+    /// Runs a class `A0` command on the GSM face (`None`: there is none).
+    fn gsm_execute(&mut self, data: &[u8]) -> Option<Answer> {
+        match &mut self.euicc {
+            Some(e) => e.gsm().map(|g| g.execute(&self.hdr, data)),
+            None => Some(self.sim.execute(&self.hdr, data)),
+        }
+    }
+
+    fn has_gsm(&mut self) -> bool {
+        match &mut self.euicc {
+            Some(e) => e.gsm().is_some(),
+            None => true,
+        }
     }
 
     fn sw(&self, sw: [u8; 2], out: &mut Vec<u8>) {
@@ -171,10 +260,13 @@ impl SimCard {
     fn header(&mut self, out: &mut Vec<u8>) {
         let [cla, ins, _, _, p3] = self.hdr;
         if cla != 0xA0 {
-            return match self.uicc.is_some() {
+            return match self.has_uicc() {
                 true => self.uicc_header(out),
                 false => self.sw([0x6E, 0x00], out),
             };
+        }
+        if !self.has_gsm() {
+            return self.sw([0x6E, 0x00], out);
         }
         match xfer(ins) {
             Xfer::Unknown => self.sw([0x6D, 0x00], out),
@@ -185,11 +277,11 @@ impl SimCard {
                 self.data = Some(Vec::with_capacity(p3.into()));
             }
             Xfer::Case1 => {
-                let a = self.sim.execute(&self.hdr, &[]);
+                let a = self.gsm_execute(&[]).unwrap_or_else(wrong_class);
                 self.sw(a.sw, out);
             }
             Xfer::Out => {
-                let a = self.sim.execute(&self.hdr, &[]);
+                let a = self.gsm_execute(&[]).unwrap_or_else(wrong_class);
                 self.send_out(ins, &a, out);
                 self.sw(a.sw, out);
             }
@@ -197,34 +289,53 @@ impl SimCard {
     }
 
     fn uicc_header(&mut self, out: &mut Vec<u8>) {
-        let [cla, ins, _, _, p3] = self.hdr;
-        let Some(u) = &mut self.uicc else {
-            return self.sw([0x6E, 0x00], out);
-        };
-        match uicc::command(cla, ins) {
+        let [_, ins, _, _, p3] = self.hdr;
+        match uicc::command(&self.hdr) {
             Err(sw) => self.sw(sw, out),
-            Ok(Dir::Out) => {
-                let a = u.execute(&self.hdr, &[]);
+            Ok((_, Dir::Out)) => {
+                let a = self.uicc_execute(&[]);
                 self.send_out(ins, &a, out);
                 self.sw(a.sw, out);
             }
-            Ok(Dir::InOrNone) if p3 == 0 => {
-                let a = u.execute(&self.hdr, &[]);
+            Ok((_, Dir::InOrNone | Dir::None)) if p3 == 0 => {
+                let a = self.uicc_execute(&[]);
                 self.sw(a.sw, out);
             }
-            Ok(Dir::In | Dir::InOrNone) if p3 == 0 => self.sw(uicc::SW_WRONG_LENGTH, out),
-            Ok(Dir::In | Dir::InOrNone) => {
+            Ok((_, Dir::None)) => self.sw(uicc::SW_WRONG_LENGTH, out),
+            Ok((_, Dir::In | Dir::InOrNone)) if p3 == 0 => self.sw(uicc::SW_WRONG_LENGTH, out),
+            Ok((_, Dir::In | Dir::InOrNone)) => {
                 out.push(ins);
                 self.data = Some(Vec::with_capacity(p3.into()));
             }
         }
     }
 
-    fn finish_in(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        let a = match &mut self.uicc {
-            Some(u) if self.hdr[0] != 0xA0 => u.execute(&self.hdr, data),
-            _ => self.sim.execute(&self.hdr, data),
+    fn finish_in(&mut self, data: &[u8], out: &mut Vec<u8>, bursts: &mut Vec<Burst>) {
+        let a = if self.hdr[0] != 0xA0 {
+            self.uicc_execute(data)
+        } else {
+            self.gsm_execute(data).unwrap_or_else(wrong_class)
         };
+        let busy = self.euicc.as_mut().map_or(Duration::ZERO, Euicc::take_busy);
+        if !busy.is_zero() {
+            // A slow function: what is due goes out now, then a NULL every NULL_EVERY until
+            // the card is done.
+            if !out.is_empty() {
+                bursts.push(Burst {
+                    after: Duration::ZERO,
+                    bytes: std::mem::take(out),
+                });
+            }
+            let mut left = busy;
+            while left > NULL_EVERY {
+                bursts.push(Burst {
+                    after: NULL_EVERY,
+                    bytes: vec![NULL],
+                });
+                left -= NULL_EVERY;
+            }
+            self.tail = left;
+        }
         if is_slow(self.hdr[1]) {
             out.extend(std::iter::repeat_n(NULL, self.profile.t0.nulls.into()));
         }

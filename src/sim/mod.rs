@@ -3,7 +3,9 @@
 
 pub mod algo;
 pub mod auth;
+pub mod ber;
 pub mod card;
+pub mod euicc;
 pub mod fs;
 pub mod layout;
 pub mod profile;
@@ -28,4 +30,7 @@ pub struct PoolKnobs {
     /// (overrides each card's own `t0.nulls` when non-zero).
     #[serde(default)]
     pub nulls: u8,
+    /// Wire time per byte between pool and card, in µs (1040 ≈ 9600 baud; 0 = none).
+    #[serde(default)]
+    pub byte_time_us: u64,
 }

@@ -55,6 +55,7 @@ use serde::Deserialize;
 
 use super::algo::{opc_from_op, Algo};
 use super::auth::{MilenageConsts, DEFAULT_DELTA, DEFAULT_IND_BITS, MAX_IND_BITS};
+use super::euicc::{self, EuiccParams, EuiccProfile, ProfileClass};
 use super::layout;
 use super::PoolKnobs;
 
@@ -84,6 +85,8 @@ pub enum CardKind {
     Sim,
     /// UICC with ADF.USIM (classes `00`/`80`) that also answers class `A0` as a SIM.
     Usim,
+    /// SGP.22 eUICC: ISD-R and profiles, each a USIM (see [`super::euicc`]).
+    Euicc,
 }
 
 /// The USIM-only part of a profile (ignored for [`CardKind::Sim`]).
@@ -194,6 +197,9 @@ pub struct CardProfile {
     pub files: BTreeMap<String, Vec<u8>>,
     pub t0: T0Quirks,
     pub usim: UsimParams,
+    /// An eUICC's EID and profiles (`Some` exactly when `kind` is [`CardKind::Euicc`]); the
+    /// fields above are then those of the profile enabled at start-up.
+    pub euicc: Option<Box<EuiccParams>>,
 }
 
 impl CardProfile {
@@ -219,6 +225,37 @@ impl CardProfile {
             }
             if let Some(c) = spn.chars().find(|&c| !gsm7_same_as_ascii(c)) {
                 return Err(invalid("spn", format!("character {c:?} not supported")));
+            }
+        }
+        if self.kind == CardKind::Euicc {
+            let e = self
+                .euicc
+                .as_deref()
+                .ok_or_else(|| invalid("profiles", "an eUICC needs profiles"))?;
+            if !euicc::eid_valid(&euicc::eid_digits(&e.eid)) {
+                return Err(invalid(
+                    "eid",
+                    "32 digits whose SGP.29 check (mod 97 = 1) holds",
+                ));
+            }
+            if e.profiles.is_empty() || e.profiles.len() > 16 {
+                return Err(invalid("profiles", "1..=16 profiles"));
+            }
+            if e.profiles.iter().filter(|p| p.enabled).count() > 1 {
+                return Err(invalid("profiles", "at most one profile enabled"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for p in &e.profiles {
+                p.card.validate()?;
+                if !seen.insert(p.card.iccid.clone()) {
+                    return Err(invalid("profiles", format!("ICCID {} twice", p.card.iccid)));
+                }
+                if p.name.len() > 64 || p.provider.len() > 32 || p.smdp.len() > 255 {
+                    return Err(invalid("profiles", "name ≤ 64, provider ≤ 32 bytes"));
+                }
+                if p.nickname.as_ref().is_some_and(|n| n.chars().count() > 64) {
+                    return Err(invalid("profiles", "nickname ≤ 64 characters"));
+                }
             }
         }
         if self.kind == CardKind::Usim {
@@ -298,7 +335,7 @@ struct RawConsts {
     c: Option<[String; 5]>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawSlot {
     slot: u16,
@@ -328,6 +365,37 @@ struct RawSlot {
     files: BTreeMap<String, String>,
     #[serde(default)]
     t0: T0Quirks,
+    /// eUICC only: 32 digits.
+    eid: Option<String>,
+    enable_ms: Option<u64>,
+    default_smdp: Option<String>,
+    profiles: Option<Vec<RawEuiccProfile>>,
+}
+
+/// One profile of an eUICC in a cards file (`[[card.profiles]]`); omitted fields come from
+/// [`generated_euicc_profile`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEuiccProfile {
+    iccid: Option<String>,
+    imsi: Option<String>,
+    ki: Option<String>,
+    opc: Option<String>,
+    op: Option<String>,
+    spn: Option<String>,
+    msisdn: Option<String>,
+    #[serde(alias = "chv1")]
+    pin1: Option<String>,
+    puk1: Option<String>,
+    adm1: Option<String>,
+    sqn: Option<String>,
+    name: Option<String>,
+    provider: Option<String>,
+    class: Option<ProfileClass>,
+    nickname: Option<String>,
+    smdp: Option<String>,
+    #[serde(default)]
+    enabled: bool,
 }
 
 /// Hex with optional spaces or colons (`"3B 9F 95"`, `"3b:9f"`, `"3B9F"`).
@@ -367,10 +435,130 @@ impl TryFrom<RawSlot> for SlotEntry {
 }
 
 fn to_profile(r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
-    let mut p = match r.profile.unwrap_or_default() {
-        CardKind::Sim => generated(r.slot),
-        CardKind::Usim => generated_usim(r.slot),
+    match r.profile.unwrap_or_default() {
+        CardKind::Sim => {
+            let base = generated(r.slot);
+            apply(r, base)
+        }
+        CardKind::Usim => {
+            let base = generated_usim(r.slot);
+            apply(r, base)
+        }
+        CardKind::Euicc => to_euicc(r),
+    }
+}
+
+/// An eUICC entry: its own keys (EID, enable time, SM-DP+), the card-wide ones (ATR, T=0,
+/// state) and its profiles; identity and key fields belong to the profiles.
+fn to_euicc(mut r: RawSlot) -> Result<(SlotState, CardProfile), ProfileError> {
+    let slot = r.slot;
+    let mut base = generated_euicc(slot);
+    let mut params = base.euicc.take().expect("generated eUICC");
+    for (field, given) in [
+        ("iccid", r.iccid.is_some()),
+        ("imsi", r.imsi.is_some()),
+        ("ki", r.ki.is_some()),
+        ("opc", r.opc.is_some() || r.op.is_some()),
+        ("files", !r.files.is_empty()),
+    ] {
+        if given {
+            return Err(invalid(
+                field,
+                "set it per profile ([[card.profiles]]) on an eUICC",
+            ));
+        }
+    }
+    if let Some(e) = &r.eid {
+        let d: String = e.chars().filter(|c| !c.is_whitespace()).collect();
+        if !euicc::eid_valid(&d) {
+            return Err(invalid(
+                "eid",
+                "32 digits whose SGP.29 check (mod 97 = 1) holds",
+            ));
+        }
+        params.eid = hex::decode(&d)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| invalid("eid", "32 digits"))?;
+    }
+    if let Some(ms) = r.enable_ms {
+        if ms > 20_000 {
+            return Err(invalid("enable_ms", "at most 20000"));
+        }
+        params.enable_ms = ms;
+    }
+    if let Some(dp) = r.default_smdp.take() {
+        params.default_smdp = (!dp.is_empty()).then_some(dp);
+    }
+    if let Some(list) = r.profiles.take() {
+        params.profiles = list
+            .into_iter()
+            .enumerate()
+            .map(|(k, rp)| to_euicc_profile(slot, k, rp))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(atr) = &r.atr {
+        base.atr = parse_hex("atr", atr)?;
+    }
+    base.t0 = r.t0.clone();
+    let enabled = params.profiles.iter().find(|p| p.enabled);
+    if let Some(p) = enabled.or(params.profiles.first()) {
+        let (atr, t0) = (base.atr.clone(), base.t0.clone());
+        base = CardProfile {
+            kind: CardKind::Euicc,
+            atr,
+            t0,
+            ..p.card.clone()
+        };
+    }
+    base.euicc = Some(params);
+    base.validate()?;
+    Ok((r.state, base))
+}
+
+fn to_euicc_profile(
+    slot: u16,
+    k: usize,
+    rp: RawEuiccProfile,
+) -> Result<EuiccProfile, ProfileError> {
+    let mut meta = generated_euicc_profile(slot, k);
+    let raw = RawSlot {
+        slot,
+        profile: Some(CardKind::Usim),
+        iccid: rp.iccid,
+        imsi: rp.imsi,
+        ki: rp.ki,
+        opc: rp.opc,
+        op: rp.op,
+        spn: rp.spn,
+        msisdn: rp.msisdn,
+        chv1: rp.pin1,
+        puk1: rp.puk1,
+        adm1: rp.adm1,
+        sqn: rp.sqn,
+        ..RawSlot::default()
     };
+    let (_, card) = apply(raw, meta.card.clone())?;
+    meta.card = card;
+    if let Some(v) = rp.name {
+        meta.name = v;
+    }
+    if let Some(v) = rp.provider {
+        meta.provider = v;
+    }
+    if let Some(v) = rp.class {
+        meta.class = v;
+    }
+    if let Some(v) = rp.smdp {
+        meta.smdp = v;
+    }
+    meta.nickname = rp.nickname.filter(|n| !n.is_empty());
+    meta.enabled = rp.enabled;
+    Ok(meta)
+}
+
+fn apply(r: RawSlot, base: CardProfile) -> Result<(SlotState, CardProfile), ProfileError> {
+    let mut p = base;
     if let Some(atr) = &r.atr {
         p.atr = parse_hex("atr", atr)?;
     }
@@ -482,7 +670,8 @@ impl CardsFile {
     /// The built-in set: the manual's cards 2, 18, 101 and 256 (SIMs with their ATRs, card
     /// 18's ICCID and card 256's IMSI) and generated cards in slots 1..=32, 100 and 102: SIMs
     /// in the odd slots, USIMs ([`generated_usim`]) in the even ones, slot 20 with the keys of
-    /// TS 35.208 test set 1 ([`TS_35_208_SET1_K`], [`TS_35_208_SET1_OPC`]).
+    /// TS 35.208 test set 1 ([`TS_35_208_SET1_K`], [`TS_35_208_SET1_OPC`]); eUICCs
+    /// ([`generated_euicc_with`]) in 33, 34 (three profiles) and 35.
     pub fn default_set() -> CardsFile {
         let mut card: Vec<SlotEntry> = (1..=32)
             .chain([100, 101, 102, 256])
@@ -536,6 +725,15 @@ impl CardsFile {
             opc: TS_35_208_SET1_OPC,
         };
         demo.usim.sqn = 0xFF9B_B4D0_B607 - 32;
+        // eUICCs: 33 and 35 with two profiles, 34 with three; the first one enabled.
+        for (slot, n) in [(33, 2), (34, 3), (35, 2)] {
+            card.push(SlotEntry {
+                slot,
+                state: SlotState::Normal,
+                profile: generated_euicc_with(slot, n),
+            });
+        }
+        card.sort_by_key(|e| e.slot);
         CardsFile {
             pool: PoolKnobs::default(),
             card,
@@ -633,6 +831,7 @@ pub fn generated(slot: u16) -> CardProfile {
         t0: T0Quirks::default(),
         kind: CardKind::Sim,
         usim: UsimParams::default(),
+        euicc: None,
     }
 }
 
@@ -644,6 +843,70 @@ pub const TS_35_208_SET1_K: [u8; 16] = [
 pub const TS_35_208_SET1_OPC: [u8; 16] = [
     0xcd, 0x63, 0xcb, 0x71, 0x95, 0x4a, 0x9f, 0x4e, 0x48, 0xa5, 0x99, 0x4e, 0x37, 0xa0, 0x2b, 0xaf,
 ];
+
+/// The ATR of generated eUICCs: as [`USIM_ATR`] with the historical bytes "simpooleUICC".
+pub const EUICC_ATR: [u8; 18] = [
+    0x3B, 0x8C, 0x80, 0x1F, 0xC7, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'e', b'U', b'I', b'C',
+    b'C', 0x18,
+];
+
+/// Profile `k` (0-based) of the generated eUICC in `slot`: a USIM with ICCID
+/// `8949449` + slot (5 digits) + `00000` + k (2 digits) + Luhn digit, IMSI `001018` + slot +
+/// `00` + k,
+/// K and OPc derived from slot and k, SPN "simpool eSIM <k+1>", PIN1 disabled; profile name
+/// "simpool <slot>/<k+1>", provider "simpool", class operational, its ISD-P
+/// [`euicc::isdp_aid`]; profile 0 enabled.
+pub fn generated_euicc_profile(slot: u16, k: usize) -> EuiccProfile {
+    let payload = format!("8949449{slot:05}00000{:02}", k % 100);
+    let iccid = format!("{payload}{}", luhn_digit(&payload));
+    let card = CardProfile {
+        iccid,
+        imsi: format!("001018{slot:05}00{:02}", k % 100),
+        ki: derive_key(slot, 0x4B69_0100 + k as u64),
+        algo: Algo::Milenage {
+            opc: derive_key(slot, 0x4F50_0100 + k as u64),
+        },
+        spn: Some(format!("simpool eSIM {}", k + 1)),
+        ..generated_usim(slot)
+    };
+    EuiccProfile {
+        card,
+        isdp_aid: euicc::isdp_aid(k),
+        name: format!("simpool {slot}/{}", k + 1),
+        provider: "simpool".into(),
+        class: ProfileClass::Operational,
+        nickname: None,
+        smdp: "testsmdpplus1.example.com".into(),
+        enabled: k == 0,
+    }
+}
+
+/// A generated eUICC in `slot` with `n` profiles ([`generated_euicc_profile`], the first one
+/// enabled): EID `8904903200000000000000` + slot (5 digits) + `000` + check digits,
+/// [`EUICC_ATR`], enabling takes [`euicc::DEFAULT_ENABLE_MS`]. The card-wide fields are those of
+/// the enabled profile.
+pub fn generated_euicc_with(slot: u16, n: usize) -> CardProfile {
+    let eid =
+        euicc::eid_with_check(&format!("8904903200000000000000{slot:05}000")).expect("30 digits");
+    let profiles: Vec<EuiccProfile> = (0..n).map(|k| generated_euicc_profile(slot, k)).collect();
+    CardProfile {
+        kind: CardKind::Euicc,
+        atr: EUICC_ATR.to_vec(),
+        euicc: Some(Box::new(EuiccParams {
+            eid,
+            profiles: profiles.clone(),
+            enable_ms: euicc::DEFAULT_ENABLE_MS,
+            default_smdp: None,
+            root_smds: euicc::ROOT_SMDS.into(),
+        })),
+        ..profiles[0].card.clone()
+    }
+}
+
+/// [`generated_euicc_with`] two profiles.
+pub fn generated_euicc(slot: u16) -> CardProfile {
+    generated_euicc_with(slot, 2)
+}
 
 /// [`generated`] as a USIM: same ICCID, IMSI, Ki and SPN; Milenage (OPc derived from the slot),
 /// [`USIM_ATR`], SQN 0, PIN1 disabled (`1234`), PUK1 `12345678`, ADM1 `88888888`.
@@ -804,7 +1067,7 @@ mod tests {
     fn default_set_shape() {
         let s = CardsFile::default_set();
         let slots: Vec<u16> = s.card.iter().map(|e| e.slot).collect();
-        let want: Vec<u16> = (1..=32).chain([100, 101, 102, 256]).collect();
+        let want: Vec<u16> = (1..=35).chain([100, 101, 102, 256]).collect();
         assert_eq!(slots, want);
         for e in &s.card {
             e.profile.validate().unwrap();
@@ -816,7 +1079,18 @@ mod tests {
         assert_eq!(s.get(18).unwrap().profile.iccid, "89860043191482190636");
         assert_eq!(s.get(256).unwrap().profile.imsi, "460019894013615");
         assert_eq!(s.get(101).unwrap().profile.atr.len(), 17);
-        assert!(s.get(33).is_none());
+        assert!(s.get(36).is_none());
+        assert!(
+            s.get(34)
+                .unwrap()
+                .profile
+                .euicc
+                .as_ref()
+                .unwrap()
+                .profiles
+                .len()
+                == 3
+        );
         assert_eq!(CardsFile::filled(256).card.len(), 256);
     }
 

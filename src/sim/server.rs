@@ -48,6 +48,9 @@ pub struct Faults {
     /// a pool that duplicates replies.
     pub duplicate_every: u64,
     pub duplicate_delay: Duration,
+    /// Wire time of one byte between pool and card (0 = none; 1040 µs ≈ 9600 baud): each card
+    /// answer comes that much later per byte the card received and sent.
+    pub byte_time: Duration,
 }
 
 /// Counters.
@@ -134,6 +137,9 @@ impl SimPool {
         }
         if cards.pool.split > 0 && faults.split == 0 {
             faults.split = cards.pool.split;
+        }
+        if cards.pool.byte_time_us > 0 && faults.byte_time.is_zero() {
+            faults.byte_time = Duration::from_micros(cards.pool.byte_time_us);
         }
         let (epoch, _) = watch::channel(0);
         let sim = SimPool {
@@ -290,13 +296,14 @@ impl SimPool {
                 self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
                 // One look at the knobs per request, for handling and for how to reply.
                 let faults = self.shared.faults.lock().unwrap().clone();
-                let (queue, frames, pace) = self.handle(req, &faults);
+                let (queue, frames, pace, extra) = self.handle(req, &faults);
                 if frames.is_empty() {
                     continue;
                 }
                 let q =
                     slot_queues[queue].get_or_insert_with(|| self.spawn_queue(queue, wr.clone()));
                 let immediate = pace.is_none()
+                    && extra.iter().all(Duration::is_zero)
                     && faults.latency_max.is_zero()
                     && faults.garbage_every == 0
                     && faults.duplicate_every == 0;
@@ -317,6 +324,7 @@ impl SimPool {
                     frames,
                     generation,
                     pace,
+                    extra,
                 });
             }
         }
@@ -331,13 +339,14 @@ impl SimPool {
         tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
                 let f = shared.faults.lock().unwrap().clone();
-                for frame in batch.frames {
+                for (i, frame) in batch.frames.into_iter().enumerate() {
                     if shared.generation[queue].load(Ordering::SeqCst) != batch.generation {
                         break;
                     }
                     let delay = batch
                         .pace
-                        .unwrap_or_else(|| pick(f.latency_min, f.latency_max));
+                        .unwrap_or_else(|| pick(f.latency_min, f.latency_max))
+                        + batch.extra.get(i).copied().unwrap_or_default();
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
@@ -365,14 +374,21 @@ impl SimPool {
         SlotQueue { tx, pending }
     }
 
-    /// Runs one request; returns the reply queue (slot index, 256 = pool) and wire frames.
-    fn handle(&self, req: Request, faults: &Faults) -> (usize, Vec<Vec<u8>>, Option<Duration>) {
+    /// Runs one request; returns the reply queue (slot index, 256 = pool), wire frames, a
+    /// fixed pace between them (instead of the latency knob) and delays on top of it per frame.
+    fn handle(&self, req: Request, faults: &Faults) -> Handled {
         if faults.silent {
-            return (0, Vec::new(), None);
+            return (0, Vec::new(), None, Vec::new());
         }
         let mut pool = self.shared.pool.lock().unwrap();
-        let pool_reply =
-            |data: Vec<u8>| (256, vec![Reply::Pool { slot: 0, data }.to_bytes()], None);
+        let pool_reply = |data: Vec<u8>| {
+            (
+                256,
+                vec![Reply::Pool { slot: 0, data }.to_bytes()],
+                None,
+                Vec::new(),
+            )
+        };
         match req {
             Request::ReadId => pool_reply(POOL_ID.to_vec()),
             Request::ReadVersion => pool_reply(POOL_VERSION.to_vec()),
@@ -396,10 +412,10 @@ impl SimPool {
                 let number = slot.card();
                 let Some(card) = s.card.as_mut() else {
                     log::debug!("sim: start {slot}: no card");
-                    return (0, Vec::new(), None);
+                    return (0, Vec::new(), None, Vec::new());
                 };
                 if faults.abnormal.contains(&number) || faults.mute.contains(&number) {
-                    return (0, Vec::new(), None);
+                    return (0, Vec::new(), None, Vec::new());
                 }
                 let atr = card.reset();
                 self.shared
@@ -412,6 +428,7 @@ impl SimPool {
                     usize::from(slot.0),
                     split_answer(slot, &atr, faults.split),
                     None,
+                    Vec::new(),
                 )
             }
             Request::Stop(slot) => {
@@ -420,7 +437,7 @@ impl SimPool {
                 if s.card.is_some() {
                     s.state = SlotState::Inserted;
                 }
-                (0, Vec::new(), None)
+                (0, Vec::new(), None, Vec::new())
             }
             Request::ErrorIndication(slot) => {
                 let s = &mut pool.slots[usize::from(slot.0)];
@@ -428,7 +445,7 @@ impl SimPool {
                 if s.card.is_some() {
                     s.state = SlotState::Abnormal;
                 }
-                (0, Vec::new(), None)
+                (0, Vec::new(), None, Vec::new())
             }
             Request::Data(slot, data) => {
                 self.shared
@@ -438,24 +455,44 @@ impl SimPool {
                 let number = slot.card();
                 let s = &mut pool.slots[usize::from(slot.0)];
                 let Some(card) = s.card.as_mut() else {
-                    return (0, Vec::new(), None);
+                    return (0, Vec::new(), None, Vec::new());
                 };
                 if s.state != SlotState::Working
                     || faults.mute.contains(&number)
                     || faults.abnormal.contains(&number)
                 {
-                    return (0, Vec::new(), None);
+                    return (0, Vec::new(), None, Vec::new());
                 }
-                let mut answer = card.receive(&data);
+                let mut bursts = card.receive_paced(&data);
                 if faults.endless_nulls.contains(&number) {
                     let pace = Some(Duration::from_millis(10));
-                    return (usize::from(slot.0), endless_nulls(slot), pace);
+                    return (usize::from(slot.0), endless_nulls(slot), pace, Vec::new());
                 }
-                if faults.bad_procedure.contains(&number) && !answer.is_empty() {
-                    answer[0] = 0x42;
+                if let Some(b) = bursts.first_mut().filter(|b| !b.bytes.is_empty()) {
+                    if faults.bad_procedure.contains(&number) {
+                        b.bytes[0] = 0x42;
+                    }
                 }
-                let frames = split_answer(slot, &answer, faults.split);
-                (usize::from(slot.0), frames, None)
+                // The card hears the terminal's bytes before it answers.
+                let mut wire = faults.byte_time * data.len() as u32;
+                let mut frames = Vec::new();
+                let mut extra = Vec::new();
+                for b in bursts {
+                    let mut after = b.after;
+                    for piece in split_pieces(&b.bytes, faults.split) {
+                        wire += faults.byte_time * piece.len() as u32;
+                        extra.push(after + std::mem::take(&mut wire));
+                        after = Duration::ZERO;
+                        frames.push(
+                            Reply::Card {
+                                slot,
+                                data: piece.to_vec(),
+                            }
+                            .to_bytes(),
+                        );
+                    }
+                }
+                (usize::from(slot.0), frames, None, extra)
             }
         }
     }
@@ -475,10 +512,15 @@ struct Batch {
     generation: u64,
     /// Fixed delay between frames instead of the latency knob.
     pace: Option<Duration>,
+    /// Added to each frame's delay (the card's own timing, wire time); may be shorter.
+    extra: Vec<Duration>,
 }
 
-/// Card bytes as reply frames: leading NULLs apart (a card "thinking"), the rest cut to `split`.
-fn split_answer(slot: Slot, answer: &[u8], split: usize) -> Vec<Vec<u8>> {
+/// What [`SimPool::handle`] answers: queue, frames, fixed pace, extra delay per frame.
+type Handled = (usize, Vec<Vec<u8>>, Option<Duration>, Vec<Duration>);
+
+/// Card bytes cut into frames: leading NULLs apart (a card "thinking"), the rest cut to `split`.
+fn split_pieces(answer: &[u8], split: usize) -> Vec<&[u8]> {
     if answer.is_empty() {
         return Vec::new();
     }
@@ -498,6 +540,11 @@ fn split_answer(slot: Slot, answer: &[u8], split: usize) -> Vec<Vec<u8>> {
         pieces.extend(rest.chunks(split));
     }
     pieces
+}
+
+/// [`split_pieces`] as reply frames.
+fn split_answer(slot: Slot, answer: &[u8], split: usize) -> Vec<Vec<u8>> {
+    split_pieces(answer, split)
         .into_iter()
         .map(|p| {
             Reply::Card {
