@@ -738,7 +738,28 @@ fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
         a50 <= b50.mul_f64(1.1),
         "simpool's bank slower than osmo-remsim-bankd over PC/SC: p50 {a50:?} vs {b50:?}"
     );
-    drop((ours, theirs, _bankd, _serve, _server, pcscd));
+    // serve --check names osmo-remsim-bankd as the holder of its address (its RSPRO probe),
+    // once its one worker is free of client 25.
+    drop(theirs);
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
+            .args(["serve", "--check", "--pool", "sim", "--control", "off"])
+            .args(["--remsim", "127.0.0.1", "--bank-id", "3"])
+            .args(["--remsim-listen", "127.0.0.2:9999"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = "FAILED remsim bank listen 127.0.0.2:9999: in use: an osmo-remsim bank \
+                (remsim-bankd 1.0.0, \"fixme-name\") listens on 127.0.0.2:9999";
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut text = check();
+    while !text.contains(want) && Instant::now() < end {
+        text = check();
+    }
+    assert!(text.contains(want), "{text}");
+    drop((ours, _bankd, _serve, _server, pcscd));
     let _ = std::fs::remove_dir_all(&logdir);
 }
 
