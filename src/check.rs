@@ -1,7 +1,9 @@
 //! `simpool serve --check`: the daemon's start-up checks, run once, one verdict per line.
 //!
 //! The pool is reachable and answers ID and version; each reader's vpcd port accepts a
-//! connection; each binding's card is in the pool; the control address is free.
+//! connection; each binding's card is in the pool; the control address is free; for a remsim
+//! bank, the server accepts connections from the bank's address, the address it will give
+//! clients, and the bank's listen address is free (else which bank holds it).
 
 use std::time::Duration;
 
@@ -120,33 +122,7 @@ pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
         out.push(v);
     }
     if let Some(r) = &cfg.remsim {
-        // Only a TCP connect: registering would make the server push this bank's maps to a
-        // connection about to close (and could unsettle a bank already running).
-        let item = format!("remsim server {}", r.server);
-        let v = match tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(&r.server),
-        )
-        .await
-        {
-            Ok(Ok(_)) => verdict(item, true, "accepts connections"),
-            Ok(Err(e)) => verdict(
-                item,
-                false,
-                format!("{e}: is osmo-remsim-server running there?"),
-            ),
-            Err(_) => verdict(item, false, "no answer to connect within 2 s"),
-        };
-        out.push(v);
-        let item = format!("remsim bank listen {}", r.listen);
-        let v = match crate::remsim::bank::listen(&r.listen).await {
-            Ok(l) => {
-                drop(l);
-                verdict(item, true, "free")
-            }
-            Err(e) => verdict(item, false, e.to_string()),
-        };
-        out.push(v);
+        out.extend(remsim(r).await);
     }
     if let Some(addr) = &cfg.control {
         let item = format!("control API {addr}");
@@ -159,6 +135,72 @@ pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
         };
         out.push(v);
     }
+    out
+}
+
+/// The bank's checks: the server answers (connected to from where the bank will connect),
+/// the address the server will give clients, and the listen address is free (else who holds
+/// it).
+async fn remsim(r: &crate::config::RemsimSpec) -> Vec<Verdict> {
+    use crate::remsim::{probe, reach};
+    let mut out = Vec::new();
+    let listening = tokio::net::lookup_host(&r.listen)
+        .await
+        .ok()
+        .and_then(|mut a| a.next());
+    // Only a TCP connect: registering would make the server push this bank's maps to a
+    // connection about to close (and could unsettle a bank already running).
+    let item = format!("remsim server {}", r.server);
+    let source = listening.and_then(reach::source_for);
+    let seen_as = match reach::connect_from(source, &r.server, Duration::from_secs(2)).await {
+        Ok(s) => {
+            let local = s.local_addr().ok();
+            let from = local.map_or(String::new(), |a| format!(" from {}", a.ip()));
+            out.push(verdict(item, true, format!("accepts connections{from}")));
+            local
+        }
+        Err(e) => {
+            let hint = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut => {
+                    ": is osmo-remsim-server running there?"
+                }
+                _ => "",
+            };
+            out.push(verdict(item, false, format!("{e}{hint}")));
+            None
+        }
+    };
+    // Not connected: where a connection would come from is still known (the route).
+    let seen_as = match seen_as {
+        Some(a) => Some(a),
+        None => reach::route_source(source, &r.server).await.ok(),
+    };
+    if let (Some(listening), Some(seen_as)) = (listening, seen_as) {
+        let h = reach::judge(listening, seen_as);
+        let mut detail = format!("the server will send them to {}", h.addr);
+        for c in &h.concerns {
+            let warning = if c.fails() { "" } else { "warning: " };
+            detail.push_str(&format!("; {warning}{c}"));
+        }
+        let ok = !h.concerns.iter().any(|c| c.fails());
+        out.push(verdict(
+            format!("remsim bank {} clients", r.bank_id),
+            ok,
+            detail,
+        ));
+    }
+    let item = format!("remsim bank listen {}", r.listen);
+    let v = match crate::remsim::bank::listen(&r.listen).await {
+        Ok(l) => {
+            drop(l);
+            verdict(item, true, "free")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            verdict(item, false, probe::in_use(&r.listen).await)
+        }
+        Err(e) => verdict(item, false, e.to_string()),
+    };
+    out.push(v);
     out
 }
 

@@ -260,7 +260,7 @@ pub async fn start_with(
                     bank_id: r.bank_id,
                     listen: r.listen.clone(),
                     command_timeout: cfg.command_timeout,
-                    name: "simpool".into(),
+                    name: crate::remsim::probe::bank_name(r.bank_id),
                 },
                 cards.clone(),
             )

@@ -738,6 +738,199 @@ fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
         a50 <= b50.mul_f64(1.1),
         "simpool's bank slower than osmo-remsim-bankd over PC/SC: p50 {a50:?} vs {b50:?}"
     );
-    drop((ours, theirs, _bankd, _serve, _server, pcscd));
+    // serve --check names osmo-remsim-bankd as the holder of its address (its RSPRO probe),
+    // once its one worker is free of client 25.
+    drop(theirs);
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
+            .args(["serve", "--check", "--pool", "sim", "--control", "off"])
+            .args(["--remsim", "127.0.0.1", "--bank-id", "3"])
+            .args(["--remsim-listen", "127.0.0.2:9999"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = "FAILED remsim bank listen 127.0.0.2:9999: in use: an osmo-remsim bank \
+                (remsim-bankd 1.0.0, \"fixme-name\") listens on 127.0.0.2:9999";
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut text = check();
+    while !text.contains(want) && Instant::now() < end {
+        text = check();
+    }
+    assert!(text.contains(want), "{text}");
+    drop((ours, _bankd, _serve, _server, pcscd));
+    let _ = std::fs::remove_dir_all(&logdir);
+}
+
+/// `simpool serve` as bank `id` on its own simulated pool, listening on `listen`.
+fn start_bank(id: u16, listen: &str, control: &str, cards: Option<&Path>, logdir: &Path) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_simpool"));
+    cmd.args(["serve", "--pool", "sim", "--remsim", "127.0.0.1"])
+        .args(["--bank-id", &id.to_string(), "--remsim-listen", listen])
+        .args(["--control", control]);
+    if let Some(c) = cards {
+        cmd.arg("--cards").arg(c);
+    }
+    cmd.env("RUST_LOG", "info").stdout(Stdio::null());
+    let n = std::fs::read_dir(logdir).map_or(0, |d| d.count());
+    spawn(
+        &format!("simpool bank {id}"),
+        &mut cmd,
+        &logdir.join(format!("bank-{id}-{n}.log")),
+    )
+}
+
+/// The holder of card `card` in the daemon whose control API is `control`.
+fn holder(control: &str, card: u16) -> serde_json::Value {
+    let (_, b) = http(control, "GET", &format!("/api/v1/cards/{card}"), None).unwrap();
+    serde_json::from_str::<serde_json::Value>(&b).unwrap()["holder"].clone()
+}
+
+/// Issue 23: two pools on one host under one osmo-remsim-server. Bank 1 (the built-in cards)
+/// listens on 127.0.0.1:9999, bank 2 (a cards file with identities of its own) on
+/// 127.0.0.2:9999; the server sends each bank's clients to the address that bank's control
+/// connection comes from. A client mapped to each bank reads its own pool's card; a map moved
+/// from bank 1 to bank 2 follows; bank 1 restarts while bank 2 serves on.
+#[test]
+fn two_pools_two_banks_under_one_server() {
+    let Some(build) = build_dir() else {
+        eprintln!("\n*** SKIPPED remsim two banks: SIMPOOL_REMSIM_BUILD is not set ***\n");
+        return;
+    };
+    if !in_private_netns("two_pools_two_banks_under_one_server") {
+        return;
+    }
+    let logdir = std::env::temp_dir().join(format!("simpool-remsim-2b-{}", std::process::id()));
+    std::fs::create_dir_all(&logdir).unwrap();
+    eprintln!("logs in {}", logdir.display());
+    let _server = start_server(&build, &logdir, 1);
+
+    // Pool B: cards 18 and 30 with IMSIs of their own (pool A's card 18 is the manual's).
+    let cards_b = logdir.join("pool-b.toml");
+    std::fs::write(
+        &cards_b,
+        "[[card]]\nslot = 18\nimsi = \"001019900000018\"\n\
+         [[card]]\nslot = 30\nimsi = \"001019900000030\"\n",
+    )
+    .unwrap();
+    let a18 = simpool::sim::profile::CardsFile::default_set()
+        .get(18)
+        .unwrap()
+        .profile
+        .imsi
+        .clone();
+    assert_ne!(a18, "001019900000018");
+    let (ctl1, ctl2) = ("127.0.0.1:6680", "127.0.0.1:6681");
+    let bank1 = start_bank(1, "127.0.0.1:9999", ctl1, None, &logdir);
+    let _bank2 = start_bank(2, "127.0.0.2:9999", ctl2, Some(&cards_b), &logdir);
+    wait_for("both banks registered", Duration::from_secs(15), || {
+        bank_listed(1, 256) && bank_listed(2, 256)
+    });
+    // The server lists each by the name that carries its bank id.
+    let (_, banks) = rest("GET", "/banks", None).unwrap();
+    assert!(
+        banks.contains("\"simpool bank 1\"") && banks.contains("\"simpool bank 2\""),
+        "{banks}"
+    );
+
+    // Card 18 of each pool, to two clients: each reads its own pool's card.
+    post_map_on(1, 17, 23);
+    post_map_on(2, 17, 24);
+    wait_for("maps ACTIVE", Duration::from_secs(15), || {
+        slotmap_state_on(1, 17).as_deref() == Some("ACTIVE")
+            && slotmap_state_on(2, 17).as_deref() == Some("ACTIVE")
+    });
+    let mut c23 = Shell::start(&build, 23, &logdir);
+    let mut c24 = Shell::start(&build, 24, &logdir);
+    c23.card_atr(Duration::from_secs(15))
+        .expect("client 23 gets card 18 of bank 1");
+    c24.card_atr(Duration::from_secs(15))
+        .expect("client 24 gets card 18 of bank 2 (the server sends it to 127.0.0.2:9999)");
+    assert_eq!(
+        c23.imsi().as_deref(),
+        Some(a18.as_str()),
+        "pool A's card 18"
+    );
+    assert_eq!(
+        c24.imsi().as_deref(),
+        Some("001019900000018"),
+        "pool B's card 18"
+    );
+    assert_eq!(holder(ctl1, 18), "bank 1:17 → client 23:0");
+    assert_eq!(holder(ctl2, 18), "bank 2:17 → client 24:0");
+
+    // Client 23's map moves from bank 1 (card 18) to bank 2 (card 30): it follows.
+    let (code, body) = rest("DELETE", &format!("/slotmaps/{}", 65536 + 17), None).unwrap();
+    assert!((200..300).contains(&code), "DELETE: {code} {body}");
+    wait_for("bank 1's map gone", Duration::from_secs(10), || {
+        slotmap_state_on(1, 17).is_none()
+    });
+    let moved = Instant::now();
+    post_map_on(2, 29, 23);
+    wait_for("the new map ACTIVE", Duration::from_secs(15), || {
+        slotmap_state_on(2, 29).as_deref() == Some("ACTIVE")
+    });
+    c23.card_atr(Duration::from_secs(30))
+        .expect("client 23 gets card 30 of bank 2");
+    let moved = moved.elapsed();
+    assert_eq!(
+        c23.imsi().as_deref(),
+        Some("001019900000030"),
+        "pool B's card 30"
+    );
+    wait_for("bank 1's card 18 freed", Duration::from_secs(10), || {
+        holder(ctl1, 18).is_null()
+    });
+    assert_eq!(holder(ctl2, 30), "bank 2:29 → client 23:0");
+
+    // Card 256 of bank 1 to a third client.
+    post_map_on(1, 255, 25);
+    wait_for("map 1:255 ACTIVE", Duration::from_secs(15), || {
+        slotmap_state_on(1, 255).as_deref() == Some("ACTIVE")
+    });
+    let mut c25 = Shell::start(&build, 25, &logdir);
+    c25.card_atr(Duration::from_secs(15))
+        .expect("client 25 gets card 256 of bank 1");
+    assert_eq!(c25.imsi().as_deref(), Some("460019894013615"));
+
+    // Bank 1 restarts; bank 2's clients are served throughout, and client 25 comes back.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (served, bank1, back) = std::thread::scope(|s| {
+        let serving = s.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(c24.imsi().as_deref(), Some("001019900000018"));
+                assert_eq!(c23.imsi().as_deref(), Some("001019900000030"));
+                n += 1;
+            }
+            n
+        });
+        let down = Instant::now();
+        drop(bank1);
+        wait_for(
+            "bank 1 gone from the server",
+            Duration::from_secs(15),
+            || !bank_listed(1, 256),
+        );
+        let bank1 = start_bank(1, "127.0.0.1:9999", ctl1, None, &logdir);
+        let atr = c25.card_atr(Duration::from_secs(60));
+        let back = down.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let n = serving.join().expect("bank 2 served on");
+        atr.expect("client 25 gets card 256 again after bank 1's restart");
+        (n, bank1, back)
+    });
+    assert!(served > 0);
+    eprintln!(
+        "map moved to bank 2: client 23 on its new card {:.2} s after the POST; bank 1 \
+         restarted: client 25 on its card again {:.2} s after the kill, bank 2 answered \
+         {served} IMSI reads per client meanwhile",
+        moved.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    assert_eq!(c25.imsi().as_deref(), Some("460019894013615"));
+    assert_eq!(c24.imsi().as_deref(), Some("001019900000018"));
+    drop((c23, c24, c25, bank1));
     let _ = std::fs::remove_dir_all(&logdir);
 }

@@ -99,6 +99,9 @@ pub fn server_address(s: &str) -> String {
 pub enum BankError {
     #[error("cannot listen for remsim clients on {addr}: {cause}")]
     Listen { addr: String, cause: std::io::Error },
+    /// Another listener holds the address; `by` names it (another bank, as a rule).
+    #[error("cannot listen for remsim clients on {addr}: {by}")]
+    InUse { addr: String, by: String },
 }
 
 /// Counters for logs, tests and the benchmark.
@@ -143,6 +146,9 @@ enum End {
 
 struct Shared {
     cfg: BankConfig,
+    /// The client listener's address: the control link comes from its IP, so the server
+    /// sends clients there (see [`super::reach`]).
+    listening: SocketAddr,
     cards: Cards,
     maps: Mutex<SlotMaps>,
     /// Bumped on every change of the maps.
@@ -164,12 +170,21 @@ pub struct Bank {
 impl Bank {
     /// Binds the data listener (failing if it cannot), then runs both sides in the background.
     pub async fn start(cfg: BankConfig, cards: Cards) -> Result<Bank, BankError> {
-        let listener = listen(&cfg.listen)
-            .await
-            .map_err(|cause| BankError::Listen {
-                addr: cfg.listen.clone(),
-                cause,
-            })?;
+        let listener = match listen(&cfg.listen).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(BankError::InUse {
+                    by: super::probe::in_use(&cfg.listen).await,
+                    addr: cfg.listen,
+                })
+            }
+            Err(cause) => {
+                return Err(BankError::Listen {
+                    addr: cfg.listen,
+                    cause,
+                })
+            }
+        };
         let addr = listener.local_addr().map_err(|cause| BankError::Listen {
             addr: cfg.listen.clone(),
             cause,
@@ -177,6 +192,7 @@ impl Bank {
         let shared = Arc::new(Shared {
             maps: Mutex::new(SlotMaps::new(cfg.bank_id, SLOTS)),
             cfg,
+            listening: addr,
             cards,
             changed: watch::channel(0).0,
             control_up: watch::channel(false).0,
@@ -373,10 +389,12 @@ async fn control(shared: Arc<Shared>) {
 }
 
 async fn control_once(shared: &Shared) -> End {
-    let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(&shared.cfg.server)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return End::Io(e),
-        Err(_) => return End::BadPeer("connect timed out".into()),
+    // From the listener's address: the server sends clients where this connection comes from.
+    let source = super::reach::source_for(shared.listening);
+    let stream = match super::reach::connect_from(source, &shared.cfg.server, CONNECT_TIMEOUT).await
+    {
+        Ok(s) => s,
+        Err(e) => return End::Io(e),
     };
     shared
         .stats
@@ -414,6 +432,28 @@ async fn control_run(shared: &Shared, conn: &mut Conn) -> Result<(), End> {
     }
 }
 
+/// Says where the server sends this bank's clients, and warns when they may not get there.
+fn log_hand_out(shared: &Shared, stream: &TcpStream) {
+    let Ok(seen_as) = stream.local_addr() else {
+        return;
+    };
+    let h = super::reach::judge(shared.listening, seen_as);
+    log::info!(
+        "remsim bank {}: the server sends its clients to {} (this bank's server connection \
+         comes from there; clients are served on {})",
+        shared.cfg.bank_id,
+        h.addr,
+        shared.listening
+    );
+    for c in &h.concerns {
+        log::warn!(
+            "remsim bank {}: clients sent to {}: {c}",
+            shared.cfg.bank_id,
+            h.addr
+        );
+    }
+}
+
 async fn on_control_msg(shared: &Shared, conn: &mut Conn, msg: Msg) -> Result<(), End> {
     if let Msg::ConnectBankRes { identity, result } = &msg {
         if *result != ResultCode::Ok {
@@ -426,6 +466,7 @@ async fn on_control_msg(shared: &Shared, conn: &mut Conn, msg: Msg) -> Result<()
             identity.software,
             identity.sw_version
         );
+        log_hand_out(shared, &conn.stream);
         shared.control_up.send_replace(true);
         return Ok(());
     }

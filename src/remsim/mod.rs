@@ -4,6 +4,8 @@
 pub mod bank;
 pub mod ipa;
 pub mod maps;
+pub mod probe;
+pub mod reach;
 pub mod rspro;
 
 pub use bank::{Bank, BankConfig};
