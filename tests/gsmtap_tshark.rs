@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::h;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -20,10 +21,6 @@ use simpool::gsmtap::{self, CardFilter, Tracer};
 use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 /// A tshark capture of the UDP datagrams to one loopback port, plus a socket that receives
 /// them (so the sender meets a listener, and the test knows when all have arrived).

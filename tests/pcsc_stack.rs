@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::h;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,6 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 26300;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];

@@ -103,10 +103,6 @@ struct Shell {
     lines: mpsc::Receiver<String>,
 }
 
-fn hexline(s: &str) -> Vec<u8> {
-    hex::decode(s.split_whitespace().collect::<String>()).expect("hex from client-shell")
-}
-
 impl Shell {
     fn start(build: &Path, client: u16, logdir: &Path) -> Shell {
         let bin = build.join("src/client/osmo-remsim-client-shell");
@@ -150,7 +146,7 @@ impl Shell {
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     if let Some(rest) = l.strip_prefix(prefix) {
-                        return Some(hexline(rest));
+                        return Some(common::hex(rest));
                     }
                 }
                 Err(_) => return None,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::h;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,10 +19,6 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27100;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 fn tx(card: &pcsc::Card, cmd: &str) -> Result<Vec<u8>, pcsc::Error> {
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::h;
 use std::ffi::CString;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,10 +20,6 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27300;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];

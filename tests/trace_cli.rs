@@ -1,6 +1,10 @@
 //! `simpool trace` as a user runs it: the binary listens on loopback, GSMTAP datagrams arrive
 //! from simpool's tracer, and it prints one decoded line per datagram.
 
+mod common;
+
+use common::h;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -51,10 +55,6 @@ fn trace(listen: &str) -> Trace {
         .expect("simpool trace says where it listens");
     assert!(said.contains("listening for GSMTAP on"), "{said}");
     Trace { child, lines }
-}
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
 }
 
 fn free_port() -> u16 {

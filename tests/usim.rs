@@ -4,6 +4,10 @@
 //! field, SFI access, PIN1/PUK1/ADM1 counters, AUTHENTICATE against TS 35.208 with SQN replay,
 //! AUTS and resynchronisation, the GSM face of the same card, and the cards file.
 
+mod common;
+
+use common::{h, upper as hx};
+
 use simpool::sim::algo::run_gsm;
 use simpool::sim::auth::MilenageConsts;
 use simpool::sim::card::SimCard;
@@ -12,14 +16,6 @@ use simpool::sim::profile::{
 };
 use simpool::sim::uicc::USIM_AID;
 use simpool::t0::{Exchange, Limits, Step, Tpdu};
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace(' ', "")).unwrap()
-}
-
-fn hx(b: &[u8]) -> String {
-    hex::encode_upper(b)
-}
 
 /// A card behind simpool's T=0 terminal.
 struct Session {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::h;
 use std::ffi::CString;
 use std::time::Duration;
 
@@ -15,10 +16,6 @@ use simpool::sim::uicc::USIM_AID;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27700;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
     let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];

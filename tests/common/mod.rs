@@ -20,8 +20,19 @@ pub struct Case {
     pub steps: Vec<Step>,
 }
 
+/// Hex to bytes; whitespace between the digits is allowed (`"A0A4 0000 02"`).
 pub fn hex(s: &str) -> Vec<u8> {
     hex::decode(s.split_whitespace().collect::<String>()).expect("valid hex in test vector")
+}
+
+/// [`hex`], short, for tests that write many vectors inline.
+pub fn h(s: &str) -> Vec<u8> {
+    hex(s)
+}
+
+/// Bytes as upper-case hex, the way simpool prints them.
+pub fn upper(bytes: &[u8]) -> String {
+    hex::encode_upper(bytes)
 }
 
 /// The manual's examples from `tests/vectors/manual.txt`.
