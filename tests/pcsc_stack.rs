@@ -8,18 +8,13 @@ use common::h;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::algo::run_gsm;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 26300;
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 /// Serves `cards` on readers `first..` of the shared pcscd; waits until every reader shows its card.
 fn serve(

@@ -33,13 +33,10 @@ fn read_iccid(name: &std::ffi::CString) -> Vec<u8> {
     let card = ctx
         .connect(name, ShareMode::Shared, Protocols::ANY)
         .unwrap();
-    let mut buf = [0u8; 64];
     for cmd in ["A0A40000023F00", "A0A40000022FE2"] {
-        card.transmit(&common::hex(cmd), &mut buf).unwrap();
+        stack::tx(&card, cmd);
     }
-    card.transmit(&common::hex("A0B000000A"), &mut buf)
-        .unwrap()
-        .to_vec()
+    stack::tx(&card, "A0B000000A")
 }
 
 #[test]

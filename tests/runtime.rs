@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::h;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,17 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::stack::{self, try_tx as tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27100;
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Result<Vec<u8>, pcsc::Error> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).map(|r| r.to_vec())
-}
 
 /// A daemon with `readers` readers starting at vpcd reader `first`, its control API on `control`.
 struct Daemon {

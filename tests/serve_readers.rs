@@ -14,17 +14,12 @@ use std::ffi::CString;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27300;
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 fn pool() -> SimPool {
     common::sim_pool(CardsFile::default_set(), Faults::default())

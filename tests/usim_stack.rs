@@ -9,18 +9,13 @@ use common::h;
 use std::ffi::CString;
 use std::time::Duration;
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Protocols, ShareMode};
 use simpool::sim::profile::{decode_imsi, CardsFile, USIM_ATR};
 use simpool::sim::uicc::USIM_AID;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27700;
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 /// A case-4 command as pySim sends it (no Le): `61xx` → GET RESPONSE xx. Returns data ‖ SW.
 fn tx4(card: &pcsc::Card, cmd: &str) -> Vec<u8> {

@@ -131,6 +131,19 @@ impl Drop for Serve {
     }
 }
 
+/// One command through PC/SC, hex in (spaces allowed); answers data ‖ SW1 SW2. Panics on a
+/// PC/SC error: see [`try_tx`] for tests that expect one.
+pub fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
+    try_tx(card, cmd).unwrap_or_else(|e| panic!("transmit {cmd}: {e}"))
+}
+
+/// [`tx`], with the PC/SC error (card removed, reset, …) as the answer.
+pub fn try_tx(card: &pcsc::Card, cmd: &str) -> Result<Vec<u8>, pcsc::Error> {
+    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+    card.transmit(&super::hex(cmd), &mut buf)
+        .map(|r| r.to_vec())
+}
+
 pub fn context() -> Context {
     Context::establish(Scope::User).expect("PC/SC context on the private pcscd")
 }
