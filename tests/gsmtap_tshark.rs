@@ -338,18 +338,7 @@ const BASE_PORT: u16 = 28300;
 const CONTROL: &str = "127.0.0.1:28390";
 
 fn get(path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(CONTROL).expect("control API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {CONTROL}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+    common::http::get_json(CONTROL, path)
 }
 
 /// The acceptance run: pySim-style traffic through reader 0 of a running `simpool serve

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::http::{header, http};
 use common::stack::Serve;
 use serde_json::Value;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
-use watch::{http, FakeVpcd};
+use watch::FakeVpcd;
 
 /// Parses with the real parser; answers every sample as "name{k="v",…}" → value, labels sorted.
 const PARSE: &str = r#"
@@ -102,7 +103,7 @@ fn scrape(control: &str) -> Parsed {
     let (status, head, text) = http(control, "GET", "/metrics", &[], None);
     assert_eq!(status, 200, "{text}");
     assert_eq!(
-        watch::header(&head, "content-type"),
+        header(&head, "content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let prom = parse(&text, "prometheus");
@@ -112,7 +113,7 @@ fn scrape(control: &str) -> Parsed {
     )];
     let (status, head, om_text) = http(control, "GET", "/metrics", &accept, None);
     assert_eq!(status, 200);
-    assert!(watch::header(&head, "content-type")
+    assert!(header(&head, "content-type")
         .unwrap()
         .starts_with("application/openmetrics-text; version=1.0.0"));
     assert!(om_text.ends_with("# EOF\n"));

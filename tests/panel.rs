@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::http::{header, http};
 use common::stack::Serve;
 use serde_json::{json, Value};
 use watch::webdriver::Browser;
-use watch::{http, FakeVpcd};
+use watch::FakeVpcd;
 
 const TOKEN: &str = "panel-test-token-5f2c";
 
@@ -62,10 +63,10 @@ fn panel_in_headless_chromium() {
     // The page and its files come without the token and hold no data; the API needs it.
     let (status, head, html) = http(&control, "GET", "/", &[], None);
     assert_eq!(status, 200);
-    assert!(watch::header(&head, "content-type")
+    assert!(header(&head, "content-type")
         .unwrap()
         .starts_with("text/html"));
-    assert!(watch::header(&head, "content-security-policy").is_some());
+    assert!(header(&head, "content-security-policy").is_some());
     assert!(html.contains("/ui/panel.js") && !html.contains("ICCID 89"));
     for f in ["/ui/panel.js", "/ui/panel.css", "/ui/icon.svg"] {
         assert_eq!(http(&control, "GET", f, &[], None).0, 200, "{f}");

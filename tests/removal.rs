@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::get_json as get;
 use common::stack::{self, Serve};
 use pcsc::{Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
@@ -87,20 +88,6 @@ fn a_tight_loop_sees_the_card_removed_soon_after_the_pool_goes_away() {
         stack::wait_card(&ctx, &name, true, Duration::from_secs(15)),
         "back once the pool is"
     );
-}
-
-/// One HTTP GET on the control API; answers the body.
-fn get(addr: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {

@@ -152,20 +152,8 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
-fn post(addr: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("control API");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    common::http::call(addr, "POST", path, Some(body))
 }
 
 /// The whole chain a user sets up: `simpool serve --gsmtap` (simulated pool, commands through
@@ -199,10 +187,7 @@ fn serve_gsmtap_into_simpool_trace() {
     let body = r#"{"tpdus":["A0A40000023F00","A0A40000027F20","A0A40000026F07","A0B0000009"]}"#;
     let r3 = post(&control, "/api/v1/cards/3/apdu", body);
     let r2 = post(&control, "/api/v1/cards/2/apdu", body);
-    assert!(
-        r2.starts_with("HTTP/1.1 200") && r3.starts_with("HTTP/1.1 200"),
-        "{r2}\n{r3}"
-    );
+    assert!(r2.0 == 200 && r3.0 == 200, "{r2:?}\n{r3:?}");
     let lines: Vec<String> = (0..5)
         .map(|_| {
             t.lines
