@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::free_port;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -52,14 +53,6 @@ fn pool(faults: Faults) -> String {
     common::sim_pool(CardsFile::default_set(), faults)
         .addr()
         .to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The pool's slot states, read over a connection of the test's own.

@@ -135,7 +135,7 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
         },
     );
     let vpcd = FakeVpcd::start(2);
-    let control = format!("127.0.0.1:{}", watch::free_port());
+    let control = format!("127.0.0.1:{}", common::free_port());
     let pool = sim.addr().to_string();
     // A GSMTAP listener, so the tracer's counters move too.
     let gsmtap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -156,11 +156,11 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
         &gsmtap_to,
     ];
     let serve = Serve::start(&args, "metrics");
-    watch::wait_until("the control API", Duration::from_secs(15), || {
+    common::wait_for("the control API", Duration::from_secs(15), || {
         http(&control, "GET", "/healthz", &[], None).0 == 200
     });
     let mut reader0 = vpcd.reader(0, Duration::from_secs(15));
-    watch::wait_until("reader 0 present", Duration::from_secs(10), || {
+    common::wait_for("reader 0 present", Duration::from_secs(10), || {
         http(&control, "GET", "/api/v1/readers/0", &[], None)
             .2
             .contains("\"state\":\"present\"")
@@ -282,12 +282,12 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
 
     // The pool goes away and comes back: link down, then a reconnect.
     sim.go_down();
-    watch::wait_until("the link to drop", Duration::from_secs(15), || {
+    common::wait_for("the link to drop", Duration::from_secs(15), || {
         http(&control, "GET", "/healthz", &[], None).0 == 503
     });
     assert_eq!(scrape(&control).get("simpool_pool_link_up"), 0.0);
     sim.come_back();
-    watch::wait_until("the link to come back", Duration::from_secs(20), || {
+    common::wait_for("the link to come back", Duration::from_secs(20), || {
         http(&control, "GET", "/healthz", &[], None).0 == 200
     });
     let back = scrape(&control);

@@ -35,7 +35,7 @@ fn panel_in_headless_chromium() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
 
     let vpcd = FakeVpcd::start(4);
-    let control = format!("127.0.0.1:{}", watch::free_port());
+    let control = format!("127.0.0.1:{}", common::free_port());
     let token_path = token_file.display().to_string();
     let serve = Serve::start(
         &[
@@ -56,7 +56,7 @@ fn panel_in_headless_chromium() {
         ],
         "panel",
     );
-    watch::wait_until("the control API", Duration::from_secs(15), || {
+    common::wait_for("the control API", Duration::from_secs(15), || {
         api(&control, "GET", "/healthz", None).0 == 200
     });
 
@@ -178,7 +178,7 @@ fn panel_in_headless_chromium() {
     );
     b.find("#d-reader option[value='2']").click();
     b.find("#d-bind").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 2 bound to card 100 in the API",
         Duration::from_secs(15),
         || {
@@ -199,7 +199,7 @@ fn panel_in_headless_chromium() {
     // Bind through a reader's own form: reader 3 to card 5.
     b.find("#reader-3 input").type_text("5");
     b.find("#reader-3 button[type=submit]").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 3 bound to card 5 in the API",
         Duration::from_secs(15),
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"] == json!({"card": 5}),
@@ -244,7 +244,7 @@ fn panel_in_headless_chromium() {
 
     // Unbind by click.
     b.find("#reader-3 button.danger").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 3 unbound in the API",
         Duration::from_secs(15),
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"].is_null(),

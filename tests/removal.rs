@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::http::get_json as get;
 use common::stack::{self, Serve};
+use common::wait_for;
 use pcsc::{Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
@@ -88,14 +89,6 @@ fn a_tight_loop_sees_the_card_removed_soon_after_the_pool_goes_away() {
         stack::wait_card(&ctx, &name, true, Duration::from_secs(15)),
         "back once the pool is"
     );
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

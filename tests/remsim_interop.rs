@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::wait_for;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -238,17 +239,6 @@ fn post_map_on(bank: u16, bank_slot: u16, client: u16) {
     );
     let (code, resp) = rest("POST", "/slotmaps", Some(&body)).unwrap();
     assert!((200..300).contains(&code), "POST slotmap: {code} {resp}");
-}
-
-fn wait_for(what: &str, wait: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + wait;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("not within {wait:?}: {what}");
 }
 
 fn slotmap_state(bank_slot: u16) -> Option<String> {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::h;
+use common::{free_port, free_udp_port, h};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -57,17 +57,9 @@ fn trace(listen: &str) -> Trace {
     Trace { child, lines }
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn prints_one_decoded_line_per_exchange_and_atr() {
-    let port = free_port();
+    let port = free_udp_port();
     let t = trace(&format!("127.0.0.1:{port}"));
     // The tracer's sending task runs on this runtime's worker thread.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,14 +136,6 @@ fn a_port_in_use_is_an_error_not_a_hang() {
     );
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
     common::http::call(addr, "POST", path, Some(body))
 }
@@ -160,11 +144,11 @@ fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
 /// its control API) and `simpool trace` printing them.
 #[test]
 fn serve_gsmtap_into_simpool_trace() {
-    let port = free_port();
+    let port = free_udp_port();
     let t = trace(&format!("127.0.0.1:{port}"));
-    let control = format!("127.0.0.1:{}", free_tcp_port());
+    let control = format!("127.0.0.1:{}", free_port());
     // A reader with no card, on a vpcd port nobody serves: only the control API carries traffic.
-    let vpcd = format!("127.0.0.1:{}", free_tcp_port());
+    let vpcd = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(["serve", "--pool", "sim", "--readers", "1", "--vpcd", &vpcd])
         .args([

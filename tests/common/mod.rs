@@ -5,6 +5,49 @@ pub mod http;
 pub mod remsim;
 pub mod stack;
 
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A loopback UDP port nothing is bound to right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback UDP port")
+        .port()
+}
+
+/// How often the waits below look again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits until `f` holds, looking every 20 ms; panics naming `what` after `within`.
+pub fn wait_for(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_for`] inside a tokio test: the runtime goes on while it waits.
+pub async fn wait_for_async(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// One `>`/`<` pair of the manual's vectors.
 #[derive(Debug, Clone)]
 pub struct Step {

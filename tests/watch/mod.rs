@@ -1,5 +1,5 @@
 //! Helpers of the tests that watch the daemon (metrics, the front-panel page): tools installed
-//! on demand, a stand-in for vpcd, free ports (the HTTP client is `common::http`).
+//! on demand, a stand-in for vpcd (the HTTP client, free ports and waits are in `common`).
 #![allow(dead_code)]
 
 pub mod webdriver;
@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,24 +25,6 @@ pub fn ensure_tools() {
         "driver/ensure-watch-deps failed: chromium, chromium-driver and \
          python3-prometheus-client are needed (apt, as root)"
     );
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until `f` holds.
-pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Stands in for vpcd: listens on `count` consecutive loopback ports (one per reader) and keeps
@@ -97,7 +79,7 @@ impl FakeVpcd {
     /// Reader `i`'s connection, once it has connected (bounded wait).
     pub fn reader(&self, i: usize, within: Duration) -> VpcdConn {
         let mut found = None;
-        wait_until(&format!("reader {i} to connect to vpcd"), within, || {
+        crate::common::wait_for(&format!("reader {i} to connect to vpcd"), within, || {
             found = self.conns.lock().unwrap()[i]
                 .as_ref()
                 .map(|s| s.try_clone().unwrap());

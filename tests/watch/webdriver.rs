@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::free_port;
+use crate::common::free_port;
 use crate::common::http::http;
 
 /// The W3C key of an element reference.
