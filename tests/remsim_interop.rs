@@ -436,58 +436,6 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let _ = std::fs::remove_dir_all(&logdir);
 }
 
-/// A private pcscd (driver/pcscd-private) with vpcd readers, stopped on drop.
-struct PrivatePcscd {
-    dir: PathBuf,
-}
-
-impl PrivatePcscd {
-    fn start(dir: PathBuf) -> PrivatePcscd {
-        let ok = Command::new(repo().join("driver/pcscd-private"))
-            .args(["start", "--readers", "2", "--port", "35963", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .status()
-            .expect("driver/pcscd-private (see README: driver/pcscd-private install)")
-            .success();
-        assert!(ok, "private pcscd did not start");
-        // Stop it when this process goes, however it goes.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec {script} stop --dir {dir}",
-            pid = std::process::id(),
-            script = repo().join("driver/pcscd-private").display(),
-            dir = dir.display()
-        );
-        Command::new("setsid")
-            .args(["-f", "bash", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("start the pcscd watchdog");
-        PrivatePcscd { dir }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/pcscd.comm")
-    }
-}
-
-impl Drop for PrivatePcscd {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("driver/pcscd-private"))
-            .args(["stop", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn sh(cmd: &str) {
     let ok = Command::new("sh")
         .args(["-c", cmd])
@@ -516,7 +464,7 @@ fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
     let logdir = std::env::temp_dir().join(format!("simpool-remsim-sbs-{}", std::process::id()));
     std::fs::create_dir_all(&logdir).unwrap();
     eprintln!("logs in {}", logdir.display());
-    let pcscd = PrivatePcscd::start(logdir.join("pcscd"));
+    let pcscd = common::stack::Pcscd::start(logdir.join("pcscd"), 2, 35963);
     let _server = start_server(&build, &logdir, 1);
 
     // One daemon: reader 0 (card 2) on vpcd for osmo-remsim-bankd, and the bank (card 18).

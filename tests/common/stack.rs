@@ -1,5 +1,6 @@
-//! The real PC/SC stack for end-to-end tests: a private pcscd (driver/pcscd-private) with 16
-//! vpcd readers, shared by the tests of one test binary, and `simpool serve` subprocesses.
+//! The real PC/SC stack for end-to-end tests: a private pcscd (driver/pcscd-private) with vpcd
+//! readers (16 shared by the tests of one test binary, or one of a test's own), `simpool serve`
+//! subprocesses, and PC/SC helpers.
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pcsc::{Context, ReaderState, Scope, State};
 
+/// A private pcscd (driver/pcscd-private) serving only vpcd readers, started by this process.
 pub struct Pcscd {
     pub dir: PathBuf,
     pub base_port: u16,
@@ -20,14 +22,26 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The binary's private pcscd, started on first use; stopped by a watchdog when the test
-/// process exits. `base_port` must differ between test binaries, and the 16 ports must lie below
-/// Linux's ephemeral range (32768-60999): there, a test's own listeners on port 0 and its client
-/// sockets may hold one of them, and vpcd cannot bind it.
+/// The binary's private pcscd with 16 readers, shared by its tests, started on first use; the
+/// PC/SC client library of this process is pointed at it. `base_port` must differ between test
+/// binaries, and the 16 ports must lie below Linux's ephemeral range (32768-60999): there, a
+/// test's own listeners on port 0 and its client sockets may hold one of them, and vpcd cannot
+/// bind it.
 pub fn pcscd(base_port: u16) -> &'static Pcscd {
     PCSCD.get_or_init(|| {
         let dir =
             std::env::temp_dir().join(format!("simpool-test-{}-{base_port}", std::process::id()));
+        let p = Pcscd::start(dir, 16, base_port);
+        // The client library reads this once per process, before the first context.
+        std::env::set_var("PCSCLITE_CSOCK_NAME", p.socket());
+        p
+    })
+}
+
+impl Pcscd {
+    /// Starts a private pcscd with `readers` vpcd readers on ports `base_port`.. in `dir`; it
+    /// stops when this value is dropped, or by a watchdog when the test process exits.
+    pub fn start(dir: PathBuf, readers: u16, base_port: u16) -> Pcscd {
         // The previous run of this test binary may still be stopping its pcscd on the same
         // ports (its watchdog polls every 0.5 s): retry for a while before giving up.
         let start = || {
@@ -35,12 +49,13 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
                 .args([
                     "start",
                     "--readers",
-                    "16",
+                    &readers.to_string(),
                     "--port",
                     &base_port.to_string(),
                     "--dir",
                 ])
                 .arg(&dir)
+                .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .status()
                 .expect("run driver/pcscd-private (see README: driver/pcscd-private install)")
@@ -54,9 +69,6 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
-        let sock = dir.join("run/pcscd.comm");
-        // The client library reads this once per process, before the first context.
-        std::env::set_var("PCSCLITE_CSOCK_NAME", &sock);
         let watchdog = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec {script} stop --dir {dir}",
             pid = std::process::id(),
@@ -72,10 +84,13 @@ pub fn pcscd(base_port: u16) -> &'static Pcscd {
             .status()
             .expect("start the pcscd watchdog");
         Pcscd { dir, base_port }
-    })
-}
+    }
 
-impl Pcscd {
+    /// Its PC/SC socket: the value for `PCSCLITE_CSOCK_NAME`.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/pcscd.comm")
+    }
+
     /// PC/SC name of reader `i` (0..16): two readers per vpcd config line.
     pub fn reader_name(&self, i: u16) -> CString {
         CString::new(simpool::vpcd::reader_name(i)).unwrap()
@@ -83,6 +98,17 @@ impl Pcscd {
 
     pub fn vpcd_addr(&self, i: u16) -> String {
         format!("127.0.0.1:{}", self.base_port + i)
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("driver/pcscd-private"))
+            .args(["stop", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
