@@ -4,6 +4,7 @@
 pub mod http;
 pub mod remsim;
 pub mod stack;
+pub mod vectors;
 
 /// A loopback TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
