@@ -5,6 +5,7 @@
 mod common;
 
 use common::free_port;
+use common::vectors as cards;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -17,7 +18,6 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_simpool");
-const CARD_18_ICCID: &str = "89860043191482190636";
 
 /// `simpool ARGS` with none of the user's SIMPOOL_* settings.
 fn cmd(args: &[&str]) -> Command {
@@ -345,12 +345,13 @@ fn binding_clashes_at_start_up_name_both_sides() {
         "--card",
         "18",
         "--iccid",
-        CARD_18_ICCID,
+        &cards::iccid(18),
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains(&format!(
-            "ICCID {CARD_18_ICCID} is card 18, already bound to reader 0"
+            "ICCID {} is card 18, already bound to reader 0",
+            cards::iccid(18)
         )),
         "{err}"
     );
@@ -361,13 +362,16 @@ fn binding_clashes_at_start_up_name_both_sides() {
         "--control",
         "off",
         "--imsi",
-        "460019894013615",
+        &cards::imsi(256),
         "--card",
         "256",
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("card 256 is already bound to reader 0 (as IMSI 460019894013615)"),
+        err.contains(&format!(
+            "card 256 is already bound to reader 0 (as IMSI {})",
+            cards::imsi(256)
+        )),
         "{err}"
     );
     let dir = std::env::temp_dir().join(format!("simpool-clash-{}", std::process::id()));

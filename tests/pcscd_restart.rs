@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::vectors as cards;
 use std::process::Command;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ fn pcscd_restart_is_survived() {
     ];
     let mut serve = Serve::start(&serve_args, "pcscd-restart");
     let name = pcscd.reader_name(0);
-    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+    assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
 
     pcscd_private(&["stop"], &pcscd.dir);
     pcscd_private(
@@ -61,7 +62,7 @@ fn pcscd_restart_is_survived() {
         &pcscd.dir,
     );
     // A new pcscd: new contexts; simpool finds vpcd's port again by itself.
-    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+    assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
     assert!(serve.is_running());
     assert!(
         serve.log_text().contains("vpcd closed the connection"),

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::vectors as cards;
 use common::wait_for;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,6 @@ const NETNS_MARK: &str = "SIMPOOL_REMSIM_NETNS";
 /// The ATR the client shows its modem before the bank's arrives (client-shell prints it as a
 /// SET_ATR line of its own); distinct from every card's.
 const CLIENT_ATR: &str = "3B00";
-const CARD18_ATR: &str = "3B9F95801FC38031E073FE21135786810286984418A8";
 
 fn build_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("SIMPOOL_REMSIM_BUILD")?);
@@ -343,7 +343,7 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let atr = a
         .card_atr(Duration::from_secs(15))
         .expect("SET_ATR for client 23");
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
     b.card_atr(Duration::from_secs(15))
         .expect("SET_ATR for client 24");
 
@@ -382,8 +382,8 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         let tb = s.spawn(|| b.imsi());
         (ta.join().unwrap(), tb.join().unwrap())
     });
-    assert_eq!(iccid, "89860043191482190636");
-    assert_eq!(imsi.as_deref(), Some("460019894013615"));
+    assert_eq!(iccid, cards::iccid(18));
+    assert_eq!(imsi.as_deref(), Some(cards::imsi(256).as_str()));
 
     // RESET restarts the card: a new SET_ATR, and the card is back at the MF.
     assert_eq!(a.select("7F20"), 0x9F);
@@ -391,13 +391,13 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let atr = a
         .card_atr(Duration::from_secs(5))
         .expect("SET_ATR after RESET");
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
     assert_ne!(
         a.select("6F07"),
         0x9F,
         "EF.IMSI not reachable from the MF: card restarted"
     );
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(a.iccid(), cards::iccid(18));
 
     // Removing client 24's map through REST ends its session: no answers any more.
     let (code, body) = rest("DELETE", &format!("/slotmaps/{}", 65536 + 255), None).unwrap();
@@ -412,7 +412,7 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         "client 24 still served after its map was removed"
     );
     // Client 23 is not disturbed.
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(a.iccid(), cards::iccid(18));
 
     // The server restarts (and forgets its maps): the bank registers again by itself; the
     // back-end installs the maps again and both clients are served.
@@ -431,8 +431,8 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     });
     b.card_atr(Duration::from_secs(30))
         .expect("client 24 gets card 256 again");
-    assert_eq!(b.imsi().as_deref(), Some("460019894013615"));
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(b.imsi().as_deref(), Some(cards::imsi(256).as_str()));
+    assert_eq!(a.iccid(), cards::iccid(18));
     let _ = std::fs::remove_dir_all(&logdir);
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::vectors as cards;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -152,7 +153,11 @@ fn bind_rebind_unbind_while_another_reader_runs() {
     let looper = exchange_loop(d.names[0].clone(), stop.clone(), raw_iccid(&sim, 18));
     std::thread::sleep(Duration::from_millis(300));
 
-    for (card, imsi) in [(256u16, Some("460019894013615")), (2, None), (101, None)] {
+    for (card, imsi) in [
+        (256u16, Some(cards::imsi(256).as_str())),
+        (2, None),
+        (101, None),
+    ] {
         let out = d.cli(&["bind", "1", "--card", &card.to_string()]);
         assert!(
             out.status.success(),
@@ -279,7 +284,7 @@ fn scan_through_the_daemon_leaves_a_live_session_intact() {
         .find(|r| r["card"] == 18)
         .expect("card 18 listed");
     assert_eq!(row18["holder"], "reader 0");
-    assert_eq!(row18["iccid"], "89860043191482190636");
+    assert_eq!(row18["iccid"], cards::iccid(18));
     assert!(
         rows.as_array().unwrap().len() > 30,
         "the free cards were read"
