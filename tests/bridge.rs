@@ -203,8 +203,19 @@ async fn pool_link_lost_closes_the_reader_and_it_comes_back() {
         f.latency_min = Duration::from_millis(250);
         f.latency_max = f.latency_min;
     });
+    let frames = || {
+        sim.stats()
+            .card_frames_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = frames();
     v.send(&common::hex("A0A40000023F00")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_for_async(
+        "the command to reach the pool",
+        Duration::from_secs(5),
+        || frames() > before,
+    )
+    .await;
     let t0 = Instant::now();
     sim.go_down();
     assert_eq!(

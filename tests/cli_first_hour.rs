@@ -139,14 +139,17 @@ fn scan_into_a_pipe_closed_after_the_first_line_stops_its_cards() {
 
 // ---------------------------------------------------------------- 2. log levels
 
-/// Runs `simpool ARGS` for `secs`, then SIGTERM; its stderr.
-fn stderr_for(mut c: Command, secs: f64) -> String {
+/// Runs `simpool serve …` until its control API on `control` answers (its start-up logged by
+/// then), then SIGTERM; its stderr.
+fn stderr_once_up(mut c: Command, control: &str) -> String {
     let mut child = c
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs_f64(secs));
+    common::wait_for("serve's control API", Duration::from_secs(10), || {
+        common::http::call(control, "GET", "/healthz", None).0 == 200
+    });
     terminate(&mut child);
     let mut err = String::new();
     child
@@ -167,6 +170,7 @@ fn terminate(child: &mut Child) {
 #[test]
 fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
     let vpcd = format!("127.0.0.1:{}", free_port());
+    let control = format!("127.0.0.1:{}", free_port());
     let serve = |pre: &[&str], rust_log: Option<&str>| {
         let mut args: Vec<&str> = pre.to_vec();
         args.extend([
@@ -176,7 +180,7 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
             "--readers",
             "1",
             "--control",
-            "off",
+            &control,
             "--vpcd",
             &vpcd,
         ]);
@@ -184,7 +188,7 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
         if let Some(l) = rust_log {
             c.env("RUST_LOG", l);
         }
-        stderr_for(c, 1.5)
+        stderr_once_up(c, &control)
     };
     let default = serve(&[], None);
     assert!(

@@ -217,7 +217,11 @@ fn panel_in_headless_chromium() {
         "return document.getElementById('slot-18').classList.contains('busy')",
     );
     b.script("window.scrollTo(0, 0)", json!([]));
-    std::thread::sleep(Duration::from_millis(300));
+    b.wait_for(
+        "the page at the top",
+        Duration::from_secs(5),
+        "return window.scrollY === 0",
+    );
     let png = b.screenshot();
     assert_eq!(&png[1..4], b"PNG");
     let shots = watch::screenshot_dir();

@@ -131,8 +131,20 @@ fn a_mute_card_is_marked_bad_once_and_tried_again_after_reinsertion() {
     let c = get(control, "/api/v1/cards/7");
     assert!(c["bad"].is_string(), "{c}");
     assert!(serve.log_text().contains("marked bad"));
-    // Sent once, not on every retry.
-    std::thread::sleep(Duration::from_secs(3));
+    // Sent once, not on every retry: while the card is marked bad the reader looks at the slot
+    // states (each second) and leaves the card alone. A reader that tried it again after a look
+    // would have failed twice and indicated again before its third look.
+    let looks = || {
+        sim.stats()
+            .state_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let seen = looks();
+    wait_for(
+        "three more looks at the slots",
+        Duration::from_secs(10),
+        || looks() >= seen + 3,
+    );
     assert_eq!(sim.error_indications(7), 1, "error indication sent once");
     // Pulled and put back, and no longer mute: tried again, and works.
     sim.update_faults(|f| {
@@ -184,7 +196,8 @@ fn every_operator_mistake_is_named_with_its_cause_at_the_default_level() {
 
     // Something listens but is no pool: it never answers ID.
     let err = serve_stderr(
-        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",6666)); s.listen(8); c=[s.accept() for _ in range(8)]; time.sleep(30)' </dev/null >/dev/null 2>&1 & sleep 0.3;",
+        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",6666)); s.listen(8); c=[s.accept() for _ in range(8)]; time.sleep(30)' </dev/null >/dev/null 2>&1 & \
+         for i in $(seq 200); do ss -Hltn 'sport = :6666' | grep -q . && break; sleep 0.05; done;",
         "--pool 127.0.0.1:6666 --card 3 --vpcd 127.0.0.1:35963",
         4,
     );

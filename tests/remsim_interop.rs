@@ -405,7 +405,12 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     wait_for("map 255 gone", Duration::from_secs(10), || {
         slotmap_state(255).is_none()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The bank ends that session and frees card 256.
+    wait_for(
+        "card 256 freed by the bank",
+        Duration::from_secs(10),
+        || common::http::get_json("127.0.0.1:6680", "/api/v1/cards/256")["holder"].is_null(),
+    );
     b.send("A0F2000016");
     assert!(
         b.expect("R-APDU: ", Duration::from_secs(2)).is_none(),

@@ -150,8 +150,13 @@ fn bind_rebind_unbind_while_another_reader_runs() {
     d.wait(&ctx, 1, false);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let frames = || sim.stats().card_frames_in.load(Ordering::Relaxed);
+    let before = frames();
     let looper = exchange_loop(d.names[0].clone(), stop.clone(), raw_iccid(&sim, 18));
-    std::thread::sleep(Duration::from_millis(300));
+    // Rebinding starts once reader 0's loop is busy on the pool (a few rounds of its frames).
+    common::wait_for("reader 0 exchanging", Duration::from_secs(10), || {
+        frames() >= before + 20
+    });
 
     for (card, imsi) in [
         (256u16, Some(cards::imsi(256).as_str())),
