@@ -1,5 +1,5 @@
 //! The T=0 terminal as a pure state machine: the manual's exchanges and the edge cases of
-//! docs t0-and-sim §3.8, with the card's bytes split at every point.
+//! docs/t0-and-sim.md §3.8, with the card's bytes split at every point.
 
 mod common;
 
