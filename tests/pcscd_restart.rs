@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::process::Command;
 use std::time::Duration;
@@ -20,7 +21,7 @@ fn pcscd_private(args: &[&str], dir: &std::path::Path) {
         .args(args)
         .arg("--dir")
         .arg(dir)
-        .status()
+        .status_tied()
         .unwrap();
     assert!(st.success(), "pcscd-private {args:?}");
 }
@@ -57,10 +58,7 @@ fn pcscd_restart_is_survived() {
     assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
 
     pcscd_private(&["stop"], &pcscd.dir);
-    pcscd_private(
-        &["start", "--readers", "16", "--port", &BASE_PORT.to_string()],
-        &pcscd.dir,
-    );
+    let _again = stack::Pcscd::start(pcscd.dir.clone(), 16, BASE_PORT);
     // A new pcscd: new contexts; simpool finds vpcd's port again by itself.
     assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
     assert!(serve.is_running());

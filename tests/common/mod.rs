@@ -1,7 +1,14 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests, so each exists once:
+//! - here: hex, free ports, bounded waits, the manual's vectors, an in-process simulated pool;
+//! - `http`: the HTTP/1.1 client (control API, osmo-remsim's REST API, WebDriver);
+//! - `proc`: helper processes that die with the test process, also on SIGKILL;
+//! - `stack`: the private pcscd, `simpool serve` daemons, PC/SC transmit and waits;
+//! - `vectors`: data of `tests/vectors/` (the manual's cards, TS 35.208 set 1);
+//! - `remsim`: RSPRO peers and the frames captured from osmo-remsim.
 #![allow(dead_code)]
 
 pub mod http;
+pub mod proc;
 pub mod remsim;
 pub mod stack;
 pub mod vectors;
