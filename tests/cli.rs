@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ fn run(args: &[&str]) -> (Option<i32>, String, String) {
         .args(args)
         .env_remove("SIMPOOL_POOL")
         .env("RUST_LOG", "warn")
-        .output()
+        .output_tied()
         .expect("run simpool");
     (
         out.status.code(),
@@ -295,7 +296,7 @@ impl Sim {
             .args(args)
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
-            .spawn()
+            .spawn_tied()
             .expect("run simpool sim");
         let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
         let addr = loop {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::free_port;
+use common::proc::Tied;
 use common::vectors as cards;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
@@ -32,7 +33,7 @@ fn cmd(args: &[&str]) -> Command {
 }
 
 fn run(c: &mut Command) -> (Option<i32>, String, String) {
-    let o: Output = c.output().expect("run simpool");
+    let o: Output = c.output_tied().expect("run simpool");
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -117,7 +118,7 @@ fn scan_into_a_pipe_closed_after_the_first_line_stops_its_cards() {
     let mut child = cmd(&["scan", "--pool", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
@@ -145,7 +146,7 @@ fn stderr_once_up(mut c: Command, control: &str) -> String {
     let mut child = c
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     common::wait_for("serve's control API", Duration::from_secs(10), || {
         common::http::call(control, "GET", "/healthz", None).0 == 200
@@ -225,8 +226,10 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
 /// `simpool ARGS` in a private network namespace (only loopback, brought up): a command that
 /// ignored SIMPOOL_POOL and dialled the factory address could reach nothing off this machine.
 fn isolated(script: &str, envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    // A PID namespace too: what the script starts in the background dies with the test.
     let mut c = Command::new("unshare");
-    c.args(["-n", "sh", "-c"])
+    c.args(common::proc::OWN_PIDS)
+        .args(["-n", "sh", "-c"])
         .arg(format!("ip link set lo up && {script}"))
         .env("SIMPOOL", BIN)
         .env_remove("SIMPOOL_POOL")
@@ -415,7 +418,7 @@ fn an_interrupted_scan_leaves_no_card_running_that_was_idle_before_it() {
     let child = cmd(&["scan", "--pool", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     // Interrupt once the scan has started cards.
     let t0 = Instant::now();
@@ -503,7 +506,7 @@ impl Daemon {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
         let d = Daemon { child, control };
         let t0 = Instant::now();
@@ -619,7 +622,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
     let mut child = cmd(&["scan", "--pool", &addr, "--reply-timeout-ms", "3000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut header = String::new();
@@ -658,7 +661,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
             "/dev/null",
         ])
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let tty = String::from_utf8_lossy(&out.stdout);
     assert!(tty.contains("/36 cards"), "{tty}");
@@ -869,7 +872,7 @@ fn demo_reuses_or_refuses_a_running_demo_and_stop_stops_all_of_it() {
     // A running "demo": a simpool process and a process named pcscd (a copy of sleep).
     let mut simpool = cmd(&["sim", "--listen", "127.0.0.1:0"])
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     std::fs::write(dir.join("simpool.pid"), simpool.id().to_string()).unwrap();
     let demo = |arg: Option<&str>| {
@@ -886,7 +889,7 @@ fn demo_reuses_or_refuses_a_running_demo_and_stop_stops_all_of_it() {
     assert!(err.contains("--stop"), "{err}");
     let fake = dir.join("pcscd");
     std::fs::copy("/bin/sleep", &fake).unwrap();
-    let mut pcscd = Command::new(&fake).arg("600").spawn().unwrap();
+    let mut pcscd = Command::new(&fake).arg("600").spawn_tied().unwrap();
     std::fs::write(dir.join("pcscd.pid"), pcscd.id().to_string()).unwrap();
     let (code, _, err) = demo(Some("--keep"));
     assert_eq!(code, Some(0), "{err}");

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::process::Command;
 
@@ -17,7 +18,7 @@ fn read(args: &[&str]) -> (Option<i32>, String, String) {
         .arg("read")
         .args(args)
         .env_remove("RUST_LOG")
-        .output()
+        .output_tied()
         .unwrap();
     (
         o.status.code(),

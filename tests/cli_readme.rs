@@ -6,6 +6,9 @@
 //! Examples that cannot run here are listed in [`SKIP`] with the reason; a new example must be
 //! runnable or listed.
 
+mod common;
+
+use common::proc::Tied;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -298,7 +301,9 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
         bin.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // A PID namespace too: the block's daemons die with the test, however it ends.
     let st = Command::new("unshare")
+        .args(common::proc::OWN_PIDS)
         .args(["-n", "sh", "-c", &script])
         .current_dir(dir)
         .env("PATH", path)
@@ -306,7 +311,7 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
         .env_remove("SIMPOOL_CONTROL")
         .env_remove("SIMPOOL_CONTROL_TOKEN")
         .env_remove("RUST_LOG")
-        .status()
+        .status_tied()
         .expect("unshare");
     assert!(
         st.success(),
@@ -433,7 +438,7 @@ fn readme_config_example_is_valid_and_binds_no_card_twice() {
         .arg(&file)
         .env_remove("SIMPOOL_POOL")
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -476,7 +481,7 @@ fn readme_cards_file_example_loads() {
         ])
         .arg(&file)
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -18,7 +19,7 @@ fn text(o: &[u8]) -> String {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output()
+    cmd.output_tied()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e} (driver/ensure-build-deps installs it)"))
 }
 
@@ -26,7 +27,9 @@ fn run(cmd: &mut Command) -> Output {
 fn demo_serves_cards_18_and_256_and_reads_them_back() {
     let dir = std::env::temp_dir().join(format!("simpool-demo-test-{}", std::process::id()));
     // In a network namespace of its own, so the demo's fixed ports are its own too.
+    // A PID namespace too: the demo's pcscd and simpool die with the test, however it ends.
     let out = run(Command::new("unshare")
+        .args(common::proc::OWN_PIDS)
         .args(["-n", "bash", "-c", "ip link set lo up && exec driver/demo"])
         .current_dir(repo())
         .env("SIMPOOL_BIN", env!("CARGO_BIN_EXE_simpool"))

@@ -8,6 +8,7 @@
 mod common;
 
 use common::h;
+use common::proc::Tied;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -39,7 +40,8 @@ impl Capture {
             std::process::id()
         ));
         let _ = std::fs::remove_file(&file);
-        let mut child = Command::new("tshark")
+        // In a PID namespace of its own: its dumpcap dies with it, and it with the test.
+        let mut child = common::proc::tree("tshark")
             .args(["-i", "lo", "-f"])
             .arg(format!("udp and dst port {port} and dst host 127.0.0.1"))
             // Bounded even if the test dies before stopping it.
@@ -48,7 +50,7 @@ impl Capture {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_tied()
             .expect("run tshark (driver/ensure-build-deps installs it)");
         // tshark says "Capture started" once dumpcap has the interface open with its filter.
         let stderr = child.stderr.take().unwrap();
@@ -103,8 +105,9 @@ impl Capture {
 
     /// Stops the capture and decodes it: one row of fields per frame.
     fn decode(mut self) -> Decoded {
+        let tshark = common::proc::tree_main(&self.child).expect("tshark runs");
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(tshark as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
@@ -131,7 +134,7 @@ impl Capture {
         for f in fields {
             cmd.args(["-e", f]);
         }
-        let out = cmd.output().expect("tshark -r");
+        let out = cmd.output_tied().expect("tshark -r");
         assert!(
             out.status.success(),
             "{}",
@@ -159,7 +162,7 @@ impl Capture {
             .arg("-r")
             .arg(&self.file)
             .args(["-d", &decode_as, "-V"])
-            .output()
+            .output_tied()
             .expect("tshark -V");
         let _ = std::fs::remove_file(&self.file);
         Decoded {

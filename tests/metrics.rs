@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::http::{header, http};
+use common::proc::Tied;
 use common::stack::Serve;
 use serde_json::Value;
 use simpool::sim::profile::CardsFile;
@@ -64,7 +65,7 @@ fn parse(text: &str, format: &str) -> Parsed {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .expect("run /usr/bin/python3");
     {
         use std::io::Write;

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,11 +168,13 @@ fn serve_stderr(before: &str, args: &str, secs: u64) -> String {
         "ip link set lo up; {before} timeout -s INT {secs} {bin} serve --control off {args}; \
          kill $(jobs -p) 2>/dev/null; true"
     );
+    // A PID namespace too: the listener started in the background dies with the test.
     let out = Command::new("unshare")
+        .args(common::proc::OWN_PIDS)
         .args(["-n", "sh", "-c", &script])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .output()
+        .output_tied()
         .expect("unshare (root needed)");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

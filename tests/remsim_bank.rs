@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -398,7 +399,7 @@ fn serve_check_reports_the_remsim_server_and_listen_address() {
                 "--remsim-listen",
                 listen,
             ])
-            .output()
+            .output_tied()
             .unwrap();
         (
             out.status.success(),

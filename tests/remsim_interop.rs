@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use common::wait_for;
 use std::io::{BufRead, BufReader, Write};
@@ -48,14 +49,16 @@ fn in_private_netns(name: &str) -> bool {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     let root = nix::unistd::Uid::effective().is_root();
-    let status = Command::new("unshare")
-        .args(if root { &["-n"][..] } else { &["-rn"][..] })
-        .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(NETNS_MARK, "1")
-        .status()
-        .expect("unshare runs");
+    // The test process in there dies with this one (and its helpers with it).
+    let status = common::proc::status(
+        Command::new("unshare")
+            .args(if root { &["-n"][..] } else { &["-rn"][..] })
+            .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(&exe)
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NETNS_MARK, "1"),
+    )
+    .expect("unshare runs");
     assert!(
         status.success(),
         "{name} in a private network namespace failed"
@@ -77,19 +80,9 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-    use std::os::unix::process::CommandExt;
     // Killed with the test process even if it aborts (no Drop then).
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
     let err = std::fs::File::create(log).unwrap();
-    let child = cmd
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let child = common::proc::spawn(cmd.stderr(err)).unwrap_or_else(|e| panic!("{name}: {e}"));
     Proc {
         child,
         name: name.into(),
@@ -444,7 +437,7 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
 fn sh(cmd: &str) {
     let ok = Command::new("sh")
         .args(["-c", cmd])
-        .status()
+        .status_tied()
         .unwrap()
         .success();
     assert!(ok, "{cmd}");

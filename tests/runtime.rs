@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::vectors as cards;
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -68,7 +69,7 @@ impl Daemon {
             .args(args)
             .args(["--control", &self.control])
             .env_remove("SIMPOOL_POOL")
-            .output()
+            .output_tied()
             .expect("run simpool")
     }
 

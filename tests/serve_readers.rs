@@ -10,6 +10,7 @@
 mod common;
 
 use common::h;
+use common::proc::Tied;
 use common::vectors as cards;
 use std::ffi::CString;
 use std::process::Command;
@@ -82,7 +83,7 @@ fn simpool(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_tied()
         .expect("run simpool");
     (
         out.status.code(),
@@ -364,7 +365,7 @@ fn sim_listens_on_loopback_port_6666_by_default() {
         .arg("sim")
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines

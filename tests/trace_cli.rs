@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::proc::Tied;
 use common::{free_port, free_udp_port, h};
 
 use std::io::{BufRead, BufReader};
@@ -32,7 +33,7 @@ fn trace(listen: &str) -> Trace {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .expect("run simpool trace");
     let (tx, lines) = mpsc::channel();
     let out = child.stdout.take().unwrap();
@@ -126,7 +127,7 @@ fn a_port_in_use_is_an_error_not_a_hang() {
             &taken.local_addr().unwrap().to_string(),
         ])
         .stdin(Stdio::null())
-        .output()
+        .output_tied()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -161,7 +162,7 @@ fn serve_gsmtap_into_simpool_trace() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&control).is_err() {

@@ -4,6 +4,7 @@
 
 pub mod webdriver;
 
+use crate::common::proc::Tied;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub fn repo() -> PathBuf {
 /// Installs (Debian, as root) what these tests need if it is missing: `driver/ensure-watch-deps`.
 pub fn ensure_tools() {
     let ok = Command::new(repo().join("driver/ensure-watch-deps"))
-        .status()
+        .status_tied()
         .expect("run driver/ensure-watch-deps");
     assert!(
         ok.success(),
