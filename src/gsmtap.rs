@@ -1,5 +1,5 @@
 //! GSMTAP tracing of card traffic (version 2, type SIM), as Wireshark, tshark and pySim-trace
-//! decode it (see `docs/gsmtap.md` in the shared docs).
+//! decode it (see docs/gsmtap.md).
 //!
 //! Sans-IO codec plus a fire-and-forget sender:
 //! - [`encode_exchange`] / [`encode_atr`] build one datagram into a caller's buffer: the 16-byte

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::vectors as cards;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,10 +113,7 @@ async fn power_atr_commands_and_hostile_frames() {
     let mut v = accept(&vpcd).await;
     v.send(&[0x01]).await; // power on: no answer
     let atr = v.ask(&[0x04]).await.unwrap();
-    assert_eq!(
-        atr,
-        common::hex("3B9F95801FC38031E073FE21135786810286984418A8")
-    );
+    assert_eq!(atr, common::hex(&cards::atr(18)));
     assert_eq!(
         v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
         common::hex("9F17")
@@ -143,7 +141,7 @@ async fn power_atr_commands_and_hostile_frames() {
     );
     assert_eq!(
         v.ask(&common::hex("A0B000000A")).await.unwrap(),
-        common::hex("98680034914128916063 9000")
+        cards::sw9000(&cards::ef_iccid(18))
     );
     // ATR polls come from the cache: no pool traffic
     let before = link
@@ -205,8 +203,19 @@ async fn pool_link_lost_closes_the_reader_and_it_comes_back() {
         f.latency_min = Duration::from_millis(250);
         f.latency_max = f.latency_min;
     });
+    let frames = || {
+        sim.stats()
+            .card_frames_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = frames();
     v.send(&common::hex("A0A40000023F00")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_for_async(
+        "the command to reach the pool",
+        Duration::from_secs(5),
+        || frames() > before,
+    )
+    .await;
     let t0 = Instant::now();
     sim.go_down();
     assert_eq!(
@@ -238,7 +247,7 @@ async fn pool_link_lost_closes_the_reader_and_it_comes_back() {
     );
     assert_eq!(
         v.ask(&common::hex("A0B0000009")).await.unwrap(),
-        common::hex("084906108949106351 9000")
+        cards::sw9000(&cards::ef_imsi(256))
     );
 }
 
@@ -281,13 +290,13 @@ async fn a_silent_pool_is_noticed_by_the_keepalive() {
 #[tokio::test]
 async fn binding_by_imsi_finds_the_card() {
     let (_sim, link, vpcd) = setup(Faults::default(), 500).await;
-    let r = reader_for(&link, &vpcd, Binding::Imsi("460019894013615".into()), 1500);
+    let r = reader_for(&link, &vpcd, Binding::Imsi(cards::imsi(256)), 1500);
     tokio::spawn(r.run());
     let mut v = accept(&vpcd).await;
     v.send(&[0x01]).await;
     assert_eq!(
         v.ask(&[0x04]).await.unwrap(),
-        common::hex("3B9E94801F478031A073BE211166444D5422010026"),
+        common::hex(&cards::atr(256)),
         "card 256's ATR"
     );
 }

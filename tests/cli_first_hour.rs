@@ -4,6 +4,9 @@
 
 mod common;
 
+use common::free_port;
+use common::proc::Tied;
+use common::vectors as cards;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -16,7 +19,6 @@ use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_simpool");
-const CARD_18_ICCID: &str = "89860043191482190636";
 
 /// `simpool ARGS` with none of the user's SIMPOOL_* settings.
 fn cmd(args: &[&str]) -> Command {
@@ -31,7 +33,7 @@ fn cmd(args: &[&str]) -> Command {
 }
 
 fn run(c: &mut Command) -> (Option<i32>, String, String) {
-    let o: Output = c.output().expect("run simpool");
+    let o: Output = c.output_tied().expect("run simpool");
     (
         o.status.code(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -52,14 +54,6 @@ fn pool(faults: Faults) -> String {
     common::sim_pool(CardsFile::default_set(), faults)
         .addr()
         .to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The pool's slot states, read over a connection of the test's own.
@@ -124,7 +118,7 @@ fn scan_into_a_pipe_closed_after_the_first_line_stops_its_cards() {
     let mut child = cmd(&["scan", "--pool", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
@@ -146,14 +140,17 @@ fn scan_into_a_pipe_closed_after_the_first_line_stops_its_cards() {
 
 // ---------------------------------------------------------------- 2. log levels
 
-/// Runs `simpool ARGS` for `secs`, then SIGTERM; its stderr.
-fn stderr_for(mut c: Command, secs: f64) -> String {
+/// Runs `simpool serve …` until its control API on `control` answers (its start-up logged by
+/// then), then SIGTERM; its stderr.
+fn stderr_once_up(mut c: Command, control: &str) -> String {
     let mut child = c
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
-    std::thread::sleep(Duration::from_secs_f64(secs));
+    common::wait_for("serve's control API", Duration::from_secs(10), || {
+        common::http::call(control, "GET", "/healthz", None).0 == 200
+    });
     terminate(&mut child);
     let mut err = String::new();
     child
@@ -174,6 +171,7 @@ fn terminate(child: &mut Child) {
 #[test]
 fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
     let vpcd = format!("127.0.0.1:{}", free_port());
+    let control = format!("127.0.0.1:{}", free_port());
     let serve = |pre: &[&str], rust_log: Option<&str>| {
         let mut args: Vec<&str> = pre.to_vec();
         args.extend([
@@ -183,7 +181,7 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
             "--readers",
             "1",
             "--control",
-            "off",
+            &control,
             "--vpcd",
             &vpcd,
         ]);
@@ -191,7 +189,7 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
         if let Some(l) = rust_log {
             c.env("RUST_LOG", l);
         }
-        stderr_for(c, 1.5)
+        stderr_once_up(c, &control)
     };
     let default = serve(&[], None);
     assert!(
@@ -228,8 +226,10 @@ fn serve_logs_at_info_by_default_and_v_q_rust_log_move_the_level() {
 /// `simpool ARGS` in a private network namespace (only loopback, brought up): a command that
 /// ignored SIMPOOL_POOL and dialled the factory address could reach nothing off this machine.
 fn isolated(script: &str, envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    // A PID namespace too: what the script starts in the background dies with the test.
     let mut c = Command::new("unshare");
-    c.args(["-n", "sh", "-c"])
+    c.args(common::proc::OWN_PIDS)
+        .args(["-n", "sh", "-c"])
         .arg(format!("ip link set lo up && {script}"))
         .env("SIMPOOL", BIN)
         .env_remove("SIMPOOL_POOL")
@@ -352,12 +352,13 @@ fn binding_clashes_at_start_up_name_both_sides() {
         "--card",
         "18",
         "--iccid",
-        CARD_18_ICCID,
+        &cards::iccid(18),
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains(&format!(
-            "ICCID {CARD_18_ICCID} is card 18, already bound to reader 0"
+            "ICCID {} is card 18, already bound to reader 0",
+            cards::iccid(18)
         )),
         "{err}"
     );
@@ -368,13 +369,16 @@ fn binding_clashes_at_start_up_name_both_sides() {
         "--control",
         "off",
         "--imsi",
-        "460019894013615",
+        &cards::imsi(256),
         "--card",
         "256",
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("card 256 is already bound to reader 0 (as IMSI 460019894013615)"),
+        err.contains(&format!(
+            "card 256 is already bound to reader 0 (as IMSI {})",
+            cards::imsi(256)
+        )),
         "{err}"
     );
     let dir = std::env::temp_dir().join(format!("simpool-clash-{}", std::process::id()));
@@ -414,7 +418,7 @@ fn an_interrupted_scan_leaves_no_card_running_that_was_idle_before_it() {
     let child = cmd(&["scan", "--pool", &addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     // Interrupt once the scan has started cards.
     let t0 = Instant::now();
@@ -502,7 +506,7 @@ impl Daemon {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
         let d = Daemon { child, control };
         let t0 = Instant::now();
@@ -618,7 +622,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
     let mut child = cmd(&["scan", "--pool", &addr, "--reply-timeout-ms", "3000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut header = String::new();
@@ -657,7 +661,7 @@ fn scan_prints_rows_as_cards_finish_and_progress_only_on_a_terminal() {
             "/dev/null",
         ])
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let tty = String::from_utf8_lossy(&out.stdout);
     assert!(tty.contains("/39 cards"), "{tty}");
@@ -868,7 +872,7 @@ fn demo_reuses_or_refuses_a_running_demo_and_stop_stops_all_of_it() {
     // A running "demo": a simpool process and a process named pcscd (a copy of sleep).
     let mut simpool = cmd(&["sim", "--listen", "127.0.0.1:0"])
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     std::fs::write(dir.join("simpool.pid"), simpool.id().to_string()).unwrap();
     let demo = |arg: Option<&str>| {
@@ -885,7 +889,7 @@ fn demo_reuses_or_refuses_a_running_demo_and_stop_stops_all_of_it() {
     assert!(err.contains("--stop"), "{err}");
     let fake = dir.join("pcscd");
     std::fs::copy("/bin/sleep", &fake).unwrap();
-    let mut pcscd = Command::new(&fake).arg("600").spawn().unwrap();
+    let mut pcscd = Command::new(&fake).arg("600").spawn_tied().unwrap();
     std::fs::write(dir.join("pcscd.pid"), pcscd.id().to_string()).unwrap();
     let (code, _, err) = demo(Some("--keep"));
     assert_eq!(code, Some(0), "{err}");

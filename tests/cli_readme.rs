@@ -6,6 +6,9 @@
 //! Examples that cannot run here are listed in [`SKIP`] with the reason; a new example must be
 //! runnable or listed.
 
+mod common;
+
+use common::proc::Tied;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -322,7 +325,9 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
         curl_failing_on_http_errors(dir).display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // A PID namespace too: the block's daemons die with the test, however it ends.
     let st = Command::new("unshare")
+        .args(common::proc::OWN_PIDS)
         .args(["-n", "sh", "-c", &script])
         .current_dir(dir)
         .env("PATH", path)
@@ -330,7 +335,7 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
         .env_remove("SIMPOOL_CONTROL")
         .env_remove("SIMPOOL_CONTROL_TOKEN")
         .env_remove("RUST_LOG")
-        .status()
+        .status_tied()
         .expect("unshare");
     assert!(
         st.success(),
@@ -457,7 +462,7 @@ fn readme_config_example_is_valid_and_binds_no_card_twice() {
         .arg(&file)
         .env_remove("SIMPOOL_POOL")
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -500,7 +505,7 @@ fn readme_cards_file_example_loads() {
         ])
         .arg(&file)
         .env_remove("SIMPOOL_CONTROL")
-        .output()
+        .output_tied()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));

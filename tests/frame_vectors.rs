@@ -120,6 +120,66 @@ fn manual_reply_contents() {
     }
 }
 
+/// What the tests expect of the manual's cards (`tests/vectors/cards.txt`) is what the manual
+/// shows: each ATR is the answer to that card's start, EF.ICCID and EF.IMSI the data of the READ
+/// BINARY that ends sessions 1 and 2, and the digits decode from those bytes.
+#[test]
+fn card_facts_are_the_manuals() {
+    // Every card reply of the manual, by card: (request data, reply data).
+    let mut replies: Vec<(u16, Vec<u8>, Vec<u8>)> = Vec::new();
+    for case in common::manual_cases() {
+        for step in &case.steps {
+            let Some(reply) = &step.reply else { continue };
+            // A start is keyed by its control byte `FF`.
+            let (slot, req) = match decode_requests(&step.request).remove(0) {
+                Ok(Request::Data(slot, req)) => (slot, req),
+                Ok(Request::Start(slot)) => (slot, vec![0xFF]),
+                _ => continue,
+            };
+            if let Ok(Reply::Card { data, .. }) = decode_replies_in_pieces(&[reply]).remove(0) {
+                replies.push((slot.card(), req, data));
+            }
+        }
+    }
+    let answer = |card: u16, req: &[u8]| -> Vec<u8> {
+        replies
+            .iter()
+            .find(|(c, r, _)| *c == card && r == req)
+            .map(|(_, _, d)| d.clone())
+            .unwrap_or_else(|| panic!("the manual sends card {card} no {req:02X?}"))
+    };
+    let facts = common::vectors::manual_cards();
+    assert!(facts.len() >= 8, "{facts:?}");
+    for (card, field, value) in facts {
+        match field.as_str() {
+            "atr" => assert_eq!(common::upper(&answer(card, &[0xFF])), value, "card {card}"),
+            "ef-iccid" => {
+                let r = answer(card, &common::hex("A0B000000A"));
+                assert_eq!(
+                    r,
+                    [&[0xB0][..], &common::hex(&value), &[0x90, 0x00]].concat()
+                );
+            }
+            "ef-imsi" => {
+                let r = answer(card, &common::hex("A0B0000009"));
+                assert_eq!(
+                    r,
+                    [&[0xB0][..], &common::hex(&value), &[0x90, 0x00]].concat()
+                );
+            }
+            "iccid" => assert_eq!(
+                simpool::sim::profile::decode_iccid(&common::vectors::ef_iccid(card)),
+                value
+            ),
+            "imsi" => assert_eq!(
+                simpool::sim::profile::decode_imsi(&common::vectors::ef_imsi(card)),
+                Some(value)
+            ),
+            other => panic!("cards.txt: unknown field {other}"),
+        }
+    }
+}
+
 #[test]
 fn a_whole_session_in_one_stream_decodes_in_order() {
     let case = common::case("session-2-imsi-card-256");

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::h;
+use common::proc::Tied;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -20,10 +22,6 @@ use simpool::gsmtap::{self, CardFilter, Tracer};
 use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
 
 /// A tshark capture of the UDP datagrams to one loopback port, plus a socket that receives
 /// them (so the sender meets a listener, and the test knows when all have arrived).
@@ -42,7 +40,8 @@ impl Capture {
             std::process::id()
         ));
         let _ = std::fs::remove_file(&file);
-        let mut child = Command::new("tshark")
+        // In a PID namespace of its own: its dumpcap dies with it, and it with the test.
+        let mut child = common::proc::tree("tshark")
             .args(["-i", "lo", "-f"])
             .arg(format!("udp and dst port {port} and dst host 127.0.0.1"))
             // Bounded even if the test dies before stopping it.
@@ -51,7 +50,7 @@ impl Capture {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_tied()
             .expect("run tshark (driver/ensure-build-deps installs it)");
         // tshark says "Capture started" once dumpcap has the interface open with its filter.
         let stderr = child.stderr.take().unwrap();
@@ -106,8 +105,9 @@ impl Capture {
 
     /// Stops the capture and decodes it: one row of fields per frame.
     fn decode(mut self) -> Decoded {
+        let tshark = common::proc::tree_main(&self.child).expect("tshark runs");
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(tshark as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
@@ -137,7 +137,7 @@ impl Capture {
         for f in fields {
             cmd.args(["-e", f]);
         }
-        let out = cmd.output().expect("tshark -r");
+        let out = cmd.output_tied().expect("tshark -r");
         assert!(
             out.status.success(),
             "{}",
@@ -168,7 +168,7 @@ impl Capture {
             .arg("-r")
             .arg(&self.file)
             .args(["-d", &decode_as, "-V"])
-            .output()
+            .output_tied()
             .expect("tshark -V");
         let _ = std::fs::remove_file(&self.file);
         Decoded {
@@ -535,18 +535,7 @@ const BASE_PORT: u16 = 28300;
 const CONTROL: &str = "127.0.0.1:28390";
 
 fn get(path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(CONTROL).expect("control API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {CONTROL}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+    common::http::get_json(CONTROL, path)
 }
 
 /// The acceptance run: pySim-style traffic through reader 0 of a running `simpool serve

@@ -362,7 +362,10 @@ async fn a_trickling_pool_is_dropped_within_the_bound_and_recovers() {
     let steps = s.learnt.iter().find(|(c, _)| *c == 18).unwrap().1.clone();
     let until = Instant::now() + Duration::from_secs(4);
     let bg = tokio::spawn(pysim_loop(s.cards.clone(), 18, steps, until, one.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::wait_for_async("answers on the sane link", Duration::from_secs(5), || {
+        one.ok.load(Ordering::Relaxed) >= 3
+    })
+    .await;
     let t0 = Instant::now();
     s.proxy.set(Mode::Trickle);
     let took = time_to_drop(&s.link, t0, Duration::from_secs(3)).await;
@@ -386,7 +389,10 @@ async fn a_frame_cut_in_half_is_dropped_within_the_bound() {
     let steps = s.learnt.iter().find(|(c, _)| *c == 2).unwrap().1.clone();
     let until = Instant::now() + Duration::from_secs(4);
     let bg = tokio::spawn(pysim_loop(s.cards.clone(), 2, steps, until, one.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::wait_for_async("answers on the sane link", Duration::from_secs(5), || {
+        one.ok.load(Ordering::Relaxed) >= 3
+    })
+    .await;
     let t0 = Instant::now();
     s.proxy.set(Mode::Cut);
     let took = time_to_drop(&s.link, t0, Duration::from_secs(3)).await;

@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::http::{header, http};
+use common::proc::Tied;
 use common::stack::Serve;
 use serde_json::Value;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
-use watch::{http, FakeVpcd};
+use watch::FakeVpcd;
 
 /// Parses with the real parser; answers every sample as "name{k="v",…}" → value, labels sorted.
 const PARSE: &str = r#"
@@ -63,7 +65,7 @@ fn parse(text: &str, format: &str) -> Parsed {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .expect("run /usr/bin/python3");
     {
         use std::io::Write;
@@ -102,7 +104,7 @@ fn scrape(control: &str) -> Parsed {
     let (status, head, text) = http(control, "GET", "/metrics", &[], None);
     assert_eq!(status, 200, "{text}");
     assert_eq!(
-        watch::header(&head, "content-type"),
+        header(&head, "content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let prom = parse(&text, "prometheus");
@@ -112,7 +114,7 @@ fn scrape(control: &str) -> Parsed {
     )];
     let (status, head, om_text) = http(control, "GET", "/metrics", &accept, None);
     assert_eq!(status, 200);
-    assert!(watch::header(&head, "content-type")
+    assert!(header(&head, "content-type")
         .unwrap()
         .starts_with("application/openmetrics-text; version=1.0.0"));
     assert!(om_text.ends_with("# EOF\n"));
@@ -134,7 +136,7 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
         },
     );
     let vpcd = FakeVpcd::start(2);
-    let control = format!("127.0.0.1:{}", watch::free_port());
+    let control = format!("127.0.0.1:{}", common::free_port());
     let pool = sim.addr().to_string();
     // A GSMTAP listener, so the tracer's counters move too.
     let gsmtap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -155,11 +157,11 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
         &gsmtap_to,
     ];
     let serve = Serve::start(&args, "metrics");
-    watch::wait_until("the control API", Duration::from_secs(15), || {
+    common::wait_for("the control API", Duration::from_secs(15), || {
         http(&control, "GET", "/healthz", &[], None).0 == 200
     });
     let mut reader0 = vpcd.reader(0, Duration::from_secs(15));
-    watch::wait_until("reader 0 present", Duration::from_secs(10), || {
+    common::wait_for("reader 0 present", Duration::from_secs(10), || {
         http(&control, "GET", "/api/v1/readers/0", &[], None)
             .2
             .contains("\"state\":\"present\"")
@@ -281,12 +283,12 @@ fn metrics_parse_and_move_with_traffic_and_errors() {
 
     // The pool goes away and comes back: link down, then a reconnect.
     sim.go_down();
-    watch::wait_until("the link to drop", Duration::from_secs(15), || {
+    common::wait_for("the link to drop", Duration::from_secs(15), || {
         http(&control, "GET", "/healthz", &[], None).0 == 503
     });
     assert_eq!(scrape(&control).get("simpool_pool_link_up"), 0.0);
     sim.come_back();
-    watch::wait_until("the link to come back", Duration::from_secs(20), || {
+    common::wait_for("the link to come back", Duration::from_secs(20), || {
         http(&control, "GET", "/healthz", &[], None).0 == 200
     });
     let back = scrape(&control);

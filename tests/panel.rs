@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::http::{header, http};
 use common::stack::Serve;
 use serde_json::{json, Value};
 use watch::webdriver::Browser;
-use watch::{http, FakeVpcd};
+use watch::FakeVpcd;
 
 const TOKEN: &str = "panel-test-token-5f2c";
 
@@ -38,7 +39,7 @@ fn panel_in_headless_chromium() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
 
     let vpcd = FakeVpcd::start(4);
-    let control = format!("127.0.0.1:{}", watch::free_port());
+    let control = format!("127.0.0.1:{}", common::free_port());
     let token_path = token_file.display().to_string();
     let serve = Serve::start(
         &[
@@ -59,17 +60,17 @@ fn panel_in_headless_chromium() {
         ],
         "panel",
     );
-    watch::wait_until("the control API", Duration::from_secs(15), || {
+    common::wait_for("the control API", Duration::from_secs(15), || {
         api(&control, "GET", "/healthz", None).0 == 200
     });
 
     // The page and its files come without the token and hold no data; the API needs it.
     let (status, head, html) = http(&control, "GET", "/", &[], None);
     assert_eq!(status, 200);
-    assert!(watch::header(&head, "content-type")
+    assert!(header(&head, "content-type")
         .unwrap()
         .starts_with("text/html"));
-    assert!(watch::header(&head, "content-security-policy").is_some());
+    assert!(header(&head, "content-security-policy").is_some());
     assert!(html.contains("/ui/panel.js") && !html.contains("ICCID 89"));
     for f in ["/ui/panel.js", "/ui/panel.css", "/ui/icon.svg"] {
         assert_eq!(http(&control, "GET", f, &[], None).0, 200, "{f}");
@@ -250,7 +251,7 @@ fn panel_in_headless_chromium() {
     );
     b.find("#d-reader option[value='2']").click();
     b.find("#d-bind").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 2 bound to card 100 in the API",
         Duration::from_secs(15),
         || {
@@ -271,7 +272,7 @@ fn panel_in_headless_chromium() {
     // Bind through a reader's own form: reader 3 to card 5.
     b.find("#reader-3 input").type_text("5");
     b.find("#reader-3 button[type=submit]").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 3 bound to card 5 in the API",
         Duration::from_secs(15),
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"] == json!({"card": 5}),
@@ -292,7 +293,11 @@ fn panel_in_headless_chromium() {
         "window.scrollTo(0, 0); document.querySelector('.reader-list').scrollTop = 0",
         json!([]),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    b.wait_for(
+        "the page at the top",
+        Duration::from_secs(5),
+        "return window.scrollY === 0 && document.querySelector('.reader-list').scrollTop === 0",
+    );
     let png = b.screenshot();
     assert_eq!(&png[1..4], b"PNG");
     let shots = watch::screenshot_dir();
@@ -319,7 +324,7 @@ fn panel_in_headless_chromium() {
 
     // Unbind by click.
     b.find("#reader-3 button.danger").click();
-    watch::wait_until(
+    common::wait_for(
         "reader 3 unbound in the API",
         Duration::from_secs(15),
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"].is_null(),
@@ -384,9 +389,9 @@ fn panel_in_headless_chromium() {
 
     // A pool that refuses: the page says so and why, in the log's words, not just
     // "connecting".
-    let refused = format!("127.0.0.1:{}", watch::free_port());
-    let control2 = format!("127.0.0.1:{}", watch::free_port());
-    let vpcd2 = format!("127.0.0.1:{}", watch::free_port());
+    let refused = format!("127.0.0.1:{}", common::free_port());
+    let control2 = format!("127.0.0.1:{}", common::free_port());
+    let vpcd2 = format!("127.0.0.1:{}", common::free_port());
     let serve2 = Serve::start(
         &[
             "--pool",
@@ -400,7 +405,7 @@ fn panel_in_headless_chromium() {
         ],
         "panel-refused",
     );
-    watch::wait_until(
+    common::wait_for(
         "the second daemon's control API",
         Duration::from_secs(15),
         || http(&control2, "GET", "/healthz", &[], None).0 == 503,

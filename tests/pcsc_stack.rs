@@ -4,25 +4,18 @@
 
 mod common;
 
+use common::h;
+use common::vectors as cards;
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::algo::run_gsm;
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 26300;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 /// Serves `cards` on readers `first..` of the shared pcscd; waits until every reader shows its card.
 fn serve(
@@ -76,10 +69,7 @@ fn reads_iccid_and_imsi_with_pysim_tpdus() {
         st.atr(),
         sim.with_card(18, |c| c.atr().to_vec()).unwrap().as_slice()
     );
-    assert_eq!(
-        st.atr(),
-        h("3B9F95801FC38031E073FE21135786810286984418A8").as_slice()
-    );
+    assert_eq!(st.atr(), h(&cards::atr(18)).as_slice());
     assert_eq!(tx(&card18, "A0A40000023F00"), h("9F17"));
     let gr = tx(&card18, "A0C0000017");
     assert_eq!(
@@ -88,10 +78,10 @@ fn reads_iccid_and_imsi_with_pysim_tpdus() {
     );
     assert_eq!(tx(&card18, "A0A40000022FE2"), h("9F0F"));
     let iccid = tx(&card18, "A0B000000A");
-    assert_eq!(iccid, h("98680034914128916063 9000"));
+    assert_eq!(iccid, cards::sw9000(&cards::ef_iccid(18)));
     assert_eq!(
         simpool::sim::profile::decode_iccid(&iccid[..10]),
-        "89860043191482190636"
+        cards::iccid(18)
     );
 
     let card256 = connect(&ctx, &names[1]);
@@ -100,7 +90,7 @@ fn reads_iccid_and_imsi_with_pysim_tpdus() {
     let imsi = tx(&card256, "A0B0000009");
     assert_eq!(
         simpool::sim::profile::decode_imsi(&imsi[..9]).unwrap(),
-        "460019894013615"
+        cards::imsi(256)
     );
     assert!(serve.is_running());
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::proc::Tied;
+use common::vectors as cards;
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ fn pcscd_private(args: &[&str], dir: &std::path::Path) {
         .args(args)
         .arg("--dir")
         .arg(dir)
-        .status()
+        .status_tied()
         .unwrap();
     assert!(st.success(), "pcscd-private {args:?}");
 }
@@ -33,13 +35,10 @@ fn read_iccid(name: &std::ffi::CString) -> Vec<u8> {
     let card = ctx
         .connect(name, ShareMode::Shared, Protocols::ANY)
         .unwrap();
-    let mut buf = [0u8; 64];
     for cmd in ["A0A40000023F00", "A0A40000022FE2"] {
-        card.transmit(&common::hex(cmd), &mut buf).unwrap();
+        stack::tx(&card, cmd);
     }
-    card.transmit(&common::hex("A0B000000A"), &mut buf)
-        .unwrap()
-        .to_vec()
+    stack::tx(&card, "A0B000000A")
 }
 
 #[test]
@@ -56,15 +55,12 @@ fn pcscd_restart_is_survived() {
     ];
     let mut serve = Serve::start(&serve_args, "pcscd-restart");
     let name = pcscd.reader_name(0);
-    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+    assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
 
     pcscd_private(&["stop"], &pcscd.dir);
-    pcscd_private(
-        &["start", "--readers", "16", "--port", &BASE_PORT.to_string()],
-        &pcscd.dir,
-    );
+    let _again = stack::Pcscd::start(pcscd.dir.clone(), 16, BASE_PORT);
     // A new pcscd: new contexts; simpool finds vpcd's port again by itself.
-    assert_eq!(read_iccid(&name), common::hex("98680034914128916063 9000"));
+    assert_eq!(read_iccid(&name), cards::sw9000(&cards::ef_iccid(18)));
     assert!(serve.is_running());
     assert!(
         serve.log_text().contains("vpcd closed the connection"),

@@ -240,13 +240,19 @@ async fn one_exchange_per_card_at_a_time() {
             .await
     });
     let first = pool.next().await;
-    let t2 = tokio::spawn(async move {
+    let mut t2 = Box::pin(async move {
         c2.transmit(&common::hex("A0B0000001"), Duration::from_secs(3))
             .await
     });
     // The second command must wait for the first to finish: a command of another card, issued
-    // after it, reaches the pool first.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // after it, reaches the pool first. Run it until it waits (for card 9, or — were there no
+    // per-card lock — for its answer, its request already on its way), then let it go on.
+    let waiting = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(t2.as_mut(), cx).is_pending())
+    })
+    .await;
+    assert!(waiting, "the second command of card 9 finished at once");
+    let t2 = tokio::spawn(t2);
     let other = link.card(Slot(10));
     let t3 = tokio::spawn(async move {
         other

@@ -5,10 +5,13 @@
 
 mod common;
 
+use common::proc::Tied;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::get_json as get;
 use common::stack::{self, Serve};
+use common::wait_for;
 use pcsc::{Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::Faults;
@@ -89,28 +92,6 @@ fn a_tight_loop_sees_the_card_removed_soon_after_the_pool_goes_away() {
     );
 }
 
-/// One HTTP GET on the control API; answers the body.
-fn get(addr: &str, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-}
-
-fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_mute_card_is_marked_bad_once_and_tried_again_after_reinsertion() {
     let sim = common::sim_pool(
@@ -151,8 +132,20 @@ fn a_mute_card_is_marked_bad_once_and_tried_again_after_reinsertion() {
     let c = get(control, "/api/v1/cards/7");
     assert!(c["bad"].is_string(), "{c}");
     assert!(serve.log_text().contains("marked bad"));
-    // Sent once, not on every retry.
-    std::thread::sleep(Duration::from_secs(3));
+    // Sent once, not on every retry: while the card is marked bad the reader looks at the slot
+    // states (each second) and leaves the card alone. A reader that tried it again after a look
+    // would have failed twice and indicated again before its third look.
+    let looks = || {
+        sim.stats()
+            .state_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let seen = looks();
+    wait_for(
+        "three more looks at the slots",
+        Duration::from_secs(10),
+        || looks() >= seen + 3,
+    );
     assert_eq!(sim.error_indications(7), 1, "error indication sent once");
     // Pulled and put back, and no longer mute: tried again, and works.
     sim.update_faults(|f| {
@@ -175,11 +168,13 @@ fn serve_stderr(before: &str, args: &str, secs: u64) -> String {
         "ip link set lo up; {before} timeout -s INT {secs} {bin} serve --control off {args}; \
          kill $(jobs -p) 2>/dev/null; true"
     );
+    // A PID namespace too: the listener started in the background dies with the test.
     let out = Command::new("unshare")
+        .args(common::proc::OWN_PIDS)
         .args(["-n", "sh", "-c", &script])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .output()
+        .output_tied()
         .expect("unshare (root needed)");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -204,7 +199,8 @@ fn every_operator_mistake_is_named_with_its_cause_at_the_default_level() {
 
     // Something listens but is no pool: it never answers ID.
     let err = serve_stderr(
-        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",6666)); s.listen(8); c=[s.accept() for _ in range(8)]; time.sleep(30)' </dev/null >/dev/null 2>&1 & sleep 0.3;",
+        "python3 -c 'import socket,time; s=socket.socket(); s.bind((\"127.0.0.1\",6666)); s.listen(8); c=[s.accept() for _ in range(8)]; time.sleep(30)' </dev/null >/dev/null 2>&1 & \
+         for i in $(seq 200); do ss -Hltn 'sport = :6666' | grep -q . && break; sleep 0.05; done;",
         "--pool 127.0.0.1:6666 --card 3 --vpcd 127.0.0.1:35963",
         4,
     );

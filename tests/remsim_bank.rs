@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::proc::Tied;
+use common::vectors as cards;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,8 +16,6 @@ use simpool::remsim::rspro::{Msg, ResultCode};
 use simpool::remsim::{Bank, BankConfig};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
-
-const CARD18_ATR: &str = "3B9F95801FC38031E073FE21135786810286984418A8";
 
 struct Rig {
     sim: SimPool,
@@ -94,7 +94,7 @@ async fn two_clients_read_their_cards_at_once() {
     let (mut a, res_a, atr_a) = Client::connect(addr, cs(23, 0), bs(1, 17)).await;
     let (mut b, res_b, atr_b) = Client::connect(addr, cs(24, 0), bs(1, 255)).await;
     assert_eq!((res_a, res_b), (ResultCode::Ok, ResultCode::Ok));
-    assert_eq!(hex::encode_upper(atr_a.unwrap()), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr_a.unwrap()), cards::atr(18));
     assert!(!atr_b.unwrap().is_empty());
     assert_eq!(
         r.cards.holder(18),
@@ -107,8 +107,8 @@ async fn two_clients_read_their_cards_at_once() {
     // Interleaved at the same time, several rounds: no cross-talk.
     for _ in 0..5 {
         let (iccid, imsi) = tokio::join!(a.iccid(), b.imsi());
-        assert_eq!(iccid, "89860043191482190636");
-        assert_eq!(imsi.as_deref(), Some("460019894013615"));
+        assert_eq!(iccid, cards::iccid(18));
+        assert_eq!(imsi.as_deref(), Some(cards::imsi(256).as_str()));
     }
     // Status words go back untouched: 9Fxx after SELECT (no GET RESPONSE by the bank).
     let r1 = a
@@ -180,7 +180,7 @@ async fn reset_restarts_the_card_and_sends_the_atr_again() {
         assert_ne!(a.select([0x6F, 0x07]).await, 0x9F, "card restarted at MF");
     }
     assert_eq!(r.bank.stats().resets.load(Ordering::Relaxed), 2);
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(a.iccid().await, cards::iccid(18));
 }
 
 #[tokio::test]
@@ -204,7 +204,7 @@ async fn removing_the_map_ends_the_session_and_frees_the_card() {
     assert!(a.peer.closed_within(Duration::from_secs(2)).await);
     stopped_and_free(&r.cards, 18).await;
     // The other client goes on.
-    assert_eq!(b.imsi().await.as_deref(), Some("460019894013615"));
+    assert_eq!(b.imsi().await.as_deref(), Some(cards::imsi(256).as_str()));
     // resetState ends it too.
     r.control.send(Msg::ResetStateReq).await;
     assert_eq!(
@@ -229,7 +229,7 @@ async fn a_dead_client_releases_its_card() {
     // And the same slot works again for a new connection.
     let (mut a, res, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
     assert_eq!(res, ResultCode::Ok);
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(a.iccid().await, cards::iccid(18));
 }
 
 #[tokio::test]
@@ -242,8 +242,8 @@ async fn unmapped_client_waits_for_its_map() {
         ResultCode::Ok
     );
     let atr = a.expect_atr().await;
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
+    assert_eq!(a.iccid().await, cards::iccid(18));
 }
 
 #[tokio::test]
@@ -256,8 +256,8 @@ async fn a_held_card_is_refused_naming_its_holder() {
     assert_eq!(r.cards.holder(18), Some(Holder::Reader(0)));
     // The holder lets go: the waiting client gets the card at once (setAtrReq).
     drop(lease);
-    assert_eq!(hex::encode_upper(a.expect_atr().await), CARD18_ATR);
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(hex::encode_upper(a.expect_atr().await), cards::atr(18));
+    assert_eq!(a.iccid().await, cards::iccid(18));
     // And the other way round: a card the bank holds is refused to others.
     match r.cards.lease(18, Holder::Reader(0)) {
         Err(e) => assert_eq!(e.to_string(), "card 18 is held by bank 1:17 → client 23:0"),
@@ -276,9 +276,9 @@ async fn a_reconnecting_client_takes_over_from_its_old_connection() {
     // started, and the old connection is closed.
     let (mut new, res, atr) = Client::connect(addr, cs(23, 0), bs(1, 17)).await;
     assert_eq!(res, ResultCode::Ok);
-    assert_eq!(hex::encode_upper(atr.unwrap()), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr.unwrap()), cards::atr(18));
     assert!(old.peer.closed_within(Duration::from_secs(2)).await);
-    assert_eq!(new.iccid().await, "89860043191482190636");
+    assert_eq!(new.iccid().await, cards::iccid(18));
 }
 
 #[tokio::test]
@@ -318,7 +318,7 @@ async fn bad_clients_are_closed_or_refused_and_others_never_disturbed() {
     assert_eq!(c.transmit(&[0xA0; 261]).await, [0x67, 0x00]);
     assert_eq!(c.select([0x3F, 0x00]).await, 0x9F);
     // The good client saw none of it.
-    assert_eq!(good.iccid().await, "89860043191482190636");
+    assert_eq!(good.iccid().await, cards::iccid(18));
     assert!(r.bank.stats().bad_peers.load(Ordering::Relaxed) >= 4);
     assert!(matches!(
         good.peer.recv_within(Duration::from_millis(100)).await,
@@ -340,7 +340,7 @@ async fn the_bank_reconnects_to_a_restarted_server_and_keeps_serving() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(a.iccid().await, cards::iccid(18));
     // The new server pushes its maps; the bank takes them.
     assert_eq!(
         map(&mut control, cs(24, 0), bs(1, 255)).await,
@@ -348,7 +348,7 @@ async fn the_bank_reconnects_to_a_restarted_server_and_keeps_serving() {
     );
     let (mut b, res, _) = Client::connect(r.bank.local_addr(), cs(24, 0), bs(1, 255)).await;
     assert_eq!(res, ResultCode::Ok);
-    assert_eq!(b.imsi().await.as_deref(), Some("460019894013615"));
+    assert_eq!(b.imsi().await.as_deref(), Some(cards::imsi(256).as_str()));
     // Keep-alive on the control link: the bank answers PING.
     control.send_raw(&[0x00, 0x01, 0xFE, 0x00]).await;
     assert!(matches!(
@@ -363,7 +363,7 @@ async fn a_pool_reconnect_ends_the_session_and_the_client_comes_back() {
     let mut r = rig().await;
     map(&mut r.control, cs(23, 0), bs(1, 17)).await;
     let (mut a, _, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(a.iccid().await, cards::iccid(18));
     // The pool drops its connection (and with it the card's state).
     r.sim.restart(Duration::from_millis(300));
     assert!(a.peer.closed_within(Duration::from_secs(3)).await);
@@ -374,8 +374,8 @@ async fn a_pool_reconnect_ends_the_session_and_the_client_comes_back() {
         ResultCode::CardNotPresent => a.expect_atr().await,
         other => panic!("{other:?}"),
     };
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
-    assert_eq!(a.iccid().await, "89860043191482190636");
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
+    assert_eq!(a.iccid().await, cards::iccid(18));
 }
 
 #[tokio::test]
@@ -425,7 +425,7 @@ fn serve_check_reports_the_remsim_server_and_listen_address() {
                 "--remsim-listen",
                 listen,
             ])
-            .output()
+            .output_tied()
             .unwrap();
         (
             out.status.success(),

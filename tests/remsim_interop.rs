@@ -8,8 +8,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use common::proc::Tied;
+use common::vectors as cards;
+use common::wait_for;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -19,7 +21,6 @@ const NETNS_MARK: &str = "SIMPOOL_REMSIM_NETNS";
 /// The ATR the client shows its modem before the bank's arrives (client-shell prints it as a
 /// SET_ATR line of its own); distinct from every card's.
 const CLIENT_ATR: &str = "3B00";
-const CARD18_ATR: &str = "3B9F95801FC38031E073FE21135786810286984418A8";
 
 fn build_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("SIMPOOL_REMSIM_BUILD")?);
@@ -48,14 +49,16 @@ fn in_private_netns(name: &str) -> bool {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().unwrap();
     let root = nix::unistd::Uid::effective().is_root();
-    let status = Command::new("unshare")
-        .args(if root { &["-n"][..] } else { &["-rn"][..] })
-        .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
-        .arg(&exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(NETNS_MARK, "1")
-        .status()
-        .expect("unshare runs");
+    // The test process in there dies with this one (and its helpers with it).
+    let status = common::proc::status(
+        Command::new("unshare")
+            .args(if root { &["-n"][..] } else { &["-rn"][..] })
+            .args(["sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+            .arg(&exe)
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(NETNS_MARK, "1"),
+    )
+    .expect("unshare runs");
     assert!(
         status.success(),
         "{name} in a private network namespace failed"
@@ -77,19 +80,9 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Proc {
-    use std::os::unix::process::CommandExt;
     // Killed with the test process even if it aborts (no Drop then).
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
     let err = std::fs::File::create(log).unwrap();
-    let child = cmd
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let child = common::proc::spawn(cmd.stderr(err)).unwrap_or_else(|e| panic!("{name}: {e}"));
     Proc {
         child,
         name: name.into(),
@@ -101,10 +94,6 @@ struct Shell {
     proc: Proc,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
-}
-
-fn hexline(s: &str) -> Vec<u8> {
-    hex::decode(s.split_whitespace().collect::<String>()).expect("hex from client-shell")
 }
 
 impl Shell {
@@ -150,7 +139,7 @@ impl Shell {
             match self.lines.recv_timeout(left) {
                 Ok(l) => {
                     if let Some(rest) = l.strip_prefix(prefix) {
-                        return Some(hexline(rest));
+                        return Some(common::hex(rest));
                     }
                 }
                 Err(_) => return None,
@@ -230,24 +219,7 @@ fn http(
     path: &str,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    Ok((status, body))
+    common::http::request(addr, method, path, &[], body).map(|r| (r.status, r.body))
 }
 
 fn post_map(bank_slot: u16, client: u16) {
@@ -266,7 +238,9 @@ fn post_map_on(bank: u16, bank_slot: u16, client: u16) {
 /// lines joined, as (command, what its comment promises); and the `S=` line, pointed at this
 /// namespace's server instead of 10.0.0.5.
 fn readme_rest_examples() -> (String, Vec<(String, String)>) {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
     let mut block = None;
     let mut cur: Option<Vec<String>> = None;
     for line in readme.lines() {
@@ -323,17 +297,6 @@ fn run_readme_line(set: &str, line: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(what: &str, wait: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + wait;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("not within {wait:?}: {what}");
 }
 
 fn slotmap_state(bank_slot: u16) -> Option<String> {
@@ -442,7 +405,7 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let atr = a
         .card_atr(Duration::from_secs(15))
         .expect("SET_ATR for client 23");
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
     b.card_atr(Duration::from_secs(15))
         .expect("SET_ATR for client 24");
 
@@ -481,8 +444,8 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
         let tb = s.spawn(|| b.imsi());
         (ta.join().unwrap(), tb.join().unwrap())
     });
-    assert_eq!(iccid, "89860043191482190636");
-    assert_eq!(imsi.as_deref(), Some("460019894013615"));
+    assert_eq!(iccid, cards::iccid(18));
+    assert_eq!(imsi.as_deref(), Some(cards::imsi(256).as_str()));
 
     // RESET restarts the card: a new SET_ATR, and the card is back at the MF.
     assert_eq!(a.select("7F20"), 0x9F);
@@ -490,13 +453,13 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let atr = a
         .card_atr(Duration::from_secs(5))
         .expect("SET_ATR after RESET");
-    assert_eq!(hex::encode_upper(atr), CARD18_ATR);
+    assert_eq!(hex::encode_upper(atr), cards::atr(18));
     assert_ne!(
         a.select("6F07"),
         0x9F,
         "EF.IMSI not reachable from the MF: card restarted"
     );
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(a.iccid(), cards::iccid(18));
 
     // Removing client 24's map through REST ends its session: no answers any more.
     let (code, body) = rest("DELETE", &format!("/slotmaps/{}", 65536 + 255), None).unwrap();
@@ -504,14 +467,19 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     wait_for("map 255 gone", Duration::from_secs(10), || {
         slotmap_state(255).is_none()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The bank ends that session and frees card 256.
+    wait_for(
+        "card 256 freed by the bank",
+        Duration::from_secs(10),
+        || common::http::get_json("127.0.0.1:6680", "/api/v1/cards/256")["holder"].is_null(),
+    );
     b.send("A0F2000016");
     assert!(
         b.expect("R-APDU: ", Duration::from_secs(2)).is_none(),
         "client 24 still served after its map was removed"
     );
     // Client 23 is not disturbed.
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(a.iccid(), cards::iccid(18));
 
     // The server restarts (and forgets its maps): the bank registers again by itself; the
     // back-end installs the maps again and both clients are served.
@@ -530,8 +498,8 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     });
     b.card_atr(Duration::from_secs(30))
         .expect("client 24 gets card 256 again");
-    assert_eq!(b.imsi().as_deref(), Some("460019894013615"));
-    assert_eq!(a.iccid(), "89860043191482190636");
+    assert_eq!(b.imsi().as_deref(), Some(cards::imsi(256).as_str()));
+    assert_eq!(a.iccid(), cards::iccid(18));
 
     // The README's listing line: three JSON answers, naming the bank.
     let listed = run_readme_line(&set, &readme[1].0);
@@ -561,62 +529,10 @@ fn real_osmo_remsim_server_and_clients_use_simpool_as_bank() {
     let _ = std::fs::remove_dir_all(&logdir);
 }
 
-/// A private pcscd (driver/pcscd-private) with vpcd readers, stopped on drop.
-struct PrivatePcscd {
-    dir: PathBuf,
-}
-
-impl PrivatePcscd {
-    fn start(dir: PathBuf) -> PrivatePcscd {
-        let ok = Command::new(repo().join("driver/pcscd-private"))
-            .args(["start", "--readers", "2", "--port", "35963", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .status()
-            .expect("driver/pcscd-private (see README: driver/pcscd-private install)")
-            .success();
-        assert!(ok, "private pcscd did not start");
-        // Stop it when this process goes, however it goes.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec {script} stop --dir {dir}",
-            pid = std::process::id(),
-            script = repo().join("driver/pcscd-private").display(),
-            dir = dir.display()
-        );
-        Command::new("setsid")
-            .args(["-f", "bash", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("start the pcscd watchdog");
-        PrivatePcscd { dir }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/pcscd.comm")
-    }
-}
-
-impl Drop for PrivatePcscd {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("driver/pcscd-private"))
-            .args(["stop", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn sh(cmd: &str) {
     let ok = Command::new("sh")
         .args(["-c", cmd])
-        .status()
+        .status_tied()
         .unwrap()
         .success();
     assert!(ok, "{cmd}");
@@ -641,7 +557,7 @@ fn simpool_bank_vs_osmo_remsim_bankd_over_pcsc() {
     let logdir = std::env::temp_dir().join(format!("simpool-remsim-sbs-{}", std::process::id()));
     std::fs::create_dir_all(&logdir).unwrap();
     eprintln!("logs in {}", logdir.display());
-    let pcscd = PrivatePcscd::start(logdir.join("pcscd"));
+    let pcscd = common::stack::Pcscd::start(logdir.join("pcscd"), 2, 35963);
     let _server = start_server(&build, &logdir, 1);
 
     // One daemon: reader 0 (card 2) on vpcd for osmo-remsim-bankd, and the bank (card 18).

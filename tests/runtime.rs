@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::proc::Tied;
+use common::vectors as cards;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,21 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::http::call as http;
+use common::stack::{self, try_tx as tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27100;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Result<Vec<u8>, pcsc::Error> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).map(|r| r.to_vec())
-}
 
 /// A daemon with `readers` readers starting at vpcd reader `first`, its control API on `control`.
 struct Daemon {
@@ -75,7 +69,7 @@ impl Daemon {
             .args(args)
             .args(["--control", &self.control])
             .env_remove("SIMPOOL_POOL")
-            .output()
+            .output_tied()
             .expect("run simpool")
     }
 
@@ -89,26 +83,7 @@ impl Daemon {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; answers status and body.
-fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    parse_response(&out)
-}
-
+/// A raw HTTP answer (of a request the test wrote by hand): status and body.
 fn parse_response(out: &str) -> (u16, String) {
     let status = out
         .split_whitespace()
@@ -176,10 +151,19 @@ fn bind_rebind_unbind_while_another_reader_runs() {
     d.wait(&ctx, 1, false);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let frames = || sim.stats().card_frames_in.load(Ordering::Relaxed);
+    let before = frames();
     let looper = exchange_loop(d.names[0].clone(), stop.clone(), raw_iccid(&sim, 18));
-    std::thread::sleep(Duration::from_millis(300));
+    // Rebinding starts once reader 0's loop is busy on the pool (a few rounds of its frames).
+    common::wait_for("reader 0 exchanging", Duration::from_secs(10), || {
+        frames() >= before + 20
+    });
 
-    for (card, imsi) in [(256u16, Some("460019894013615")), (2, None), (101, None)] {
+    for (card, imsi) in [
+        (256u16, Some(cards::imsi(256).as_str())),
+        (2, None),
+        (101, None),
+    ] {
         let out = d.cli(&["bind", "1", "--card", &card.to_string()]);
         assert!(
             out.status.success(),
@@ -306,7 +290,7 @@ fn scan_through_the_daemon_leaves_a_live_session_intact() {
         .find(|r| r["card"] == 18)
         .expect("card 18 listed");
     assert_eq!(row18["holder"], "reader 0");
-    assert_eq!(row18["iccid"], "89860043191482190636");
+    assert_eq!(row18["iccid"], cards::iccid(18));
     assert!(
         rows.as_array().unwrap().len() > 30,
         "the free cards were read"

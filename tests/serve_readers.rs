@@ -9,25 +9,19 @@
 
 mod common;
 
+use common::h;
+use common::proc::Tied;
+use common::vectors as cards;
 use std::ffi::CString;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Disposition, Protocols, ShareMode};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27300;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 fn pool() -> SimPool {
     common::sim_pool(CardsFile::default_set(), Faults::default())
@@ -89,7 +83,7 @@ fn simpool(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
+        .output_tied()
         .expect("run simpool");
     (
         out.status.code(),
@@ -122,14 +116,11 @@ fn read_prints_atr_iccid_and_imsi_of_each_reader() {
         .collect();
     assert_eq!(text.len(), 8, "{out}");
     assert_eq!(text[0].join(" "), "Virtual PCD 00 00");
-    assert_eq!(
-        text[1],
-        ["ATR", "3B9F95801FC38031E073FE21135786810286984418A8"]
-    );
-    assert_eq!(text[2], ["ICCID", "89860043191482190636"]);
+    assert_eq!(text[1], ["ATR", &cards::atr(18)]);
+    assert_eq!(text[2], ["ICCID", &cards::iccid(18)]);
     assert_eq!(text[3], ["IMSI", "001010000000018"]);
     assert_eq!(text[4].join(" "), "Virtual PCD 00 01");
-    assert_eq!(text[7], ["IMSI", "460019894013615"]);
+    assert_eq!(text[7], ["IMSI", &cards::imsi(256)]);
 
     let (code, out, err) = simpool(&["read", "--reader", "Virtual PCD 00 01", "--json"]);
     assert_eq!(code, Some(0), "{err}");
@@ -139,7 +130,7 @@ fn read_prints_atr_iccid_and_imsi_of_each_reader() {
         v[0]["iccid"],
         sim.with_card(256, |c| c.profile().iccid.clone()).unwrap()
     );
-    assert_eq!(v[0]["imsi"], "460019894013615");
+    assert_eq!(v[0]["imsi"], cards::imsi(256));
 
     // a reader without a card: reported, exit 3
     let idle = name(15).into_string().unwrap();
@@ -216,11 +207,11 @@ fn readers_bound_in_flag_order_by_identity_never_touching_a_used_card() {
         4,
         &[
             "--imsi",
-            "460019894013615",
+            &cards::imsi(256),
             "--card",
             "18",
             "--iccid",
-            "89860043191482190636",
+            &cards::iccid(18),
             "--iccid",
             &card5,
         ],
@@ -233,16 +224,19 @@ fn readers_bound_in_flag_order_by_identity_never_touching_a_used_card() {
     let r4 = connect(&ctx, 4);
     assert_eq!(
         atr(&r4),
-        h("3B9E94801F478031A073BE211166444D5422010026"),
+        h(&cards::atr(256)),
         "reader 4: card 256 (first flag)"
     );
     let r5 = connect(&ctx, 5);
-    assert_eq!(iccid(&r5), "89860043191482190636", "reader 5: card 18");
+    assert_eq!(iccid(&r5), cards::iccid(18), "reader 5: card 18");
     let r7 = connect(&ctx, 7);
     assert_eq!(iccid(&r7), card5, "reader 7: card 5 by ICCID");
     wait_log(
         &s,
-        "ICCID 89860043191482190636 unavailable: it is card 18, held by reader 1",
+        &format!(
+            "ICCID {} unavailable: it is card 18, held by reader 1",
+            cards::iccid(18)
+        ),
     );
     assert!(
         stack::wait_card(&ctx, &name(6), false, Duration::ZERO),
@@ -292,9 +286,10 @@ reset = "restart"
 [[reader]]
 card = 101
 [[reader]]
-iccid = "89860043191482190636"
+iccid = "{}"
 "#,
-            sim.addr()
+            sim.addr(),
+            cards::iccid(18)
         ),
     )
     .unwrap();
@@ -308,7 +303,7 @@ iccid = "89860043191482190636"
     shows_card(&ctx, 9, &s);
     let card101 = sim.with_card(101, |c| c.atr().to_vec()).unwrap();
     assert_eq!(atr(&connect(&ctx, 8)), card101, "reader 8: card 101");
-    assert_eq!(iccid(&connect(&ctx, 9)), "89860043191482190636");
+    assert_eq!(iccid(&connect(&ctx, 9)), cards::iccid(18));
 }
 
 #[test]
@@ -370,7 +365,7 @@ fn sim_listens_on_loopback_port_6666_by_default() {
         .arg("sim")
         .env_remove("RUST_LOG")
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines

@@ -2,13 +2,13 @@
 //! CHV flows, record modes, T=0 quirks. Every script is also replayed byte by byte, as one
 //! piece and at random split points, and must give identical output.
 
+mod common;
+
+use common::h;
+
 use simpool::sim::algo::{run_gsm, Algo};
 use simpool::sim::card::{SimCard, JUNK};
 use simpool::sim::profile::{generated, CardProfile, CardsFile, T0Quirks};
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace(' ', "")).unwrap()
-}
 
 fn manual(slot: u16) -> CardProfile {
     CardsFile::default_set().get(slot).unwrap().profile.clone()

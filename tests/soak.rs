@@ -346,8 +346,16 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
         })
         .collect();
 
-    // Warm up before the first memory figure.
-    std::thread::sleep(Duration::from_secs(2));
+    // Warm up before the first memory figure: every reader through its first sequences.
+    common::wait_for(
+        "every reader's first sequences",
+        Duration::from_secs(30),
+        || {
+            clients
+                .iter()
+                .all(|c| c.sequences.load(Ordering::Relaxed) >= 3)
+        },
+    );
     let (rss_start, fds_start) = (rss_kib(pid), open_fds(pid));
     let (mut rss_max, mut fds_max) = (rss_start, fds_start);
     let t0 = Instant::now();

@@ -1,11 +1,11 @@
 //! The T=0 terminal as a pure state machine: the manual's exchanges and the edge cases of
-//! docs t0-and-sim §3.8, with the card's bytes split at every point.
+//! docs/t0-and-sim.md §3.8, with the card's bytes split at every point.
+
+mod common;
+
+use common::h;
 
 use simpool::t0::{Exchange, Limits, Refusal, Response, Step, T0Error, Tpdu};
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace(' ', "")).unwrap()
-}
 
 /// Runs `cmd` against a scripted card: `script[i]` is what the card sends after the terminal's
 /// i-th transmission (header, then data). Each answer is fed in the given pieces.

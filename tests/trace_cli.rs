@@ -1,6 +1,11 @@
 //! `simpool trace` as a user runs it: the binary listens on loopback, GSMTAP datagrams arrive
 //! from simpool's tracer, and it prints one decoded line per datagram.
 
+mod common;
+
+use common::proc::Tied;
+use common::{free_port, free_udp_port, h};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -33,7 +38,7 @@ fn trace_with(listen: &str, extra: &[&str]) -> Trace {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_tied()
         .expect("run simpool trace");
     let (tx, lines) = mpsc::channel();
     let out = child.stdout.take().unwrap();
@@ -58,21 +63,9 @@ fn trace_with(listen: &str, extra: &[&str]) -> Trace {
     Trace { child, lines }
 }
 
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn prints_one_decoded_line_per_exchange_and_atr() {
-    let port = free_port();
+    let port = free_udp_port();
     let t = trace(&format!("127.0.0.1:{port}"));
     // The tracer's sending task runs on this runtime's worker thread.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +132,7 @@ fn a_port_in_use_is_an_error_not_a_hang() {
             &taken.local_addr().unwrap().to_string(),
         ])
         .stdin(Stdio::null())
-        .output()
+        .output_tied()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -149,39 +142,19 @@ fn a_port_in_use_is_an_error_not_a_hang() {
     );
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn post(addr: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("control API");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    common::http::call(addr, "POST", path, Some(body))
 }
 
 /// The whole chain a user sets up: `simpool serve --gsmtap` (simulated pool, commands through
 /// its control API) and `simpool trace` printing them.
 #[test]
 fn serve_gsmtap_into_simpool_trace() {
-    let port = free_port();
+    let port = free_udp_port();
     let t = trace(&format!("127.0.0.1:{port}"));
-    let control = format!("127.0.0.1:{}", free_tcp_port());
+    let control = format!("127.0.0.1:{}", free_port());
     // A reader with no card, on a vpcd port nobody serves: only the control API carries traffic.
-    let vpcd = format!("127.0.0.1:{}", free_tcp_port());
+    let vpcd = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(env!("CARGO_BIN_EXE_simpool"))
         .args(["serve", "--pool", "sim", "--readers", "1", "--vpcd", &vpcd])
         .args([
@@ -194,7 +167,7 @@ fn serve_gsmtap_into_simpool_trace() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_tied()
         .unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&control).is_err() {
@@ -204,10 +177,7 @@ fn serve_gsmtap_into_simpool_trace() {
     let body = r#"{"tpdus":["A0A40000023F00","A0A40000027F20","A0A40000026F07","A0B0000009"]}"#;
     let r3 = post(&control, "/api/v1/cards/3/apdu", body);
     let r2 = post(&control, "/api/v1/cards/2/apdu", body);
-    assert!(
-        r2.starts_with("HTTP/1.1 200") && r3.starts_with("HTTP/1.1 200"),
-        "{r2}\n{r3}"
-    );
+    assert!(r2.0 == 200 && r3.0 == 200, "{r2:?}\n{r3:?}");
     let lines: Vec<String> = (0..5)
         .map(|_| {
             t.lines

@@ -4,6 +4,11 @@
 //! field, SFI access, PIN1/PUK1/ADM1 counters, AUTHENTICATE against TS 35.208 with SQN replay,
 //! AUTS and resynchronisation, the GSM face of the same card, and the cards file.
 
+mod common;
+
+use common::vectors::SET1 as S1;
+use common::{h, upper as hx};
+
 use simpool::sim::algo::run_gsm;
 use simpool::sim::auth::MilenageConsts;
 use simpool::sim::card::SimCard;
@@ -12,14 +17,6 @@ use simpool::sim::profile::{
 };
 use simpool::sim::uicc::USIM_AID;
 use simpool::t0::{Exchange, Limits, Step, Tpdu};
-
-fn h(s: &str) -> Vec<u8> {
-    hex::decode(s.replace(' ', "")).unwrap()
-}
-
-fn hx(b: &[u8]) -> String {
-    hex::encode_upper(b)
-}
 
 /// A card behind simpool's T=0 terminal.
 struct Session {
@@ -112,24 +109,18 @@ fn usim(slot: u16) -> CardProfile {
 
 // ---------------------------------------------------------------- TS 35.208 test set 1
 
-const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
-const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
-const RAND: &str = "23553cbe9637a89d218ae64dae47bf35";
-const SQN: &str = "ff9bb4d0b607";
-const AMF: &str = "b9b9";
-const MAC_A: &str = "4a9ffac354dfafb3";
-const RES: &str = "a54211d5e3ba50bf";
-const CK: &str = "b40ba9a3c58b2a05bbf0d987b21bf8cb";
-const IK: &str = "f769bcd751044604127672711c6d3441";
-const AK: &str = "aa689c648370";
-
 fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
     a.iter().zip(b).map(|(x, y)| x ^ y).collect()
 }
 
 /// AUTN of test set 1: SQN ⊕ AK ‖ AMF ‖ MAC-A, all from the spec's tables.
 fn autn_set1() -> String {
-    format!("{}{AMF}{MAC_A}", hex::encode(xor(&h(SQN), &h(AK))))
+    format!(
+        "{}{}{}",
+        hex::encode(xor(&h(&S1.sqn), &h(&S1.ak))),
+        S1.amf,
+        S1.mac_a
+    )
 }
 
 /// AUTN for any SQN, computed with the `milenage` crate (independent of the card's Milenage).
@@ -137,8 +128,13 @@ fn autn_for(k: &str, opc: &str, rand: &str, sqn: &[u8; 6]) -> String {
     let mut m = milenage::Milenage::new_with_opc(arr(k), arr(opc));
     let r: [u8; 16] = arr(rand);
     let (_, _, _, ak) = m.f2345(&r);
-    let mac = m.f1(&r, sqn, &arr(AMF));
-    format!("{}{AMF}{}", hex::encode(xor(sqn, &ak)), hex::encode(mac))
+    let mac = m.f1(&r, sqn, &arr(&S1.amf));
+    format!(
+        "{}{}{}",
+        hex::encode(xor(sqn, &ak)),
+        S1.amf,
+        hex::encode(mac)
+    )
 }
 
 fn arr<const N: usize>(s: &str) -> [u8; N] {
@@ -147,6 +143,24 @@ fn arr<const N: usize>(s: &str) -> [u8; N] {
 
 fn authenticate(s: &mut Session, rand: &str, autn: &str) -> (Vec<u8>, String) {
     s.apdu(&format!("0088008122 10{rand} 10{autn}"))
+}
+
+/// The data file holds what the spec prints: every output recomputed from K, OP, RAND, SQN and
+/// AMF with the `milenage` crate (independent of simpool's Milenage).
+#[test]
+fn vectors_are_what_milenage_computes() {
+    let mut m = milenage::Milenage::new_with_op(arr(&S1.k), arr(&S1.op)).unwrap();
+    assert_eq!(hex::encode(m.opc()), S1.opc, "OPc");
+    let rand: [u8; 16] = arr(&S1.rand);
+    let (sqn, amf): ([u8; 6], [u8; 2]) = (arr(&S1.sqn), arr(&S1.amf));
+    assert_eq!(hex::encode(m.f1(&rand, &sqn, &amf)), S1.mac_a, "f1");
+    assert_eq!(hex::encode(m.f1star(&rand, &sqn, &amf)), S1.mac_s, "f1*");
+    let (res, ck, ik, ak) = m.f2345(&rand);
+    assert_eq!(hex::encode(res), S1.res, "f2");
+    assert_eq!(hex::encode(ck), S1.ck, "f3");
+    assert_eq!(hex::encode(ik), S1.ik, "f4");
+    assert_eq!(hex::encode(ak), S1.ak, "f5");
+    assert_eq!(hex::encode(m.f5star(&rand)), S1.ak_star, "f5*");
 }
 
 // ---------------------------------------------------------------- profile and default set
@@ -170,8 +184,11 @@ fn default_set_mixes_sims_and_usims_and_keeps_the_manual_cards() {
         assert_ne!(p.atr, USIM_ATR.to_vec());
     }
     let p = usim(20);
-    assert_eq!(hex::encode(p.ki), K);
-    assert_eq!(p.algo, simpool::sim::algo::Algo::Milenage { opc: arr(OPC) });
+    assert_eq!(hex::encode(p.ki), S1.k);
+    assert_eq!(
+        p.algo,
+        simpool::sim::algo::Algo::Milenage { opc: arr(&S1.opc) }
+    );
     assert_eq!(usim(4).atr, USIM_ATR.to_vec());
     // the USIM ATR's check byte
     assert_eq!(USIM_ATR[1..].iter().fold(0, |a, b| a ^ b), 0);
@@ -545,49 +562,49 @@ fn authenticate_3g_ts_35_208_set1_replay_auts_resync() {
     let p = usim(20);
     let mut s = Session::new(p.clone());
     // not before ADF.USIM is the current application
-    assert_eq!(authenticate(&mut s, RAND, &autn_set1()).1, "6985");
+    assert_eq!(authenticate(&mut s, &S1.rand, &autn_set1()).1, "6985");
     s.select_usim();
-    let (r, sw) = authenticate(&mut s, RAND, &autn_set1());
+    let (r, sw) = authenticate(&mut s, &S1.rand, &autn_set1());
     assert_eq!(sw, "9000");
     assert_eq!(r[0], 0xDB, "successful 3G context");
     let kc = {
-        let (ck, ik) = (h(CK), h(IK));
+        let (ck, ik) = (h(&S1.ck), h(&S1.ik));
         (0..8)
             .map(|i| ck[i] ^ ck[8 + i] ^ ik[i] ^ ik[8 + i])
             .collect::<Vec<u8>>()
     };
     // DB 08 RES 10 CK 10 IK 08 Kc: the inner fields are length-prefixed without tags
     let mut want = vec![0x08];
-    want.extend(h(RES));
+    want.extend(h(&S1.res));
     want.push(0x10);
-    want.extend(h(CK));
+    want.extend(h(&S1.ck));
     want.push(0x10);
-    want.extend(h(IK));
+    want.extend(h(&S1.ik));
     want.push(0x08);
     want.extend(&kc);
     assert_eq!(hx(&r[1..]), hx(&want));
     // the same AUTN again: SQN replay → DC 0E AUTS
-    let (r, sw) = authenticate(&mut s, RAND, &autn_set1());
+    let (r, sw) = authenticate(&mut s, &S1.rand, &autn_set1());
     assert_eq!(sw, "9000");
     assert_eq!(r[..2], [0xDC, 0x0E]);
     let auts = &r[2..];
-    let mut m = milenage::Milenage::new_with_opc(arr(K), arr(OPC));
-    let ak_star = m.f5star(&arr(RAND));
+    let mut m = milenage::Milenage::new_with_opc(arr(&S1.k), arr(&S1.opc));
+    let ak_star = m.f5star(&arr(&S1.rand));
     let sqn_ms: [u8; 6] = xor(&auts[..6], &ak_star).try_into().unwrap();
     assert_eq!(
         hex::encode(sqn_ms),
-        SQN,
+        S1.sqn,
         "AUTS carries the highest accepted SQN"
     );
     assert_eq!(
         auts[6..],
-        m.f1star(&arr(RAND), &sqn_ms, &[0, 0]),
+        m.f1star(&arr(&S1.rand), &sqn_ms, &[0, 0]),
         "MAC-S with AMF 0000"
     );
     // the network resynchronises: next SEQ, same IND → accepted again
     let next = simpool::sim::auth::sqn_to_bytes(simpool::sim::auth::sqn_from_bytes(&sqn_ms) + 32);
     let rand2 = "00112233445566778899aabbccddeeff";
-    let (r, sw) = authenticate(&mut s, rand2, &autn_for(K, OPC, rand2, &next));
+    let (r, sw) = authenticate(&mut s, rand2, &autn_for(&S1.k, &S1.opc, rand2, &next));
     assert_eq!(sw, "9000");
     let (res, ck, ik, _) = m.f2345(&arr(rand2));
     assert_eq!(r[..10], [&[0xDB, 0x08][..], &res[..]].concat()[..]);
@@ -601,7 +618,7 @@ fn authenticate_3g_ts_35_208_set1_replay_auts_resync() {
     let mut bad = h(&autn_set1());
     bad[15] ^= 0x01;
     assert_eq!(
-        s.tx(&format!("0088008122 10{RAND} 10{}", hx(&bad))),
+        s.tx(&format!("0088008122 10{} 10{}", S1.rand, hx(&bad))),
         h("9862")
     );
     replay_split(&p, &s.log);
@@ -655,12 +672,12 @@ fn authenticate_needs_pin1_when_enabled() {
     let mut s = Session::new(p);
     s.select_usim();
     assert_eq!(
-        s.tx(&format!("0088008011 10{RAND}")),
+        s.tx(&format!("0088008011 10{}", S1.rand)),
         h("6982"),
         "PIN1 not verified"
     );
     assert_eq!(s.tx("0020000108 30303030FFFFFFFF"), h("9000"));
-    assert_eq!(s.tx(&format!("0088008011 10{RAND}")), h("610E"));
+    assert_eq!(s.tx(&format!("0088008011 10{}", S1.rand)), h("610E"));
 }
 
 #[test]
@@ -675,7 +692,7 @@ fn other_milenage_constants_are_used_on_both_faces() {
         _ => unreachable!(),
     };
     let m = simpool::sim::auth::Milenage::new(&p.ki, &opc, p.usim.milenage.clone());
-    let rand: [u8; 16] = arr(RAND);
+    let rand: [u8; 16] = arr(&S1.rand);
     let v = m.f2345(&rand);
     let sqn = simpool::sim::auth::sqn_to_bytes(32);
     let amf = [0x80, 0x00];
@@ -684,20 +701,20 @@ fn other_milenage_constants_are_used_on_both_faces() {
     autn.extend(m.f1(&rand, &sqn, &amf));
     let mut s = Session::new(p.clone());
     s.select_usim();
-    let (r, _) = authenticate(&mut s, RAND, &hx(&autn));
+    let (r, _) = authenticate(&mut s, &S1.rand, &hx(&autn));
     assert_eq!(r[2..10], v.res);
     // the standard constants' AUTN fails the MAC check
     let std = autn_for(
         &hex::encode(p.ki),
         &hex::encode(opc),
-        RAND,
+        &S1.rand,
         &simpool::sim::auth::sqn_to_bytes(64),
     );
-    assert_eq!(authenticate(&mut s, RAND, &std).1, "9862");
+    assert_eq!(authenticate(&mut s, &S1.rand, &std).1, "9862");
     // RUN GSM ALGORITHM on the GSM face uses them too
     let (sres, kc) = simpool::sim::auth::c2_c3(&v);
     s.tx("A0A40000027F20");
-    assert_eq!(s.tx(&format!("A088000010{RAND}")), h("9F0C"));
+    assert_eq!(s.tx(&format!("A088000010{}", S1.rand)), h("9F0C"));
     assert_eq!(s.tx("A0C000000C"), [&sres[..], &kc, &[0x90, 0x00]].concat());
 }
 
@@ -760,12 +777,13 @@ fn t0_quirks_on_the_uicc_face() {
 
 #[test]
 fn cards_file_usim_keys() {
-    let text = r#"
+    let text = format!(
+        r#"
         [[card]]
         slot = 40
         profile = "usim"
-        ki = "465b5ce8b199b49faa5f0a2ee238a6bc"
-        op = "cdc202d5123e20f62b6d676ac72cb318"
+        ki = "{}"
+        op = "{}"
         sqn = "ff9bb4d0b5e7"
         sqn_ind_bits = 5
         sqn_delta = 0
@@ -776,7 +794,7 @@ fn cards_file_usim_keys() {
         iccid = "8949440000000000400"
         msisdn = "+491701234567"
         spn = "Demo"
-        milenage = { r = [64, 0, 32, 64, 96] }
+        milenage = {{ r = [64, 0, 32, 64, 96] }}
 
         [[card]]
         slot = 41
@@ -785,13 +803,15 @@ fn cards_file_usim_keys() {
         [[card]]
         slot = 42
         profile = "sim"
-    "#;
-    let f = CardsFile::from_toml(text).unwrap();
+    "#,
+        S1.k, S1.op
+    );
+    let f = CardsFile::from_toml(&text).unwrap();
     let p = &f.get(40).unwrap().profile;
     assert_eq!(p.kind, CardKind::Usim);
     assert_eq!(
         p.algo,
-        simpool::sim::algo::Algo::Milenage { opc: arr(OPC) },
+        simpool::sim::algo::Algo::Milenage { opc: arr(&S1.opc) },
         "OPc derived from OP"
     );
     assert_eq!(p.usim.sqn, 0xff9bb4d0b5e7);
@@ -805,8 +825,8 @@ fn cards_file_usim_keys() {
     let mut s = Session::new(p.clone());
     s.select_usim();
     assert_eq!(s.tx("0020000108 34333231FFFFFFFF"), h("9000"));
-    let (r, _) = authenticate(&mut s, RAND, &autn_set1());
-    assert_eq!(r[2..10], h(RES)[..]);
+    let (r, _) = authenticate(&mut s, &S1.rand, &autn_set1());
+    assert_eq!(r[2..10], h(&S1.res)[..]);
     assert_eq!(s.tx("0020000A08 3131313131313131"), h("9000"));
     let u = s.card.uicc().unwrap();
     assert_eq!(

@@ -5,25 +5,18 @@
 
 mod common;
 
+use common::h;
+use common::vectors::SET1 as S1;
 use std::ffi::CString;
 use std::time::Duration;
 
-use common::stack::{self, Serve};
+use common::stack::{self, tx, Serve};
 use pcsc::{Context, Protocols, ShareMode};
 use simpool::sim::profile::{decode_imsi, CardsFile, USIM_ATR};
 use simpool::sim::uicc::USIM_AID;
 use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 27700;
-
-fn h(s: &str) -> Vec<u8> {
-    common::hex(s)
-}
-
-fn tx(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
-    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
-    card.transmit(&h(cmd), &mut buf).expect("transmit").to_vec()
-}
 
 /// A case-4 command as pySim sends it (no Le): `61xx` → GET RESPONSE xx. Returns data ‖ SW.
 fn tx4(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
@@ -69,18 +62,6 @@ fn arr<const N: usize>(s: &str) -> [u8; N] {
     h(s).try_into().unwrap()
 }
 
-// TS 35.208 test set 1.
-const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
-const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
-const RAND: &str = "23553cbe9637a89d218ae64dae47bf35";
-const SQN: &str = "ff9bb4d0b607";
-const AMF: &str = "b9b9";
-const MAC_A: &str = "4a9ffac354dfafb3";
-const RES: &str = "a54211d5e3ba50bf";
-const CK: &str = "b40ba9a3c58b2a05bbf0d987b21bf8cb";
-const IK: &str = "f769bcd751044604127672711c6d3441";
-const AK: &str = "aa689c648370";
-
 #[test]
 fn select_usim_read_imsi_authenticate_and_resync() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
@@ -109,32 +90,42 @@ fn select_usim_read_imsi_authenticate_and_resync() {
     assert_eq!(decode_imsi(&imsi[..9]).unwrap(), want);
 
     // AUTHENTICATE (3G context) with the spec's AUTN: RES, CK, IK of TS 35.208.
-    let autn = format!("{}{AMF}{MAC_A}", hex::encode(xor(&h(SQN), &h(AK))));
-    let auth = format!("0088008122 10{RAND} 10{autn}");
+    let autn = format!(
+        "{}{}{}",
+        hex::encode(xor(&h(&S1.sqn), &h(&S1.ak))),
+        S1.amf,
+        S1.mac_a
+    );
+    let auth = format!("0088008122 10{} 10{autn}", S1.rand);
     let r = tx4(&card, &auth);
     assert_eq!(r[..2], [0xDB, 0x08]);
-    assert_eq!(hex::encode(&r[2..10]), RES);
+    assert_eq!(hex::encode(&r[2..10]), S1.res);
     assert_eq!(r[10], 0x10);
-    assert_eq!(hex::encode(&r[11..27]), CK);
+    assert_eq!(hex::encode(&r[11..27]), S1.ck);
     assert_eq!(r[27], 0x10);
-    assert_eq!(hex::encode(&r[28..44]), IK);
+    assert_eq!(hex::encode(&r[28..44]), S1.ik);
     assert_eq!(r[44], 0x08, "Kc follows (service 27)");
 
     // The same AUTN again: SQN replay → AUTS carrying the SQN just accepted.
     let r = tx4(&card, &auth);
     assert_eq!(r[..2], [0xDC, 0x0E]);
-    let mut m = milenage::Milenage::new_with_opc(arr(K), arr(OPC));
-    let rand: [u8; 16] = arr(RAND);
+    let mut m = milenage::Milenage::new_with_opc(arr(&S1.k), arr(&S1.opc));
+    let rand: [u8; 16] = arr(&S1.rand);
     let sqn_ms: [u8; 6] = xor(&r[2..8], &m.f5star(&rand)).try_into().unwrap();
-    assert_eq!(hex::encode(sqn_ms), SQN);
+    assert_eq!(hex::encode(sqn_ms), S1.sqn);
     assert_eq!(r[8..16], m.f1star(&rand, &sqn_ms, &[0, 0]), "MAC-S");
 
     // Resynchronised: the HLR's next SQN (SEQ + 1) is accepted; RES/CK/IK as Milenage says.
     let next = simpool::sim::auth::sqn_to_bytes(simpool::sim::auth::sqn_from_bytes(&sqn_ms) + 32);
     let rand2: [u8; 16] = arr("000102030405060708090a0b0c0d0e0f");
     let (res, ck, ik, ak) = m.f2345(&rand2);
-    let mac = m.f1(&rand2, &next, &arr(AMF));
-    let autn2 = format!("{}{AMF}{}", hex::encode(xor(&next, &ak)), hex::encode(mac));
+    let mac = m.f1(&rand2, &next, &arr(&S1.amf));
+    let autn2 = format!(
+        "{}{}{}",
+        hex::encode(xor(&next, &ak)),
+        S1.amf,
+        hex::encode(mac)
+    );
     let r = tx4(
         &card,
         &format!("0088008122 10{} 10{autn2}", hex::encode(rand2)),

@@ -63,6 +63,9 @@ pub struct SimStats {
     pub connections: AtomicU64,
     /// Cards started (answered an ATR), e.g. to check one GSMTAP ATR datagram per start.
     pub card_starts: AtomicU64,
+    /// Slot-state queries (`03`): how often a client looked at the slots, e.g. a reader
+    /// waiting for a card marked bad to be re-inserted.
+    pub state_queries: AtomicU64,
 }
 
 struct SlotSim {
@@ -393,6 +396,10 @@ impl SimPool {
             Request::ReadId => pool_reply(POOL_ID.to_vec()),
             Request::ReadVersion => pool_reply(POOL_VERSION.to_vec()),
             Request::ReadStates => {
+                self.shared
+                    .stats
+                    .state_queries
+                    .fetch_add(1, Ordering::Relaxed);
                 let states = pool
                     .slots
                     .iter()

@@ -1,8 +1,60 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests, so each exists once:
+//! - here: hex, free ports, bounded waits, the manual's vectors, an in-process simulated pool;
+//! - `http`: the HTTP/1.1 client (control API, osmo-remsim's REST API, WebDriver);
+//! - `proc`: helper processes that die with the test process, also on SIGKILL;
+//! - `stack`: the private pcscd, `simpool serve` daemons, PC/SC transmit and waits;
+//! - `vectors`: data of `tests/vectors/` (the manual's cards, TS 35.208 set 1);
+//! - `remsim`: RSPRO peers and the frames captured from osmo-remsim.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod proc;
 pub mod remsim;
 pub mod stack;
+pub mod vectors;
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A loopback UDP port nothing is bound to right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback UDP port")
+        .port()
+}
+
+/// How often the waits below look again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Waits until `f` holds, looking every 20 ms; panics naming `what` after `within`.
+pub fn wait_for(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_for`] inside a tokio test: the runtime goes on while it waits.
+pub async fn wait_for_async(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// One `>`/`<` pair of the manual's vectors.
 #[derive(Debug, Clone)]
@@ -20,8 +72,19 @@ pub struct Case {
     pub steps: Vec<Step>,
 }
 
+/// Hex to bytes; whitespace between the digits is allowed (`"A0A4 0000 02"`).
 pub fn hex(s: &str) -> Vec<u8> {
     hex::decode(s.split_whitespace().collect::<String>()).expect("valid hex in test vector")
+}
+
+/// [`hex`], short, for tests that write many vectors inline.
+pub fn h(s: &str) -> Vec<u8> {
+    hex(s)
+}
+
+/// Bytes as upper-case hex, the way simpool prints them.
+pub fn upper(bytes: &[u8]) -> String {
+    hex::encode_upper(bytes)
 }
 
 /// The manual's examples from `tests/vectors/manual.txt`.

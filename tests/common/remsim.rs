@@ -329,58 +329,27 @@ pub fn bytes(spec: &str) -> Vec<u8> {
     out
 }
 
-/// The captured IPA frames, in the order of the doc.
+/// The IPA frames captured between the real osmo-remsim 1.0.0 binaries
+/// (`tests/vectors/rspro-1.0.0.txt`), in the file's order.
 pub fn captured() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        (
-            "connectClientReq",
-            bytes(
-                r#"00 34 EE 07 30 31 80 01 02 81 01 00 A2 29 A2 27 30 1D 0A 01 00 16 02 "vm"
-            80 0D "remsim-client" 81 05 "1.0.0" 30 06 02 01 17 02 01 00"#,
-            ),
-        ),
-        (
-            "connectClientRes",
-            bytes(
-                r#"00 37 EE 07 30 34 80 01 02 81 02 09 26 A2 2B A3 29 30 24 0A 01 02 16 0A "fixme-name"
-            80 0C "remsim-bankd" 81 05 "1.0.0" 0A 01 00"#,
-            ),
-        ),
-        (
-            "setAtrReq",
-            bytes(
-                "00 2D EE 07 30 2A 80 01 02 81 01 00 A2 22 AA 20 30 06 02 01 17 02 01 00
-            04 16 3B9F95801FC38031E073FE21135786810286984418A8",
-            ),
-        ),
-        (
-            "setAtrRes",
-            bytes("00 10 EE 07 30 0D 80 01 02 81 01 00 A2 05 AB 03 0A 01 00"),
-        ),
-        (
-            "tpduModemToCard",
-            bytes(
-                "00 34 EE 07 30 31 80 01 02 81 01 00 A2 29 AC 27 30 06 02 01 17 02 01 00
-            30 06 02 01 01 02 01 00 30 0C 01 01 00 01 01 00 01 01 00 01 01 00 04 07 A0A40000023F00",
-            ),
-        ),
-        (
-            "tpduCardToModem",
-            bytes(
-                "00 2F EE 07 30 2C 80 01 02 81 01 00 A2 24 AD 22 30 06 02 01 01 02 01 00
-            30 06 02 01 17 02 01 00 30 0C 01 01 00 01 01 00 01 01 00 01 01 00 04 02 9F 17",
-            ),
-        ),
-        (
-            "configClientBankReq",
-            bytes(
-                "00 21 EE 07 30 1E 80 01 02 81 01 00 A2 16 B1 14 30 06 02 01 01 02 01 00
-            30 0A 80 04 7F000001 02 02 27 0F",
-            ),
-        ),
-        (
-            "configClientBankRes",
-            bytes("00 10 EE 07 30 0D 80 01 02 81 01 00 A2 05 B2 03 0A 01 00"),
-        ),
-    ]
+    sections(include_str!("../vectors/rspro-1.0.0.txt"))
+}
+
+/// `[name]` sections of lines in [`bytes`] notation (`#` comments and blank lines skipped),
+/// each section's lines joined into one frame.
+pub fn sections(text: &str) -> Vec<(&str, Vec<u8>)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            out.push((name, String::new()));
+        } else {
+            let (_, spec) = out.last_mut().expect("a [name] before the bytes");
+            spec.push(' ');
+            spec.push_str(line);
+        }
+    }
+    out.into_iter().map(|(n, spec)| (n, bytes(&spec))).collect()
 }

@@ -1,15 +1,16 @@
 //! Helpers of the tests that watch the daemon (metrics, the front-panel page): tools installed
-//! on demand, a stand-in for vpcd, a tiny HTTP client, free ports.
+//! on demand, a stand-in for vpcd (the HTTP client, free ports and waits are in `common`).
 #![allow(dead_code)]
 
 pub mod webdriver;
 
+use crate::common::proc::Tied;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,103 +19,13 @@ pub fn repo() -> PathBuf {
 /// Installs (Debian, as root) what these tests need if it is missing: `driver/ensure-watch-deps`.
 pub fn ensure_tools() {
     let ok = Command::new(repo().join("driver/ensure-watch-deps"))
-        .status()
+        .status_tied()
         .expect("run driver/ensure-watch-deps");
     assert!(
         ok.success(),
         "driver/ensure-watch-deps failed: chromium, chromium-driver and \
          python3-prometheus-client are needed (apt, as root)"
     );
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An HTTP/1.1 request on a fresh connection; answers (status, headers, body).
-pub fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, String, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new(), String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new(), String::new());
-    }
-    // Some servers (chromedriver) keep the connection open despite `Connection: close`: read
-    // the head, then Content-Length bytes (or to the end without one).
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return (0, String::new(), String::new()),
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let mut body = raw[head_end + 4..].to_vec();
-    match header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
-        Some(len) => {
-            while body.len() < len {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => body.extend_from_slice(&buf[..n]),
-                }
-            }
-        }
-        None => {
-            let _ = s.read_to_end(&mut body);
-        }
-    }
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head, String::from_utf8_lossy(&body).to_string())
-}
-
-/// The value of header `name` in a response head.
-pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// Waits (bounded) until `f` holds.
-pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Stands in for vpcd: listens on `count` consecutive loopback ports (one per reader) and keeps
@@ -169,7 +80,7 @@ impl FakeVpcd {
     /// Reader `i`'s connection, once it has connected (bounded wait).
     pub fn reader(&self, i: usize, within: Duration) -> VpcdConn {
         let mut found = None;
-        wait_until(&format!("reader {i} to connect to vpcd"), within, || {
+        crate::common::wait_for(&format!("reader {i} to connect to vpcd"), within, || {
             found = self.conns.lock().unwrap()[i]
                 .as_ref()
                 .map(|s| s.try_clone().unwrap());

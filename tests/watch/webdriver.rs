@@ -2,13 +2,15 @@
 //! loopback). Just what the page test needs: open a page, find, click, type, run a script,
 //! take a screenshot. `SIMPOOL_WEBDRIVER_DEBUG=1` logs every WebDriver command and its time.
 
+use crate::common::proc::Tied;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{free_port, http};
+use crate::common::free_port;
+use crate::common::http::http;
 
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -28,11 +30,13 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a new, empty profile.
     pub fn start(width: u32, height: u32) -> Browser {
         let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
+        // In a PID namespace of its own: the browser it starts dies with it, and it with the
+        // test, however that ends.
+        let driver = crate::common::proc::tree(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .spawn_tied()
             .expect("start chromedriver (Debian package chromium-driver)");
         let addr = format!("127.0.0.1:{port}");
         let end = Instant::now() + Duration::from_secs(20);
