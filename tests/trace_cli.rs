@@ -369,8 +369,9 @@ fn a_bad_card_list_is_a_usage_error() {
 
 /// pySim-trace (osmocom pySim, `gsmtap-pyshark-pcap`) decodes the capture of `trace --pcap`:
 /// a USIM session as pySim runs it (SELECT, GET RESPONSE, READ BINARY of EF.ICCID and EF.IMSI,
-/// AUTHENTICATE). Needs pySim's source in `SIMPOOL_PYSIM` and a Python with its dependencies
-/// and pyshark in `SIMPOOL_PYSIM_PYTHON` (default `python3`); skipped loudly without them.
+/// AUTHENTICATE). Needs pySim's source in `SIMPOOL_PYSIM`, as `driver/pysim-build` installs it
+/// (its venv, with pyshark, beside the source: the same Python `tests/pysim.rs` runs); skipped
+/// loudly without it.
 #[test]
 fn pysim_trace_opens_the_capture() {
     let Some(pysim) = std::env::var_os("SIMPOOL_PYSIM") else {
@@ -379,7 +380,7 @@ fn pysim_trace_opens_the_capture() {
         );
         return;
     };
-    let python = std::env::var_os("SIMPOOL_PYSIM_PYTHON").unwrap_or("python3".into());
+    let python = std::path::Path::new(&pysim).join("../../venv/bin/python");
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("simpool-trace-pysim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
