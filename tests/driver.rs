@@ -1,5 +1,5 @@
 //! The files of `driver/` as an administrator uses them: `driver/demo` end to end, the systemd
-//! unit (`systemd-analyze verify`) and the nftables rule (`nft -c -f`). Needs root (mount and
+//! units (`systemd-analyze verify`) and the nftables rules (`nft -c -f`). Needs root (mount and
 //! network namespaces), pcscd and vsmartcard-vpcd, systemd and nftables (`driver/ensure-build-deps`
 //! installs them).
 
@@ -52,16 +52,31 @@ fn demo_serves_cards_18_and_256_and_reads_them_back() {
 }
 
 #[test]
-fn systemd_unit_verifies() {
-    // The unit runs /usr/local/bin/simpool: put the built binary there, in a mount namespace
-    // of its own (a tmpfs over /usr/local/bin that nothing else sees).
-    let script = r#"mount -t tmpfs tmpfs /usr/local/bin && cp "$BIN" /usr/local/bin/simpool &&
-        exec systemd-analyze verify "$UNIT""#;
-    let out = run(Command::new("unshare")
-        .args(["-m", "bash", "-c", script])
-        .env("BIN", env!("CARGO_BIN_EXE_simpool"))
-        .env("UNIT", repo().join("driver/systemd/simpool.service")));
+fn systemd_units_verify() {
+    // The units run /usr/bin/simpool, where the package puts it: verify copies that run the
+    // built binary instead. (tests/package.rs verifies the installed units as they are, man
+    // pages included; here they are not installed: --man=no.)
+    let dir = std::env::temp_dir().join(format!("simpool-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for unit in ["simpool.service", "simpool@.service"] {
+        let text = std::fs::read_to_string(repo().join("driver/systemd").join(unit)).unwrap();
+        assert!(
+            text.contains("ExecStart=/usr/bin/simpool serve --config"),
+            "{unit}"
+        );
+        std::fs::write(
+            dir.join(unit),
+            text.replace("/usr/bin/simpool", env!("CARGO_BIN_EXE_simpool")),
+        )
+        .unwrap();
+    }
+    let out = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.join("simpool.service"))
+        // a template is verified through an instance of it
+        .arg(dir.join("simpool@pool-a.service")));
     let msgs = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
     // systemd-analyze exits 0 on directives it ignores: any message is a failure
     assert!(
         out.status.success() && msgs.trim().is_empty(),
@@ -70,16 +85,59 @@ fn systemd_unit_verifies() {
     );
 }
 
+/// What the template unit gives each instance of its own: configuration, state, history and
+/// control socket (issue 23); and what the single unit leaves to instances.
 #[test]
-fn nftables_rule_parses() {
-    // check only (-c), in a network namespace of its own all the same
-    let out = run(Command::new("unshare")
-        .args(["-n", "nft", "-c", "-f"])
-        .arg(repo().join("driver/nftables/simpool-vpcd.nft")));
-    let msgs = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success() && msgs.trim().is_empty(),
-        "nft -c -f: {}\n{msgs}",
-        out.status
+fn template_unit_keeps_each_instance_apart() {
+    let read = |u: &str| std::fs::read_to_string(repo().join("driver/systemd").join(u)).unwrap();
+    let (single, template) = (read("simpool.service"), read("simpool@.service"));
+    let key = |unit: &str, k: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        key(&template, "ExecStart"),
+        ["/usr/bin/simpool serve --config /etc/simpool/%i.toml --state ${STATE_DIRECTORY}/state.json"]
     );
+    assert_eq!(key(&template, "StateDirectory"), ["simpool/%i"]);
+    assert_eq!(key(&template, "RuntimeDirectory"), ["simpool/%i"]);
+    assert_eq!(key(&single, "StateDirectory"), ["simpool"]);
+    assert_eq!(key(&single, "RuntimeDirectory"), ["simpool"]);
+    // stopping simpool.service must not remove /run/simpool/NAME of running instances
+    // (measured: without it systemd removes /run/simpool with everything in it)
+    assert_eq!(key(&single, "RuntimeDirectoryPreserve"), ["yes"]);
+    // the same hardening in both
+    let hardening = |unit: &str| -> Vec<String> {
+        let service = &unit[unit.find("User=").unwrap()..unit.find("[Install]").unwrap()];
+        service
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && !l.starts_with("StateDirectory=")
+                    && !l.starts_with("RuntimeDirectory")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let (h1, h2) = (hardening(&single), hardening(&template));
+    assert!(h1.iter().any(|l| l == "ProtectSystem=strict"), "{h1:?}");
+    assert_eq!(h1, h2);
+}
+
+#[test]
+fn nftables_rules_parse() {
+    // check only (-c), in a network namespace of its own all the same
+    for rule in ["simpool-vpcd.nft", "simpool-remsim.nft"] {
+        let out = run(Command::new("unshare")
+            .args(["-n", "nft", "-c", "-f"])
+            .arg(repo().join("driver/nftables").join(rule)));
+        let msgs = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success() && msgs.trim().is_empty(),
+            "nft -c -f {rule}: {}\n{msgs}",
+            out.status
+        );
+    }
 }
