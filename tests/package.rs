@@ -330,6 +330,11 @@ fn install_and_check(c: &Container) {
     );
     // The firewall rules load as README.Debian says (in the container's own network).
     c.ok("nft -f /usr/share/simpool/nftables/simpool-vpcd.nft && nft list table inet simpool");
+    // and at boot, included in Debian's /etc/nftables.conf
+    c.ok(
+        "echo 'include \"/usr/share/simpool/nftables/simpool-vpcd.nft\"' >>/etc/nftables.conf && \
+          nft -c -f /etc/nftables.conf",
+    );
 }
 
 /// The unit's own command line, run as the unit runs it (its user, no network but loopback):
