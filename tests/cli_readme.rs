@@ -105,7 +105,28 @@ const SKIP: &[(&str, &str, Option<&str>)] = &[
         REMSIM_REST,
         None,
     ),
+    (
+        "apt install ./simpool_*.deb",
+        PACKAGE,
+        None,
+    ),
+    ("editor /etc/simpool/simpool.toml", PACKAGE, None),
+    (
+        "simpool serve --config /etc/simpool/simpool.toml --check",
+        PACKAGE,
+        None,
+    ),
+    ("systemctl enable --now simpool", PACKAGE, None),
+    ("journalctl -u simpool -f", PACKAGE, None),
+    ("systemctl status simpool", PACKAGE, None),
+    (
+        "nft -f /usr/share/simpool/nftables/simpool-vpcd.nft",
+        PACKAGE,
+        None,
+    ),
 ];
+
+const PACKAGE: &str = "installs the Debian package and runs its service: tests/package.rs does these steps in a container under a real systemd";
 
 const REMSIM: &str = "needs osmo-remsim built and a server at 10.0.0.5 beside the real pool; tests/remsim_interop.rs runs the real osmo-remsim with simpool in a private network";
 

@@ -14,7 +14,8 @@ use super::{out, wait_for_signal, CliError};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666].
+    /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666;
+    /// with --config, the file (or this flag, or SIMPOOL_POOL) must name it].
     #[arg(long, env = "SIMPOOL_POOL")]
     pool: Option<String>,
     /// Bind the next reader to card N (1-256; repeatable).
@@ -205,7 +206,19 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
             }),
         ..FileConfig::default()
     };
+    // A daemon run from a configuration file (the packaged service) dials only a pool someone
+    // named: a file without `pool` is refused, never sent to the factory address.
+    let unnamed_pool = match &args.config {
+        Some(p) if flags.pool.is_none() && file.pool.is_none() => Some(p.clone()),
+        _ => None,
+    };
     let cfg = config::resolve(file, flags).map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(p) = unnamed_pool {
+        return Err(CliError::Usage(format!(
+            "pool not configured: set pool in {} (the pool's HOST:PORT, or \"sim\")",
+            p.display()
+        )));
+    }
     if cfg.pool == "sim" {
         let cards = match &cfg.cards {
             Some(p) => super::load_cards(p)?,
