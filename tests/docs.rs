@@ -185,7 +185,10 @@ fn every_cited_document_exists_with_its_section() {
         }
         for c in all {
             seen += 1;
-            if c.outside {
+            // A path into another tree's docs folder is fine where the project has the same file
+            // (an install path such as the package's copy of the panel picture); else it leads
+            // away from the repository.
+            if c.outside && !root.join("docs").join(&c.doc).exists() {
                 problems.push(format!(
                     "{rel}: cites …/docs/{} outside the repository",
                     c.doc
