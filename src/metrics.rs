@@ -24,7 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::bridge::Presence;
 use crate::cards::{Front, Holder, LATENCY_BUCKETS};
-use crate::serve::Daemon;
+use crate::daemon::Daemon;
 
 pub const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

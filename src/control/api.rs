@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 
 use crate::bridge::{BindError, Binding, ReaderHandle};
 use crate::cards::{Front, Holder, LeaseError};
+use crate::daemon::Daemon;
 use crate::pool::{LinkState, Slot, SlotState};
-use crate::serve::Daemon;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
