@@ -164,6 +164,7 @@ pub fn initial_bindings(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::values::CardNo;
 
     #[test]
     fn state_round_trip_and_corruption() {
@@ -172,16 +173,25 @@ mod tests {
         let path = dir.join("state.json");
         let st = SavedState {
             version: 1,
-            startup: vec![Some(Binding::Card(18)), None],
-            readers: vec![Some(Binding::Card(18)), Some(Binding::Iccid("89".into()))],
+            startup: vec![Some(Binding::Card(CardNo::of(18))), None],
+            readers: vec![
+                Some(Binding::Card(CardNo::of(18))),
+                Some(Binding::Iccid("89".into())),
+            ],
         };
         write_atomically(&path, &st).unwrap();
         assert_eq!(load_state(&path), Some(st));
-        let restored = initial_bindings(&[Some(Binding::Card(18)), None], load_state(&path));
+        let restored = initial_bindings(
+            &[Some(Binding::Card(CardNo::of(18))), None],
+            load_state(&path),
+        );
         assert_eq!(restored[1], Some(Binding::Iccid("89".into())));
         // A changed command line wins.
-        let fresh = initial_bindings(&[Some(Binding::Card(2)), None], load_state(&path));
-        assert_eq!(fresh, vec![Some(Binding::Card(2)), None]);
+        let fresh = initial_bindings(
+            &[Some(Binding::Card(CardNo::of(2))), None],
+            load_state(&path),
+        );
+        assert_eq!(fresh, vec![Some(Binding::Card(CardNo::of(2))), None]);
         std::fs::write(&path, b"{\"version\":1,\"startup\":[{\"card\":").unwrap();
         assert_eq!(load_state(&path), None);
         assert_eq!(load_state(&dir.join("missing.json")), None);
