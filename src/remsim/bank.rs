@@ -490,7 +490,7 @@ async fn drive(
     let mut leases = shared.cards.watch();
     let mut pool = shared.cards.link().watch();
     loop {
-        if let Some(end) = act(shared, s, conn, card, (id, superseded)).await {
+        if let Some(end) = act(shared, s, conn, card, (id, superseded), &mut leases).await {
             return end;
         }
         let lease_ended = async {
@@ -528,12 +528,15 @@ async fn drive(
 }
 
 /// Carries out the session's actions until it has none; answers the end if it closed.
+/// `leases` is marked seen after an attach: the attempt's own lease changes must not count as
+/// "a card may have become free" (that would retry at once, forever).
 async fn act(
     shared: &Shared,
     s: &mut ClientSession,
     conn: &mut Conn,
     card: &mut Option<Lease>,
     (id, superseded): (u64, &Arc<Notify>),
+    leases: &mut watch::Receiver<u64>,
 ) -> Option<End> {
     let bound = shared.cfg.command_timeout;
     while let Some(a) = s.poll() {
@@ -558,13 +561,17 @@ async fn act(
                     kick.notify_one();
                 }
             }
-            Action::Attach(client) => match attach(shared, client, &s.who()).await {
-                Ok((bank, lease, atr)) => {
-                    *card = Some(lease);
-                    s.attached(bank, atr);
+            Action::Attach(client) => {
+                let r = attach(shared, client, &s.who()).await;
+                leases.borrow_and_update();
+                match r {
+                    Ok((bank, lease, atr)) => {
+                        *card = Some(lease);
+                        s.attached(bank, atr);
+                    }
+                    Err(why) => s.not_attached(why, std::time::Instant::now()),
                 }
-                Err(why) => s.not_attached(why, std::time::Instant::now()),
-            },
+            }
             Action::Transmit { from, to, data } => {
                 let Some(lease) = card.as_ref() else {
                     s.close(End::Card("no card".into()));
@@ -630,6 +637,7 @@ async fn attach(
         Err(e) => return Err(e.to_string()),
     };
     if !matches!(shared.cards.link().state(), LinkState::Up { .. }) {
+        lease.release().await;
         return Err("no connection to the pool".into());
     }
     lease.in_session();
@@ -638,22 +646,22 @@ async fn attach(
         lease.admit().await?;
         lease.start().await
     };
-    let atr = match timeout(bound, started).await {
-        Ok(Ok(atr)) => atr,
-        Ok(Err(e @ (StartError::Bad { .. } | StartError::Empty(_)))) => return Err(e.to_string()),
-        Ok(Err(e)) => return Err(format!("card {card} did not start: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "card {card} did not start within {} ms",
-                bound.as_millis()
-            ))
+    let why = match timeout(bound, started).await {
+        Ok(Ok(atr)) => {
+            log::info!(
+                "remsim: {who} on bank {bank}: card {card} started, ATR {}",
+                hex::encode_upper(&atr)
+            );
+            return Ok((bank, lease, atr));
         }
+        Ok(Err(e @ (StartError::Bad { .. } | StartError::Empty(_)))) => e.to_string(),
+        Ok(Err(e)) => format!("card {card} did not start: {e}"),
+        Err(_) => format!("card {card} did not start within {} ms", bound.as_millis()),
     };
-    log::info!(
-        "remsim: {who} on bank {bank}: card {card} started, ATR {}",
-        hex::encode_upper(&atr)
-    );
-    Ok((bank, lease, atr))
+    // Let go here (stopping what a failed start may have left running), so that the
+    // session's next look is the retry's, not this lease's own release.
+    lease.release().await;
+    Err(why)
 }
 
 /// Waits (at most [`SUPERSEDE_WAIT`]) until card `card` has no holder.
