@@ -27,9 +27,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::cards::{Cards, FindError, Front, Holder, Lease, LeaseError, StartError, Wanted};
 use crate::log_once::LogOnce;
 use crate::pool::{LinkState, PoolError};
-use crate::rows::ReaderCounts;
 use crate::t0;
-use crate::values::CardNo;
+use crate::values::{Atr, CardNo};
 use crate::vpcd::Connection;
 
 use session::{Action, End, Session};
@@ -121,6 +120,35 @@ impl ReaderStats {
             vpcd_connects: l(&self.vpcd_connects),
         }
     }
+}
+
+/// A reader's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderCounts {
+    pub commands: u64,
+    pub errors: u64,
+    pub resets: u64,
+    pub sessions: u64,
+    pub refused: u64,
+    pub vpcd_connects: u64,
+}
+
+/// A reader as `GET /api/v1/readers` shows it (also `bind`/`unbind --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderRow {
+    pub reader: u16,
+    /// The PC/SC reader name.
+    pub name: String,
+    pub vpcd: String,
+    pub binding: Option<Binding>,
+    pub card: Option<CardNo>,
+    pub state: Presence,
+    /// Why the reader is waiting (for people; not a stable interface).
+    pub detail: Option<String>,
+    pub atr: Option<Atr>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    pub stats: ReaderCounts,
 }
 
 /// What pcscd sees in a reader.

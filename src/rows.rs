@@ -1,38 +1,19 @@
 //! The requests and rows of the control API, which are also what the commands print with
-//! `--json`: one Serialize + Deserialize type each. The daemon answers with them, the command
+//! `--json`: one Serialize + Deserialize type each, all here (those an operation of the card
+//! layer or a reader produces are defined beside it and re-exported). The daemon answers with them, the command
 //! line reads the daemon's answers into them (and prints the same rows when it works over a
 //! pool connection of its own), and the page reads the same keys. Every key of a row is
 //! always present (`null` where unknown): tools rely on it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::bridge::{Binding, Presence};
 use crate::pool::{LinkState, SlotState};
-use crate::values::{Atr, CardNo, Hex};
+#[cfg(test)]
+use crate::values::Hex;
+use crate::values::{Atr, CardNo};
 
-/// One card of a scan (`POST /api/v1/scan`, `simpool scan --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanRow {
-    pub card: CardNo,
-    pub state: SlotState,
-    pub atr: Option<Atr>,
-    pub iccid: Option<String>,
-    pub imsi: Option<String>,
-    /// Who holds the card (then it was reported from what is known, not read).
-    pub holder: Option<String>,
-    pub error: Option<String>,
-}
-
-/// One card a stop dealt with (`POST /api/v1/cards/{n}/stop`, `/api/v1/stop-all`,
-/// `simpool stop --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StopRow {
-    pub card: CardNo,
-    pub state: Option<SlotState>,
-    pub stopped: bool,
-    pub holder: Option<String>,
-    pub error: Option<String>,
-}
+pub use crate::bridge::{ReaderCounts, ReaderRow};
+pub use crate::cards::ops::{ApduReply, ScanRow, StopRow};
 
 /// The body of a stop: `{"force": bool}`; an empty body means no force.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,17 +31,6 @@ pub struct ApduRequest {
     /// Leave the card running after the request (default: stopped).
     #[serde(default)]
     pub keep: bool,
-}
-
-/// What an `apdu` run answered (`simpool apdu --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApduReply {
-    pub card: CardNo,
-    pub atr: Atr,
-    /// One per command run: `data ‖ SW1 SW2`, or the status word simpool answered instead.
-    pub responses: Vec<Hex>,
-    /// One per response: why it is simpool's and not the card's, or `null`.
-    pub errors: Vec<Option<String>>,
 }
 
 /// A card as `GET /api/v1/cards` shows it.
@@ -85,35 +55,6 @@ pub struct StatusRow {
     pub card: CardNo,
     pub state: SlotState,
     pub holder: Option<String>,
-}
-
-/// A reader's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReaderCounts {
-    pub commands: u64,
-    pub errors: u64,
-    pub resets: u64,
-    pub sessions: u64,
-    pub refused: u64,
-    pub vpcd_connects: u64,
-}
-
-/// A reader as `GET /api/v1/readers` shows it (also `bind`/`unbind --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReaderRow {
-    pub reader: u16,
-    /// The PC/SC reader name.
-    pub name: String,
-    pub vpcd: String,
-    pub binding: Option<Binding>,
-    pub card: Option<CardNo>,
-    pub state: Presence,
-    /// Why the reader is waiting (for people; not a stable interface).
-    pub detail: Option<String>,
-    pub atr: Option<Atr>,
-    pub iccid: Option<String>,
-    pub imsi: Option<String>,
-    pub stats: ReaderCounts,
 }
 
 /// The pool link as a word.

@@ -8,14 +8,52 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Cards, Front, Holder, Lease, LeaseError, ReadError, StartError};
 use crate::pool::{LinkState, PoolError, SlotState};
-use crate::rows::{ApduReply, ScanRow, StopRow};
 use crate::t0::{Refusal, Tpdu};
 use crate::values::{Atr, CardNo, Hex};
 
 /// Most commands in one `apdu` run.
 pub const MAX_COMMANDS: usize = 256;
+
+// The rows these operations answer (also the API's and `--json`'s, see `crate::rows`).
+
+/// One card of a scan (`POST /api/v1/scan`, `simpool scan --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRow {
+    pub card: CardNo,
+    pub state: SlotState,
+    pub atr: Option<Atr>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    /// Who holds the card (then it was reported from what is known, not read).
+    pub holder: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One card a stop dealt with (`POST /api/v1/cards/{n}/stop`, `/api/v1/stop-all`,
+/// `simpool stop --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRow {
+    pub card: CardNo,
+    pub state: Option<SlotState>,
+    pub stopped: bool,
+    pub holder: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What an `apdu` run answered (`simpool apdu --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApduReply {
+    pub card: CardNo,
+    pub atr: Atr,
+    /// One per command run: `data ‖ SW1 SW2`, or the status word simpool answered instead.
+    pub responses: Vec<Hex>,
+    /// One per response: why it is simpool's and not the card's, or `null`.
+    pub errors: Vec<Option<String>>,
+}
 
 // ------------------------------------------------------------------------------------ scan
 
