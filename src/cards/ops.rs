@@ -339,7 +339,8 @@ async fn run_commands(
                 reply.errors.push(None);
             }
             Err(e) => {
-                log::warn!(
+                // Reported in the reply; logged where it leaves (the API, the command line).
+                log::debug!(
                     "{}: card {n}: {} failed: {e}",
                     lease.holder(),
                     hex::encode_upper(cmd)

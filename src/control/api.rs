@@ -413,10 +413,18 @@ async fn apdu(
     let cmds = ops::parse_commands(&body.tpdus)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let holder = Holder::Api(peer.to_string());
-    ops::apdu(&d.cards, n, holder, &cmds, body.keep, d.command_timeout)
+    let reply = ops::apdu(&d.cards, n, holder, &cmds, body.keep, d.command_timeout)
         .await
-        .map(Json)
-        .map_err(apdu_error)
+        .map_err(apdu_error)?;
+    for (cmd, e) in cmds.iter().zip(&reply.errors) {
+        if let Some(e) = e {
+            log::warn!(
+                "API {peer}: card {n}: {} failed: {e}",
+                hex::encode_upper(cmd)
+            );
+        }
+    }
+    Ok(Json(reply))
 }
 
 async fn scan(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<crate::rows::ScanRow>> {
