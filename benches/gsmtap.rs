@@ -67,7 +67,9 @@ async fn send_cost(what: &str, dest: SocketAddr) {
 
 /// Exchanges per second through the daemon's exchange path (`Lease::transmit`).
 async fn exchanges_per_s(cards: &Cards, period: Duration) -> f64 {
-    let mut lease = cards.lease(18, Holder::Scan).unwrap();
+    let mut lease = cards
+        .lease(simpool::values::CardNo::of(18), Holder::Scan)
+        .unwrap();
     lease.start().await.unwrap();
     let cmd = [0xA0, 0xF2, 0x00, 0x00, 0x16];
     let t0 = Instant::now();

@@ -20,7 +20,9 @@ use simpool::config::ServeConfig;
 use simpool::metrics::{render, Format};
 
 async fn exchanges_per_s(cards: &Cards, period: Duration) -> f64 {
-    let mut lease = cards.lease(18, Holder::Scan).unwrap();
+    let mut lease = cards
+        .lease(simpool::values::CardNo::of(18), Holder::Scan)
+        .unwrap();
     lease.start().await.unwrap();
     let cmd = [0xA0, 0xF2, 0x00, 0x00, 0x16];
     let t0 = Instant::now();
@@ -79,8 +81,8 @@ fn main() {
         let d = running.daemon.clone();
         d.link.wait_up(Duration::from_secs(5)).await;
         // Every card used from every front end: the largest exposition.
-        for n in 1..=256u16 {
-            let s = d.cards.card_stats(n).unwrap();
+        for n in simpool::values::CardNo::all() {
+            let s = d.cards.card_stats(n);
             s.starts.fetch_add(1, Ordering::Relaxed);
             for f in &s.exchanges_by_front {
                 f.fetch_add(1000, Ordering::Relaxed);

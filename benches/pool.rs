@@ -10,8 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use simpool::cards::Cards;
-use simpool::inventory::read_identity;
+use simpool::cards::{Cards, Holder};
 use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
@@ -69,7 +68,8 @@ fn main() {
         let (_sim, link) = pool(Duration::from_millis(5), scanned).await;
         let t0 = Instant::now();
         // The daemon's scan: every free card under a lease, concurrently over the one link.
-        let reports = Cards::new(link.clone(), Vec::new())
+        let cards = Cards::new(link.clone(), Vec::new());
+        let reports = cards
             .scan(Duration::from_secs(5))
             .await
             .unwrap();
@@ -77,13 +77,13 @@ fn main() {
         assert_eq!(reports.len(), usize::from(scanned));
         assert!(reports
             .iter()
-            .all(|r| r.report.error.is_none() && r.report.imsi.is_some()));
+            .all(|r| r.error.is_none() && r.imsi.is_some()));
 
         let t0 = Instant::now();
-        for n in 1..=scanned {
-            let card = link.card(Slot::from_card(n).unwrap());
-            read_identity(&card, Duration::from_secs(5)).await.unwrap();
-            card.stop().await.unwrap();
+        for n in simpool::values::CardNo::all().take(usize::from(scanned)) {
+            let mut lease = cards.lease(n, Holder::Scan).unwrap();
+            lease.read_identity(Duration::from_secs(5)).await.unwrap();
+            lease.release().await;
         }
         let sequential = t0.elapsed();
         println!("scan of {scanned} cards, 5 ms per reply:");

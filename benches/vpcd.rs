@@ -128,7 +128,7 @@ fn main() {
         "sim".to_string()
     };
     let serve = |port: u16, quickack: bool| ServeConfig {
-        pool: pool.clone(),
+        pool: pool.as_str().into(),
         cards: None,
         command_timeout: Duration::from_millis(1500),
         reply_timeout: Duration::from_millis(1000),
@@ -148,7 +148,11 @@ fn main() {
                 cards: simpool::gsmtap::CardFilter::all(),
             }),
         readers: vec![ReaderSpec {
-            binding: Some(Binding::Card(if quickack { 18 } else { 2 })),
+            binding: Some(Binding::Card(simpool::values::CardNo::of(if quickack {
+                18
+            } else {
+                2
+            }))),
             vpcd: format!("127.0.0.1:{port}"),
         }],
     };

@@ -9,6 +9,13 @@
 //! (pcscd sees the card removed, so open handles get "card removed", never silently another
 //! card), releases its card's lease, and shows the new card after pcscd's next poll. The card
 //! is held through a [`Lease`] the whole time it is bound, so nothing else restarts it.
+//!
+//! What a session does with vpcd's events is [`session::Session`], a sans-IO state machine;
+//! this task connects, moves bytes, waits, and carries out the card operations it asks for.
+//! The card layer's rules apply as everywhere: a card marked bad or an empty slot is refused
+//! (the reader waits, saying why), a session ends when its pool connection changes.
+
+pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,19 +24,43 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cards::{Cards, FindError, Front, Holder, Lease, LeaseError, Wanted};
+use crate::cards::{Cards, FindError, Front, Holder, Lease, LeaseError, StartError, Wanted};
+use crate::log_once::LogOnce;
 use crate::pool::{LinkState, PoolError};
 use crate::t0;
-use crate::vpcd::{Connection, Event};
+use crate::values::{Atr, CardNo};
+use crate::vpcd::Connection;
+
+use session::{Action, End, Session};
 
 /// Which card a reader shows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Binding {
     /// Front-panel number 1–256.
-    Card(u16),
+    Card(CardNo),
     Iccid(String),
     Imsi(String),
+}
+
+impl Binding {
+    /// What an identity search for this binding looks for (`None` for a card number).
+    pub fn wanted(&self) -> Option<Wanted<'_>> {
+        match self {
+            Binding::Card(_) => None,
+            Binding::Iccid(s) => Some(Wanted::Iccid(s)),
+            Binding::Imsi(s) => Some(Wanted::Imsi(s)),
+        }
+    }
+
+    /// Checks an ICCID or IMSI binding (digits of a plausible length); the error names it.
+    pub fn checked(self) -> Result<Binding, String> {
+        match self {
+            Binding::Iccid(s) => crate::values::check_iccid(&s).map(Binding::Iccid),
+            Binding::Imsi(s) => crate::values::check_imsi(&s).map(Binding::Imsi),
+            b => Ok(b),
+        }
+    }
 }
 
 impl std::fmt::Display for Binding {
@@ -78,21 +109,50 @@ pub struct ReaderStats {
 }
 
 impl ReaderStats {
-    pub fn snapshot(&self) -> serde_json::Value {
+    pub fn snapshot(&self) -> ReaderCounts {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "commands": l(&self.commands),
-            "errors": l(&self.errors),
-            "resets": l(&self.resets),
-            "sessions": l(&self.sessions),
-            "refused": l(&self.refused),
-            "vpcd_connects": l(&self.vpcd_connects),
-        })
+        ReaderCounts {
+            commands: l(&self.commands),
+            errors: l(&self.errors),
+            resets: l(&self.resets),
+            sessions: l(&self.sessions),
+            refused: l(&self.refused),
+            vpcd_connects: l(&self.vpcd_connects),
+        }
     }
 }
 
+/// A reader's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderCounts {
+    pub commands: u64,
+    pub errors: u64,
+    pub resets: u64,
+    pub sessions: u64,
+    pub refused: u64,
+    pub vpcd_connects: u64,
+}
+
+/// A reader as `GET /api/v1/readers` shows it (also `bind`/`unbind --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderRow {
+    pub reader: u16,
+    /// The PC/SC reader name.
+    pub name: String,
+    pub vpcd: String,
+    pub binding: Option<Binding>,
+    pub card: Option<CardNo>,
+    pub state: Presence,
+    /// Why the reader is waiting (for people; not a stable interface).
+    pub detail: Option<String>,
+    pub atr: Option<Atr>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    pub stats: ReaderCounts,
+}
+
 /// What pcscd sees in a reader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     /// The card is shown (vpcd connected).
@@ -107,12 +167,17 @@ pub enum Presence {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReaderStatus {
     pub binding: Option<Binding>,
-    pub card: Option<u16>,
+    pub card: Option<CardNo>,
     pub state: Presence,
     /// Why the reader is waiting (for people; not a stable interface).
     pub detail: Option<String>,
     /// Counts binding changes, so a caller can wait for the one it asked for.
     pub generation: u64,
+    /// The reader has done what it can for its binding for now: the card shows, there is
+    /// none to show, or it waits for something outside it (an empty slot, a card held
+    /// elsewhere or marked bad, no card with that identity, the pool or vpcd away).
+    #[serde(skip)]
+    pub settled: bool,
 }
 
 /// Why a bound card cannot be shown right now.
@@ -125,10 +190,11 @@ pub enum Unavailable {
     /// (The binding is named where this is logged.)
     #[error("{error}")]
     Find { want: String, error: FindError },
+    /// Refused by the card layer: a card marked bad, an empty slot.
+    #[error(transparent)]
+    Refused(StartError),
     #[error("card {card} did not start: {error}")]
-    Start { card: u16, error: PoolError },
-    #[error("card {0} is marked bad on the pool: {1} (re-insert it or bind again to retry)")]
-    MarkedBad(u16, String),
+    Start { card: CardNo, error: PoolError },
 }
 
 /// Why a binding request was refused.
@@ -154,9 +220,6 @@ struct Rebind {
 /// Longer than pcscd's presence poll of vpcd readers (400 ms).
 const REMOVAL_GRACE: Duration = Duration::from_millis(600);
 
-/// After this long without a word from vpcd on a new connection, say so.
-const NOT_TAKEN_WARNING: Duration = Duration::from_secs(5);
-
 /// Closing a session (see `Connection::close_now`): vpcd is idle after this much silence;
 /// commands that still come are answered `6F 00` this far apart; the whole close takes at most
 /// the limit (pcscd polls every ~400 ms).
@@ -164,23 +227,12 @@ const CLOSE_QUIET: Duration = Duration::from_millis(30);
 const CLOSE_PACE: Duration = Duration::from_millis(75);
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
-/// Consecutive start failures of an inserted card that mark it bad on the pool.
-const BAD_START_FAILURES: u32 = 2;
-/// Sessions ended by a lost T=0 state within [`BAD_RESET_WINDOW`] that mark the card bad.
-const BAD_RESETS: usize = 3;
-const BAD_RESET_WINDOW: Duration = Duration::from_secs(60);
 /// How often a card marked bad is checked for re-insertion.
 const REINSERT_POLL: Duration = Duration::from_secs(1);
 
-/// Why a session with vpcd ended.
-#[derive(Debug)]
-enum End {
-    VpcdClosed(String),
-    CardGone(String),
-    /// The card was reset after a failed exchange; reconnect so pcscd reports it.
-    CardReset,
-    LinkDown,
-    /// The binding changed.
+/// How a session ended: as the session says, or by a change of binding.
+enum Finish {
+    Session(End),
     Rebound(Rebind),
 }
 
@@ -242,16 +294,12 @@ impl ReaderHandle {
                 Err(LeaseError::Held { holder, .. }) if holder == me => None,
                 Err(e) => return Err(e.into()),
             },
-            Some(b @ (Binding::Iccid(_) | Binding::Imsi(_))) => {
+            Some(b) => {
                 // A card known to have it and held by someone else: refuse now rather than
                 // searching in vain.
+                let want = b.wanted().expect("an identity binding");
                 for v in self.cards.views() {
-                    let hit = match b {
-                        Binding::Iccid(w) => v.known.iccid.as_deref() == Some(w.as_str()),
-                        Binding::Imsi(w) => v.known.imsi.as_deref() == Some(w.as_str()),
-                        Binding::Card(_) => false,
-                    };
-                    if let (true, Some(h)) = (hit, v.holder) {
+                    if let (true, Some(h)) = (want.matches(&v.known), v.holder) {
                         if h != me {
                             return Err(BindError::IdentityHeld(b.clone(), h));
                         }
@@ -273,16 +321,14 @@ impl ReaderHandle {
         taken.await.map_err(|_| BindError::Stopped(self.index))
     }
 
-    /// Waits until the reader shows its card (or has none to show), at most `within`.
+    /// Waits until the reader has settled after its last binding change — it shows its card,
+    /// has none to show, or waits for something outside it (see [`ReaderStatus::settled`]) —
+    /// at most `within`.
     pub async fn wait_settled(&self, within: Duration) -> ReaderStatus {
         let mut rx = self.status.clone();
         let _ = tokio::time::timeout(within, async {
             loop {
-                let st = rx.borrow_and_update().clone();
-                let settled = match st.binding {
-                    None => st.state == Presence::Absent,
-                    Some(_) => st.state == Presence::Present,
-                };
+                let settled = rx.borrow_and_update().settled;
                 if settled || rx.changed().await.is_err() {
                     return;
                 }
@@ -304,12 +350,10 @@ pub struct Reader {
     control_open: bool,
     status: watch::Sender<ReaderStatus>,
     stats: Arc<ReaderStats>,
-    /// Consecutive failed starts of the bound card.
-    start_failures: u32,
-    /// When sessions recently ended with the card's T=0 state lost.
-    lost_t0: std::collections::VecDeque<std::time::Instant>,
-    /// Last vpcd problem logged (each distinct cause once).
-    vpcd_problem: String,
+    /// Why the bound card cannot be shown, as last logged.
+    problem: LogOnce,
+    /// Why vpcd cannot be reached, as last logged.
+    vpcd_problem: LogOnce,
 }
 
 /// What interrupted a wait.
@@ -337,6 +381,7 @@ impl Reader {
             },
             detail: None,
             generation: 0,
+            settled: false,
         });
         let stats = Arc::new(ReaderStats::default());
         let handle = ReaderHandle {
@@ -359,9 +404,8 @@ impl Reader {
             control_open: true,
             status: st_tx,
             stats,
-            start_failures: 0,
-            lost_t0: Default::default(),
-            vpcd_problem: String::new(),
+            problem: LogOnce::default(),
+            vpcd_problem: LogOnce::default(),
         };
         (reader, handle)
     }
@@ -370,14 +414,15 @@ impl Reader {
         self.cards.link()
     }
 
-    fn set_state(&self, state: Presence, detail: Option<String>) {
+    /// Shows a new state; `settled`: the reader waits for something outside it (or is done).
+    fn set_state(&self, state: Presence, detail: Option<String>, settled: bool) {
         let card = self.lease.as_ref().map(Lease::number);
         self.status.send_if_modified(|s| {
-            let new = (state, card, detail);
-            if (s.state, s.card, s.detail.clone()) == new {
+            let new = (state, card, detail, settled);
+            if (s.state, s.card, s.detail.clone(), s.settled) == new {
                 return false;
             }
-            (s.state, s.card, s.detail) = new;
+            (s.state, s.card, s.detail, s.settled) = new;
             true
         });
     }
@@ -390,8 +435,6 @@ impl Reader {
             log::info!("{}: released card {n}", self.name);
         }
         // A renewed binding tries a card marked bad again.
-        self.start_failures = 0;
-        self.lost_t0.clear();
         if let Some(l) = &r.lease {
             self.cards.clear_bad(l.number());
         }
@@ -402,15 +445,16 @@ impl Reader {
             Some(b) => log::info!("{}: bound to {b}", self.name),
             None => log::info!("{}: unbound", self.name),
         }
+        self.problem.clear();
         self.binding = r.binding;
         self.lease = r.lease;
         self.status.send_modify(|s| {
             s.binding.clone_from(&self.binding);
             s.card = self.lease.as_ref().map(Lease::number);
-            s.state = if self.binding.is_some() {
-                Presence::Waiting
+            (s.state, s.settled) = if self.binding.is_some() {
+                (Presence::Waiting, false)
             } else {
-                Presence::Absent
+                (Presence::Absent, true)
             };
             s.detail = None;
             s.generation += 1;
@@ -430,16 +474,15 @@ impl Reader {
         }
     }
 
-    /// Waits `retry`, or less if the link changes state or the binding changes.
-    async fn pause_or_link_change(&mut self) -> Woken {
+    /// Waits `d`, or less if the link changes state or the binding changes.
+    async fn pause_or_link_change(&mut self, d: Duration) -> Woken {
         let mut w = self.link().watch();
         w.borrow_and_update();
-        let retry = self.cfg.retry;
         tokio::select! {
-            _ = tokio::time::timeout(retry, w.changed()) => Woken::Elapsed,
+            _ = tokio::time::timeout(d, w.changed()) => Woken::Elapsed,
             r = self.control.recv() => match r {
                 Some(r) => Woken::Rebind(r),
-                None => { tokio::time::sleep(retry).await; Woken::Elapsed }
+                None => { tokio::time::sleep(d).await; Woken::Elapsed }
             },
         }
     }
@@ -449,37 +492,18 @@ impl Reader {
     pub async fn run(mut self) {
         // Give the pool link its first connection before reporting it missing.
         self.link().wait_up(self.cfg.retry * 4).await;
-        let mut last_problem = String::new();
         loop {
             let Some(binding) = self.binding.clone() else {
-                self.set_state(Presence::Absent, None);
+                self.set_state(Presence::Absent, None, true);
                 match self.control.recv().await {
                     Some(r) => self.apply(r).await,
                     None => return,
                 }
                 continue;
             };
-            let (atr, started_on) = match self.acquire(&binding).await {
-                Ok(x) => x,
-                Err(problem) => {
-                    let text = problem.to_string();
-                    if text != last_problem {
-                        log::warn!("{}: {binding} unavailable: {text}", self.name);
-                        last_problem = text.clone();
-                    }
-                    self.set_state(Presence::Waiting, Some(text));
-                    let woken = match problem {
-                        Unavailable::MarkedBad(n, _) => self.wait_reinserted(n).await,
-                        _ => self.pause_or_link_change().await,
-                    };
-                    if let Woken::Rebind(r) = woken {
-                        self.apply(r).await;
-                        last_problem.clear();
-                    }
-                    continue;
-                }
+            let Some(atr) = self.acquire_or_wait(&binding).await else {
+                continue;
             };
-            last_problem.clear();
             let conn = match self.connect_vpcd().await {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
@@ -488,71 +512,8 @@ impl Reader {
                     continue;
                 }
             };
-            self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-            // "Present" only once vpcd talks to us: a connection vpcd has not accepted yet
-            // (it accepts at its presence poll) shows pcscd nothing.
-            self.set_state(
-                Presence::Waiting,
-                Some("connected; waiting for pcscd to poll the reader".into()),
-            );
-            let (end, conn) = self.session(conn, atr, started_on).await;
-            if let Some(conn) = conn {
-                conn.close_now(
-                    CLOSE_QUIET,
-                    CLOSE_PACE,
-                    &t0::sw::TECHNICAL_PROBLEM,
-                    CLOSE_LIMIT,
-                )
-                .await;
-            }
-            self.set_state(Presence::Waiting, Some("card removed".into()));
-            let pause = match end {
-                End::VpcdClosed(why) => {
-                    log::info!("{}: vpcd closed the connection ({why})", self.name);
-                    // pcscd going away (socket activation, restart): don't spin.
-                    self.cfg.retry
-                }
-                End::CardGone(why) => {
-                    log::warn!("{}: card gone: {why}", self.name);
-                    if !matches!(binding, Binding::Card(_)) {
-                        // Cards move: look for it again.
-                        if let Some(l) = self.lease.take() {
-                            self.cards.forget(l.number());
-                            l.release().await;
-                        }
-                    }
-                    REMOVAL_GRACE
-                }
-                End::CardReset => {
-                    log::info!("{}: card reset after a failed exchange", self.name);
-                    let now = std::time::Instant::now();
-                    self.lost_t0.push_back(now);
-                    while self
-                        .lost_t0
-                        .front()
-                        .is_some_and(|t| now.duration_since(*t) > BAD_RESET_WINDOW)
-                    {
-                        self.lost_t0.pop_front();
-                    }
-                    if self.lost_t0.len() >= BAD_RESETS {
-                        let why = format!(
-                            "lost its T=0 state {} times within {} s",
-                            self.lost_t0.len(),
-                            BAD_RESET_WINDOW.as_secs()
-                        );
-                        self.mark_bad(&why).await;
-                    }
-                    REMOVAL_GRACE
-                }
-                End::LinkDown => {
-                    log::warn!("{}: pool link down: card shown as removed", self.name);
-                    REMOVAL_GRACE
-                }
-                End::Rebound(r) => {
-                    self.apply(r).await;
-                    REMOVAL_GRACE
-                }
-            };
+            let finish = self.serve(conn, atr).await;
+            let pause = self.after(finish, &binding).await;
             // Stay away until pcscd has polled the reader (every ~400 ms) and seen the card
             // removed, or a quick comeback could look to it like the same card, and its
             // applications would go on with a card that was reset under them (or another one).
@@ -564,94 +525,147 @@ impl Reader {
         }
     }
 
-    /// Makes sure this reader holds its card and starts it; answers its ATR.
-    async fn acquire(&mut self, binding: &Binding) -> Result<(Vec<u8>, LinkState), Unavailable> {
-        let started_on = self.link().state();
-        if !matches!(started_on, LinkState::Up { .. }) {
-            return Err(Unavailable::LinkDown);
-        }
-        let me = Holder::Reader(self.index);
-        if self.lease.is_none() {
-            let lease = match binding {
-                Binding::Card(n) => self.cards.lease(*n, me)?,
-                Binding::Iccid(s) => self.find(Wanted::Iccid(s), me).await?,
-                Binding::Imsi(s) => self.find(Wanted::Imsi(s), me).await?,
-            };
-            self.lease = Some(lease);
-            self.set_state(Presence::Waiting, Some("starting the card".into()));
-        }
-        let timeout = self.cfg.command_timeout;
-        let n = self.lease.as_ref().expect("set above").number();
-        if let Some(why) = self.cards.bad(n) {
-            return Err(Unavailable::MarkedBad(n, why));
-        }
-        let lease = self.lease.as_mut().expect("set above");
-        // Read ICCID/IMSI once, so scans and the API can report the card without touching it.
-        if self.cards.known(n).iccid.is_none() {
-            if let Err(e) = lease.read_identity(timeout).await {
-                log::debug!("{}: card {n}: identity not read: {e}", self.name);
-            }
-        }
-        match lease.restart().await {
+    /// The bound card, started (its ATR); or, when it cannot be had now, says why (once per
+    /// distinct cause), waits, and answers `None` (the loop tries again).
+    async fn acquire_or_wait(&mut self, binding: &Binding) -> Option<Vec<u8>> {
+        let problem = match self.acquire(binding).await {
             Ok(atr) => {
-                self.start_failures = 0;
-                Ok((atr, started_on))
+                self.problem.clear();
+                return Some(atr);
             }
-            Err(error) => {
-                self.cards.forget(n);
-                self.start_failures += 1;
-                if self.start_failures >= BAD_START_FAILURES && self.card_inserted(n).await {
-                    let why = format!(
-                        "did not start {} times in a row ({error})",
-                        self.start_failures
-                    );
-                    self.mark_bad(&why).await;
-                }
+            Err(p) => p,
+        };
+        let text = problem.to_string();
+        self.problem
+            .warn(&format!("{}: {binding} unavailable", self.name), &text);
+        self.set_state(Presence::Waiting, Some(text), true);
+        let woken = match problem {
+            Unavailable::Refused(StartError::Bad { .. }) => self.pause(REINSERT_POLL).await,
+            _ => self.pause_or_link_change(self.cfg.retry).await,
+        };
+        if let Woken::Rebind(r) = woken {
+            self.apply(r).await;
+        }
+        None
+    }
+
+    /// Connects to vpcd and serves the session; closes the connection without losing a
+    /// command when the card went away.
+    async fn serve(&mut self, conn: Connection, atr: Vec<u8>) -> Finish {
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        // "Present" only once vpcd talks to us: a connection vpcd has not accepted yet
+        // (it accepts at its presence poll) shows pcscd nothing.
+        self.set_state(
+            Presence::Waiting,
+            Some("connected; waiting for pcscd to poll the reader".into()),
+            false,
+        );
+        let mut conn = conn;
+        let finish = self.session(&mut conn, atr).await;
+        if !matches!(finish, Finish::Session(End::VpcdClosed(_))) {
+            conn.close_now(
+                CLOSE_QUIET,
+                CLOSE_PACE,
+                &t0::sw::TECHNICAL_PROBLEM,
+                CLOSE_LIMIT,
+            )
+            .await;
+        }
+        self.set_state(Presence::Waiting, Some("card removed".into()), false);
+        finish
+    }
+
+    /// After a session: logs why it ended, lets go of a card that moved, and answers how long
+    /// to stay away from vpcd.
+    async fn after(&mut self, finish: Finish, binding: &Binding) -> Duration {
+        match finish {
+            Finish::Session(End::VpcdClosed(why)) => {
+                log::info!("{}: vpcd closed the connection ({why})", self.name);
+                // pcscd going away (socket activation, restart): don't spin.
+                self.cfg.retry
+            }
+            Finish::Session(End::CardGone(why)) => {
+                log::warn!("{}: card gone: {why}", self.name);
                 if !matches!(binding, Binding::Card(_)) {
+                    // Cards move: look for it again.
                     if let Some(l) = self.lease.take() {
+                        self.cards.forget(l.number());
                         l.release().await;
                     }
                 }
-                Err(Unavailable::Start { card: n, error })
+                REMOVAL_GRACE
+            }
+            Finish::Session(End::CardReset) => {
+                log::info!("{}: card reset after a failed exchange", self.name);
+                REMOVAL_GRACE
+            }
+            Finish::Session(End::LinkDown) => {
+                log::warn!("{}: pool link down: card shown as removed", self.name);
+                REMOVAL_GRACE
+            }
+            Finish::Rebound(r) => {
+                self.apply(r).await;
+                REMOVAL_GRACE
             }
         }
     }
 
-    /// Whether the pool reports a card in slot `n` (a start failure of an empty slot is no
-    /// sign of a bad card).
-    async fn card_inserted(&self, n: u16) -> bool {
-        match self.link().states().await {
-            Ok(st) => st[usize::from(n - 1)].has_card(),
-            Err(_) => false,
+    /// Makes sure this reader holds its card and starts it; answers its ATR.
+    async fn acquire(&mut self, binding: &Binding) -> Result<Vec<u8>, Unavailable> {
+        if !matches!(self.link().state(), LinkState::Up { .. }) {
+            return Err(Unavailable::LinkDown);
         }
-    }
-
-    /// Tells the pool the bound card is bad (once), so a person sees which one to pull.
-    async fn mark_bad(&mut self, why: &str) {
-        if let Some(lease) = self.lease.as_mut() {
-            if let Err(e) = lease.mark_bad(why).await {
-                log::warn!("{}: error indication not sent: {e}", self.name);
-            }
-        }
-    }
-
-    /// While the card is marked bad: waits until the pool reports it inserted again (pulled and
-    /// put back) or the binding changes.
-    async fn wait_reinserted(&mut self, n: u16) -> Woken {
-        loop {
-            if let Woken::Rebind(r) = self.pause(REINSERT_POLL).await {
-                return Woken::Rebind(r);
-            }
-            if let Ok(st) = self.link().states().await {
-                if st[usize::from(n - 1)] == crate::pool::SlotState::Inserted {
-                    log::info!("{}: card {n} was re-inserted", self.name);
-                    self.cards.clear_bad(n);
-                    self.start_failures = 0;
-                    self.lost_t0.clear();
-                    return Woken::Elapsed;
+        if self.lease.is_none() {
+            let me = Holder::Reader(self.index);
+            let lease = match binding.wanted() {
+                None => {
+                    let Binding::Card(n) = binding else {
+                        unreachable!("a card binding")
+                    };
+                    self.cards.lease(*n, me)?
                 }
+                Some(want) => self.find(want, me).await?,
+            };
+            self.lease = Some(lease);
+            self.set_state(Presence::Waiting, Some("starting the card".into()), false);
+        }
+        let timeout = self.cfg.command_timeout;
+        let lease = self.lease.as_mut().expect("set above");
+        // Also a lease `bind` took: what this reader sees of the card counts towards marking
+        // it bad.
+        lease.in_session();
+        let n = lease.number();
+        let started = match lease.admit().await {
+            Ok(()) => {
+                // Read ICCID/IMSI once, so scans and the API can report the card without
+                // touching it.
+                if self.cards.known(n).iccid.is_none() {
+                    if let Err(e) = lease.read_identity(timeout).await {
+                        log::debug!("{}: card {n}: identity not read: {e}", self.name);
+                    }
+                }
+                lease.restart().await
+            }
+            Err(e) => Err(e),
+        };
+        let error = match started {
+            Ok(atr) => return Ok(atr),
+            Err(e) => e,
+        };
+        if !matches!(error, StartError::Bad { .. }) {
+            // Pulled, or no longer answering: what was read from it may be stale.
+            self.cards.forget(n);
+        }
+        if binding.wanted().is_some() {
+            // Cards move: look for it again next time.
+            if let Some(l) = self.lease.take() {
+                l.release().await;
             }
         }
+        Err(match error {
+            StartError::Pool(error) => Unavailable::Start { card: n, error },
+            e => Unavailable::Refused(e),
+        })
     }
 
     async fn find(&self, want: Wanted<'_>, me: Holder) -> Result<Lease, Unavailable> {
@@ -668,7 +682,7 @@ impl Reader {
     /// the binding changes meanwhile.
     async fn connect_vpcd(&mut self) -> Result<Option<Connection>, Rebind> {
         let mut backoff = Duration::from_millis(50);
-        let mut logged = false;
+        let mut shown = false;
         loop {
             if !matches!(self.link().state(), LinkState::Up { .. }) {
                 return Ok(None);
@@ -678,21 +692,17 @@ impl Reader {
             {
                 Ok(c) => {
                     self.stats.vpcd_connects.fetch_add(1, Ordering::Relaxed);
-                    if !self.vpcd_problem.is_empty() {
+                    if self.vpcd_problem.clear() {
                         log::warn!("{}: vpcd at {} reachable again", self.name, self.cfg.vpcd);
-                        self.vpcd_problem.clear();
                     }
                     return Ok(Some(c));
                 }
                 Err(e) => {
                     let problem = vpcd_problem(&self.cfg.vpcd, &e);
-                    if problem != self.vpcd_problem {
-                        log::warn!("{}: {problem}", self.name);
-                        self.vpcd_problem = problem.clone();
-                    }
-                    if !logged {
-                        self.set_state(Presence::Waiting, Some(problem));
-                        logged = true;
+                    self.vpcd_problem.warn(&self.name, &problem);
+                    if !shown {
+                        self.set_state(Presence::Waiting, Some(problem), true);
+                        shown = true;
                     }
                     if let Woken::Rebind(r) = self.pause(backoff).await {
                         return Err(r);
@@ -703,176 +713,88 @@ impl Reader {
         }
     }
 
-    /// Serves vpcd until the session ends; hands the connection back when it is still open
-    /// (the card went away), to be closed without losing a command.
-    async fn session(
-        &mut self,
-        mut conn: Connection,
-        atr: Vec<u8>,
-        started_on: LinkState,
-    ) -> (End, Option<Connection>) {
-        let end = self.serve_events(&mut conn, atr, started_on).await;
-        match end {
-            End::VpcdClosed(_) => (end, None),
-            _ => (end, Some(conn)),
-        }
-    }
-
-    async fn serve_events(
-        &mut self,
-        conn: &mut Connection,
-        mut atr: Vec<u8>,
-        started_on: LinkState,
-    ) -> End {
-        let mut link = self.link().watch();
-        // `started_on` is the pool connection the card was started on: after a reconnect the
-        // pool may have powered the card off, so the session ends.
-        if *link.borrow_and_update() != started_on {
-            return End::LinkDown;
-        }
+    /// Serves vpcd until the session ends: feeds vpcd's events, the card's results and the
+    /// lease's end to the session, and carries out what it asks for.
+    async fn session(&mut self, conn: &mut Connection, atr: Vec<u8>) -> Finish {
         let Some(mut lease) = self.lease.take() else {
-            return End::CardGone("no lease".into());
+            return Finish::Session(End::CardGone("no lease".into()));
         };
-        let mut powered = true;
-        let mut accepted = false;
-        // vpcd takes one connection per port and accepts the next only when pcscd polls after
-        // the previous one is gone; a connection still unaccepted after this long means another
-        // client holds the port (a second simpool?), or pcscd is not polling.
-        let not_taken = tokio::time::sleep(NOT_TAKEN_WARNING);
-        tokio::pin!(not_taken);
-        let end = loop {
-            let ev = tokio::select! {
-                ev = conn.next_event() => ev,
-                _ = &mut not_taken, if !accepted => {
-                    log::warn!(
-                        "{}: vpcd at {} has not taken the connection after {} s: is another \
-                         client (a second simpool?) connected to that port, or is pcscd stuck?",
-                        self.name,
-                        self.cfg.vpcd,
-                        NOT_TAKEN_WARNING.as_secs()
-                    );
-                    accepted = true; // warn once
-                    continue;
-                }
-                changed = link.changed() => {
-                    if changed.is_err() || *link.borrow_and_update() != started_on {
-                        break End::LinkDown;
-                    }
-                    continue;
-                }
-                r = self.control.recv(), if self.control_open => match r {
-                    Some(r) => break End::Rebound(r),
-                    // No handle left: the binding can no longer change.
-                    None => { self.control_open = false; continue }
-                },
-            };
-            let ev = match ev {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break End::VpcdClosed("end of stream".into()),
-                Err(e) => break End::VpcdClosed(e.to_string()),
-            };
-            if self.status.borrow().state != Presence::Present {
-                accepted = true;
-                log::info!(
-                    "{}: card {} present, ATR {}",
-                    self.name,
-                    lease.number(),
-                    hex::encode_upper(&atr)
-                );
-                let card = Some(lease.number());
-                self.status.send_modify(|s| {
-                    s.state = Presence::Present;
-                    s.card = card;
-                    s.detail = None;
-                });
+        let mut s = Session::new(
+            self.name.clone(),
+            atr,
+            self.cfg.reset,
+            self.stats.clone(),
+            std::time::Instant::now(),
+        );
+        let finish = loop {
+            if let Some(end) = self.act(&mut s, conn, &mut lease).await {
+                break Finish::Session(end);
             }
-            match ev {
-                Event::GetAtr => {
-                    if let Err(e) = conn.reply(&atr).await {
-                        break End::VpcdClosed(e.to_string());
-                    }
+            let tick = s.deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                ev = conn.next_event() => s.event(ev),
+                _ = async { tokio::time::sleep_until(tick.expect("checked")).await }, if tick.is_some() => {
+                    s.tick(std::time::Instant::now())
                 }
-                Event::PowerOn | Event::Reset => {
-                    log::info!("{}: {ev:?}", self.name);
-                    if !powered || self.cfg.reset == ResetPolicy::Restart {
-                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
-                        match lease.restart().await {
-                            Ok(a) => atr = a,
-                            Err(e) => break End::CardGone(format!("restart failed: {e}")),
-                        }
-                        powered = true;
-                    }
-                }
-                Event::PowerOff => {
-                    log::info!("{}: PowerOff", self.name);
-                    if let Err(e) = lease.stop().await {
-                        break End::CardGone(format!("stop failed: {e}"));
-                    }
-                    powered = false;
-                }
-                Event::UnknownControl(b) => {
-                    log::warn!("{}: unknown vpcd control byte {b:02X} ignored", self.name);
-                }
-                Event::Invalid { len } => {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "{}: vpcd frame of {len} bytes cannot be a command: 6700",
-                        self.name
-                    );
-                    if let Err(e) = conn.reply(&t0::sw::WRONG_LENGTH).await {
-                        break End::VpcdClosed(e.to_string());
-                    }
-                }
-                Event::Command(cmd) => {
-                    self.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    if !powered {
-                        // pcscd powers a card on before using it; be lenient if it did not.
-                        log::warn!(
-                            "{}: command while powered off: starting the card",
-                            self.name
-                        );
-                        self.stats.resets.fetch_add(1, Ordering::Relaxed);
-                        match lease.restart().await {
-                            Ok(a) => atr = a,
-                            Err(e) => break End::CardGone(format!("start failed: {e}")),
-                        }
-                        powered = true;
-                    }
-                    log::debug!("{}: > {}", self.name, hex::encode_upper(&cmd));
-                    let bound = self.cfg.command_timeout;
-                    let (answer, touched) = match lease.transmit(&cmd, bound, Front::Vpcd).await {
-                        Ok(resp) => {
-                            log::debug!("{}: < {}", self.name, hex::encode_upper(&resp));
-                            (resp, false)
-                        }
-                        Err(e) => {
-                            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            if matches!(e, crate::pool::ExchangeError::Refused(_)) {
-                                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                            }
-                            let sw = e.status();
-                            log::warn!(
-                                "{}: {} failed, answered {}: {e}",
-                                self.name,
-                                hex::encode_upper(&cmd),
-                                hex::encode_upper(sw)
-                            );
-                            (sw.to_vec(), e.card_touched())
-                        }
-                    };
-                    if let Err(e) = conn.reply(&answer).await {
-                        break End::VpcdClosed(e.to_string());
-                    }
-                    if touched {
-                        // The card's T=0 state is unknown: restart it and make pcscd see the
-                        // card removed, so no application goes on with lost selections or PIN.
-                        let _ = lease.stop().await;
-                        break End::CardReset;
-                    }
-                }
+                e = lease.ended() => s.lease_ended(e),
+                r = self.control.recv(), if self.control_open => match r {
+                    Some(r) => break Finish::Rebound(r),
+                    // No handle left: the binding can no longer change.
+                    None => self.control_open = false,
+                },
             }
         };
         self.lease = Some(lease);
-        end
+        finish
+    }
+
+    /// Carries out the session's actions until it has none; answers the end if it ended.
+    async fn act(
+        &mut self,
+        s: &mut Session,
+        conn: &mut Connection,
+        lease: &mut Lease,
+    ) -> Option<End> {
+        while let Some(a) = s.poll() {
+            match a {
+                Action::Present => {
+                    log::info!(
+                        "{}: card {} present, ATR {}",
+                        self.name,
+                        lease.number(),
+                        hex::encode_upper(s.atr())
+                    );
+                    let card = Some(lease.number());
+                    self.status.send_modify(|st| {
+                        st.state = Presence::Present;
+                        st.card = card;
+                        st.detail = None;
+                        st.settled = true;
+                    });
+                }
+                Action::Reply(bytes) => {
+                    if let Err(e) = conn.reply(&bytes).await {
+                        s.reply_failed(e);
+                    }
+                }
+                Action::Restart => s.restarted(lease.restart().await),
+                Action::Stop => s.stopped(lease.stop().await),
+                Action::Transmit(cmd) => {
+                    let r = lease
+                        .transmit(&cmd, self.cfg.command_timeout, Front::Vpcd)
+                        .await;
+                    s.answered(&cmd, r);
+                }
+                Action::NotTaken => log::warn!(
+                    "{}: vpcd at {} has not taken the connection after {} s: is another \
+                     client (a second simpool?) connected to that port, or is pcscd stuck?",
+                    self.name,
+                    self.cfg.vpcd,
+                    session::NOT_TAKEN_WARNING.as_secs()
+                ),
+                Action::End(e) => return Some(e),
+            }
+        }
+        None
     }
 }

@@ -1,5 +1,5 @@
 //! The daemon's cards: who holds which card (leases), what is known of each (ATR, ICCID, IMSI),
-//! and the one exchange path every front end uses.
+//! the rules every use of a card obeys, and the one exchange path every front end uses.
 //!
 //! A card has at most one holder at a time: a vpcd reader, an API request, a scan, a remote
 //! bank client. Nothing starts, stops or exchanges with a card without holding its [`Lease`];
@@ -7,28 +7,49 @@
 //! HTTP client disconnected mid-request) stops the card if the lease started it and then frees
 //! it, in that order, so the next holder never has its fresh session stopped under it.
 //!
+//! Policy lives here, once, so that every front end obeys it without code of its own:
+//! - a card marked bad on the pool ([`policy`]: failed starts and lost T=0 states, as the
+//!   sessions of readers and bank clients see them) is refused at once to every front end,
+//!   naming why, until it is re-inserted or bound again; an empty slot is refused at once
+//!   ([`Lease::admit`]);
+//! - a session on a card ends when the pool connection it was started on is gone, or when
+//!   the card is taken from its holder ([`Lease::ended`]: `stop --force` today; an expired
+//!   reservation is the same revocation);
+//! - the operations the API and the command line offer ([`ops`]) are the same code whether
+//!   they run in the daemon or over a command's own pool connection.
+//!
 //! [`Lease::transmit`] is the single place where an exchange happens, so counters, the latency
 //! histogram and observers (GSMTAP) are hooked in once. It adds no lock, no allocation and no
 //! syscall to what [`crate::pool::Card::transmit`] does: counters are atomics, observers a
 //! fixed slice.
 
+pub mod ops;
+pub mod policy;
+
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
-use crate::inventory::{self, CardReport, Identity};
-use crate::pool::{Card, ExchangeError, Link, PoolError, Slot, SlotState};
+use crate::identity::{self, Files};
+use crate::pool::{Card, ExchangeError, Link, LinkState, PoolError, SlotState};
+use crate::values::{Atr, CardNo};
 
-/// Who holds a card.
+use policy::CardHealth;
+
+/// Who holds a card. (A holder that names a person and a lease with an expiry fit here: the
+/// card layer revokes a lease whose time is up as it does a forced stop, see [`Cards::revoke`].)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Holder {
     /// vpcd reader *i* of this daemon.
     Reader(u16),
     /// A control API request (`apdu`) from this peer.
     Api(String),
+    /// A command of simpool's own command line, over a pool connection of its own.
+    Command(&'static str),
     /// A scan, or an ICCID/IMSI search on behalf of a reader.
     Scan,
     /// A remote osmo-remsim client through the bank: bank id, bank slot, client id and slot.
@@ -44,6 +65,7 @@ impl fmt::Display for Holder {
         match self {
             Holder::Reader(i) => write!(f, "reader {i}"),
             Holder::Api(peer) => write!(f, "API request from {peer}"),
+            Holder::Command(c) => write!(f, "simpool {c}"),
             Holder::Scan => write!(f, "scan"),
             Holder::Bank {
                 bank,
@@ -94,10 +116,49 @@ impl Front {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
-    #[error("card {0} does not exist: cards are 1-256")]
-    NoSuchCard(u16),
     #[error("card {card} is held by {holder}")]
-    Held { card: u16, holder: Holder },
+    Held { card: CardNo, holder: Holder },
+}
+
+/// Why a card was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "card {card} is marked bad on the pool: {why} (re-insert it or bind it again to retry)"
+    )]
+    Bad { card: CardNo, why: String },
+    #[error("card {0}: the slot is empty")]
+    Empty(CardNo),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// Why a card's identity was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("start failed: {0}")]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Read(#[from] identity::ReadError<ExchangeError>),
+}
+
+/// Why a session on a card must end ([`Lease::ended`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The pool connection the card was started on is gone (the pool may have powered the
+    /// card off): the holder starts it afresh.
+    LinkChanged(LinkState),
+    /// The card was taken from its holder (a forced stop), for this reason.
+    Revoked(String),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::LinkChanged(s) => write!(f, "pool connection changed ({s:?})"),
+            Ended::Revoked(why) => f.write_str(why),
+        }
+    }
 }
 
 /// Watches the exchange path. Called inline: implementations must not block and should not
@@ -114,7 +175,7 @@ pub trait Observer: Send + Sync {
 /// What is known of a card, read when it was started or bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Known {
-    pub atr: Option<String>,
+    pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
 }
@@ -163,8 +224,6 @@ pub struct CardStats {
 /// Counters of one front end.
 #[derive(Debug, Default)]
 pub struct FrontStats {
-    pub exchanges: AtomicU64,
-    pub errors: AtomicU64,
     pub latency: Latency,
 }
 
@@ -172,8 +231,10 @@ struct Entry {
     holder: Mutex<Option<Holder>>,
     known: Mutex<Known>,
     stats: CardStats,
-    /// Why the card was marked bad on the pool (error indication sent), if it was.
-    bad: Mutex<Option<String>>,
+    health: Mutex<CardHealth>,
+    /// Counts revocations of the card's lease; the last one's reason beside it.
+    revoked: watch::Sender<u64>,
+    revoked_why: Mutex<String>,
 }
 
 struct Inner {
@@ -184,7 +245,7 @@ struct Inner {
     /// One ICCID/IMSI search at a time: two searches must not read (restart) the same card.
     search: tokio::sync::Mutex<()>,
     /// Bumped on every lease change; readers waiting for a card and pages watch it.
-    changes: tokio::sync::watch::Sender<u64>,
+    changes: watch::Sender<u64>,
 }
 
 /// The registry of the pool's 256 cards. Cheap to clone.
@@ -196,7 +257,7 @@ pub struct Cards {
 /// One card's entry as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CardView {
-    pub card: u16,
+    pub card: CardNo,
     pub holder: Option<Holder>,
     #[serde(flatten)]
     pub known: Known,
@@ -208,22 +269,23 @@ pub struct CardView {
 
 impl Cards {
     pub fn new(link: Link, observers: Vec<Arc<dyn Observer>>) -> Cards {
-        let (changes, _) = tokio::sync::watch::channel(0);
         Cards {
             inner: Arc::new(Inner {
                 link,
-                entries: (0..256)
+                entries: CardNo::all()
                     .map(|_| Entry {
                         holder: Mutex::new(None),
                         known: Mutex::new(Known::default()),
                         stats: CardStats::default(),
-                        bad: Mutex::new(None),
+                        health: Mutex::new(CardHealth::default()),
+                        revoked: watch::channel(0).0,
+                        revoked_why: Mutex::new(String::new()),
                     })
                     .collect(),
                 fronts: Default::default(),
                 observers,
                 search: tokio::sync::Mutex::new(()),
-                changes,
+                changes: watch::channel(0).0,
             }),
         }
     }
@@ -232,15 +294,13 @@ impl Cards {
         &self.inner.link
     }
 
-    fn entry(&self, n: u16) -> Result<&Entry, LeaseError> {
-        Slot::from_card(n)
-            .map(|s| &self.inner.entries[usize::from(s.0)])
-            .ok_or(LeaseError::NoSuchCard(n))
+    fn entry(&self, n: CardNo) -> &Entry {
+        &self.inner.entries[n.index()]
     }
 
-    /// Takes card `n` (1–256) for `holder`, or says who has it.
-    pub fn lease(&self, n: u16, holder: Holder) -> Result<Lease, LeaseError> {
-        let entry = self.entry(n)?;
+    /// Takes card `n` for `holder`, or says who has it.
+    pub fn lease(&self, n: CardNo, holder: Holder) -> Result<Lease, LeaseError> {
+        let entry = self.entry(n);
         {
             let mut h = entry.holder.lock().unwrap();
             if let Some(other) = h.as_ref() {
@@ -252,51 +312,50 @@ impl Cards {
             *h = Some(holder.clone());
         }
         self.changed();
-        let slot = Slot::from_card(n).expect("checked above");
         log::debug!("card {n}: leased to {holder}");
         Ok(Lease {
             cards: self.clone(),
-            card: self.inner.link.card(slot),
+            card: self.inner.link.card(n.slot()),
+            number: n,
             holder,
-            started: false,
+            started: AtomicBool::new(false),
+            keep: false,
             released: false,
+            started_on: None,
+            revocations_seen: AtomicU64::new(*entry.revoked.borrow()),
+            judges: false,
         })
     }
 
     /// Who holds card `n`, if anyone.
-    pub fn holder(&self, n: u16) -> Option<Holder> {
-        self.entry(n).ok()?.holder.lock().unwrap().clone()
+    pub fn holder(&self, n: CardNo) -> Option<Holder> {
+        self.entry(n).holder.lock().unwrap().clone()
     }
 
-    pub fn known(&self, n: u16) -> Known {
-        self.entry(n)
-            .map(|e| e.known.lock().unwrap().clone())
-            .unwrap_or_default()
+    pub fn known(&self, n: CardNo) -> Known {
+        self.entry(n).known.lock().unwrap().clone()
     }
 
     /// Forgets what was read from card `n` (it was pulled, or its identity no longer matches).
-    pub fn forget(&self, n: u16) {
-        if let Ok(e) = self.entry(n) {
-            *e.known.lock().unwrap() = Known::default();
-        }
+    pub fn forget(&self, n: CardNo) {
+        *self.entry(n).known.lock().unwrap() = Known::default();
     }
 
     /// Why card `n` was marked bad on the pool, if it was.
-    pub fn bad(&self, n: u16) -> Option<String> {
-        self.entry(n).ok()?.bad.lock().unwrap().clone()
+    pub fn bad(&self, n: CardNo) -> Option<String> {
+        self.entry(n).health.lock().unwrap().bad().map(String::from)
     }
 
-    /// The card is to be tried again (re-inserted, or its binding renewed).
-    pub fn clear_bad(&self, n: u16) {
-        if let Ok(e) = self.entry(n) {
-            if e.bad.lock().unwrap().take().is_some() {
-                log::info!("card {n}: no longer marked bad; trying it again");
-            }
+    /// The card is to be tried again (re-inserted, or its binding renewed): forgets that it was
+    /// marked bad and what counted towards it.
+    pub fn clear_bad(&self, n: CardNo) {
+        if self.entry(n).health.lock().unwrap().clear() {
+            log::info!("card {n}: no longer marked bad; trying it again");
         }
     }
 
-    pub fn card_stats(&self, n: u16) -> Option<&CardStats> {
-        self.entry(n).ok().map(|e| &e.stats)
+    pub fn card_stats(&self, n: CardNo) -> &CardStats {
+        &self.entry(n).stats
     }
 
     pub fn front_stats(&self, f: Front) -> &FrontStats {
@@ -312,46 +371,122 @@ impl Cards {
             .count()
     }
 
-    /// All 256 cards: holder, what is known, counters.
+    /// Card `n`: holder, what is known, counters.
+    pub fn view(&self, n: CardNo) -> CardView {
+        let e = self.entry(n);
+        CardView {
+            card: n,
+            holder: e.holder.lock().unwrap().clone(),
+            known: e.known.lock().unwrap().clone(),
+            exchanges: e.stats.exchanges.load(Ordering::Relaxed),
+            errors: e.stats.errors.load(Ordering::Relaxed),
+            bad: e.health.lock().unwrap().bad().map(String::from),
+        }
+    }
+
+    /// All 256 cards.
     pub fn views(&self) -> Vec<CardView> {
-        (1..=256u16)
-            .map(|n| {
-                let e = self.entry(n).expect("1..=256");
-                CardView {
-                    card: n,
-                    holder: e.holder.lock().unwrap().clone(),
-                    known: e.known.lock().unwrap().clone(),
-                    exchanges: e.stats.exchanges.load(Ordering::Relaxed),
-                    errors: e.stats.errors.load(Ordering::Relaxed),
-                    bad: e.bad.lock().unwrap().clone(),
-                }
-            })
-            .collect()
+        CardNo::all().map(|n| self.view(n)).collect()
     }
 
     /// A receiver that changes whenever a lease is taken or freed.
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn watch(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Waits until no card is held (every lease released, also those dropped mid-way whose
+    /// card is being stopped), at most `within`. A command with a pool connection of its own
+    /// calls it before it ends, so the stops reach the pool.
+    pub async fn idle(&self, within: Duration) -> bool {
+        let mut w = self.watch();
+        tokio::time::timeout(within, async {
+            while self.leases_held() > 0 {
+                if w.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
     }
 
     fn changed(&self) {
         self.inner.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn free(&self, n: u16) {
-        if let Ok(e) = self.entry(n) {
-            e.holder.lock().unwrap().take();
-        }
+    fn free(&self, n: CardNo) {
+        self.entry(n).holder.lock().unwrap().take();
         self.changed();
         log::debug!("card {n}: free");
     }
 
-    fn record(&self, n: u16, id: &Identity) {
-        if let Ok(e) = self.entry(n) {
-            let mut k = e.known.lock().unwrap();
-            k.atr = Some(hex::encode_upper(&id.atr));
-            k.iccid.clone_from(&id.iccid);
-            k.imsi.clone_from(&id.imsi);
+    fn record(&self, n: CardNo, atr: &[u8], files: &Files) {
+        let mut k = self.entry(n).known.lock().unwrap();
+        k.atr = Some(Atr::from(atr));
+        k.iccid.clone_from(&files.iccid);
+        k.imsi.clone_from(&files.imsi);
+    }
+
+    /// Takes card `n` from its holder, whose session ends ([`Lease::ended`] answers
+    /// [`Ended::Revoked`] with `why`). The holder keeps the lease until it lets go.
+    pub fn revoke(&self, n: CardNo, why: String) {
+        let e = self.entry(n);
+        *e.revoked_why.lock().unwrap() = why;
+        e.revoked.send_modify(|c| *c += 1);
+    }
+
+    /// Stops card `n` even if someone holds it (`stop --force`): under a lease of `by` when
+    /// it is free, else under its holder, whose session is revoked. Answers the holder it was
+    /// taken from, if any.
+    pub async fn force_stop(
+        &self,
+        n: CardNo,
+        by: &Holder,
+    ) -> (Option<Holder>, Result<(), PoolError>) {
+        match self.lease(n, by.clone()) {
+            Ok(mut lease) => {
+                let r = lease.stop().await;
+                lease.release().await;
+                (None, r)
+            }
+            Err(LeaseError::Held { holder, .. }) => {
+                log::warn!("card {n} stopped under its holder {holder} by {by} (forced)");
+                let r = self.stop_card(n).await;
+                self.revoke(n, format!("stopped by {by} (forced)"));
+                (Some(holder), r)
+            }
+        }
+    }
+
+    /// Sends the pool's stop for card `n` and counts it; a card marked bad is left alone (it
+    /// is not running, and a stop could make its slot read as re-inserted).
+    async fn stop_card(&self, n: CardNo) -> Result<(), PoolError> {
+        if self.bad(n).is_some() {
+            return Ok(());
+        }
+        self.entry(n).stats.stops.fetch_add(1, Ordering::Relaxed);
+        self.inner.link.card(n.slot()).stop().await
+    }
+
+    /// Marks card `n` bad on the pool (error indication `04`: its slot turns abnormal and its
+    /// LED blinks slowly, so a person sees which card to pull), once. True if this marked it.
+    async fn mark_bad(&self, n: CardNo, why: String) -> bool {
+        if !self.entry(n).health.lock().unwrap().mark(why.clone()) {
+            return false;
+        }
+        log::warn!("card {n}: marked bad on the pool (its LED blinks slowly): {why}");
+        if let Err(e) = self.inner.link.card(n.slot()).error_indication().await {
+            log::warn!("card {n}: error indication not sent: {e}");
+        }
+        true
+    }
+
+    /// Whether the pool reports a card in slot `n` (a start failure of an empty slot is no
+    /// sign of a bad card).
+    async fn inserted(&self, n: CardNo) -> bool {
+        match self.inner.link.states().await {
+            Ok(st) => st[n.index()].has_card(),
+            Err(_) => false,
         }
     }
 
@@ -366,10 +501,10 @@ impl Cards {
     ) -> Result<Lease, FindError> {
         let _one_at_a_time = self.inner.search.lock().await;
         let states = self.link().states().await.map_err(FindError::Pool)?;
-        let mut held_by: Option<(u16, Holder)> = None;
-        for (i, st) in states.iter().enumerate() {
-            let n = i as u16 + 1;
-            if !st.has_card() {
+        let mut held_by: Option<(CardNo, Holder)> = None;
+        for n in CardNo::all() {
+            let state = states[n.index()];
+            if !state.has_card() {
                 continue;
             }
             let known = self.known(n);
@@ -386,13 +521,15 @@ impl Cards {
             let Ok(mut lease) = self.lease(n, Holder::Scan) else {
                 continue;
             };
-            match lease.read_identity(deadline).await {
-                Ok(_) => {}
-                Err(e) => {
-                    log::debug!("search: card {n}: {e}");
-                    lease.release().await;
-                    continue;
-                }
+            if let Err(e) = lease.admit_in(state) {
+                log::debug!("search: {e}");
+                lease.release().await;
+                continue;
+            }
+            if let Err(e) = lease.read_identity(deadline).await {
+                log::debug!("search: card {n}: {e}");
+                lease.release().await;
+                continue;
             }
             let ok = want.matches(&self.known(n));
             let stopped = lease.stop().await;
@@ -407,100 +544,6 @@ impl Cards {
             None => FindError::NotFound,
         })
     }
-
-    /// ATR, ICCID and IMSI of every inserted card, read concurrently through leases. Cards
-    /// held by someone are reported from what is known and not touched; cards this scan started
-    /// that were idle before are stopped again.
-    pub async fn scan(&self, deadline: Duration) -> Result<Vec<ScanRow>, PoolError> {
-        let states = self.link().states().await?;
-        let mut tasks = Vec::new();
-        for (i, state) in states.iter().copied().enumerate() {
-            if !state.has_card() {
-                continue;
-            }
-            let n = i as u16 + 1;
-            let cards = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lease = match cards.lease(n, Holder::Scan) {
-                    Ok(l) => l,
-                    Err(LeaseError::Held { holder, .. }) => {
-                        return ScanRow::from_known(n, state, cards.known(n), Some(holder))
-                    }
-                    Err(e) => return ScanRow::failed(n, state, e.to_string()),
-                };
-                let row = match lease.read_identity(deadline).await {
-                    Ok(id) => ScanRow::read(n, state, &id),
-                    Err(e) => ScanRow::failed(n, state, e.to_string()),
-                };
-                if state == SlotState::Working {
-                    // Running before the scan (outside this daemon): leave it running.
-                    lease.keep_running();
-                }
-                lease.release().await;
-                row
-            }));
-        }
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            match t.await {
-                Ok(r) => out.push(r),
-                Err(e) => log::error!("scan task failed: {e}"),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// One row of a scan: the card's report plus who holds it (reported from what is known).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ScanRow {
-    #[serde(flatten)]
-    pub report: CardReport,
-    pub holder: Option<String>,
-}
-
-impl ScanRow {
-    fn base(n: u16, state: SlotState) -> CardReport {
-        CardReport {
-            card: n,
-            state,
-            atr: None,
-            iccid: None,
-            imsi: None,
-            error: None,
-        }
-    }
-
-    fn read(n: u16, state: SlotState, id: &Identity) -> ScanRow {
-        let mut r = Self::base(n, state);
-        r.atr = Some(hex::encode_upper(&id.atr));
-        r.iccid.clone_from(&id.iccid);
-        r.imsi.clone_from(&id.imsi);
-        ScanRow {
-            report: r,
-            holder: None,
-        }
-    }
-
-    fn failed(n: u16, state: SlotState, error: String) -> ScanRow {
-        let mut r = Self::base(n, state);
-        r.error = Some(error);
-        ScanRow {
-            report: r,
-            holder: None,
-        }
-    }
-
-    fn from_known(n: u16, state: SlotState, k: Known, holder: Option<Holder>) -> ScanRow {
-        let mut r = Self::base(n, state);
-        r.atr = k.atr;
-        r.iccid = k.iccid;
-        r.imsi = k.imsi;
-        ScanRow {
-            report: r,
-            holder: holder.map(|h| h.to_string()),
-        }
-    }
 }
 
 /// What an identity search looks for.
@@ -511,7 +554,7 @@ pub enum Wanted<'a> {
 }
 
 impl Wanted<'_> {
-    fn matches(&self, k: &Known) -> bool {
+    pub fn matches(&self, k: &Known) -> bool {
         match self {
             Wanted::Iccid(w) => k.iccid.as_deref() == Some(*w),
             Wanted::Imsi(w) => k.imsi.as_deref() == Some(*w),
@@ -533,7 +576,7 @@ pub enum FindError {
     #[error("no free inserted card has it")]
     NotFound,
     #[error("it is card {card}, held by {holder}")]
-    Held { card: u16, holder: Holder },
+    Held { card: CardNo, holder: Holder },
     #[error(transparent)]
     Pool(PoolError),
 }
@@ -543,26 +586,31 @@ pub enum FindError {
 pub struct Lease {
     cards: Cards,
     card: Card,
+    number: CardNo,
     holder: Holder,
     /// This lease powered the card up and has not stopped it.
-    started: bool,
+    started: AtomicBool,
+    /// Leave the card running when the lease ends.
+    keep: bool,
     released: bool,
+    /// The pool connection the card was last started on.
+    started_on: Option<LinkState>,
+    /// The card's revocation count this lease has seen (see [`Lease::ended`]).
+    revocations_seen: AtomicU64,
+    /// What this lease sees of the card counts towards marking it bad ([`Lease::in_session`]).
+    judges: bool,
 }
 
 impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Lease(card {} for {})", self.number(), self.holder)
+        write!(f, "Lease(card {} for {})", self.number, self.holder)
     }
 }
 
 impl Lease {
     /// Front-panel number 1–256.
-    pub fn number(&self) -> u16 {
-        self.card.slot().card()
-    }
-
-    pub fn slot(&self) -> Slot {
-        self.card.slot()
+    pub fn number(&self) -> CardNo {
+        self.number
     }
 
     pub fn holder(&self) -> &Holder {
@@ -570,11 +618,11 @@ impl Lease {
     }
 
     pub fn is_started(&self) -> bool {
-        self.started
+        self.started.load(Ordering::Relaxed)
     }
 
     fn entry(&self) -> &Entry {
-        &self.cards.inner.entries[usize::from(self.card.slot().0)]
+        self.cards.entry(self.number)
     }
 
     /// Passes the lease to another holder without freeing the card in between.
@@ -584,70 +632,131 @@ impl Lease {
         self.cards.changed();
     }
 
-    /// Powers up and resets the card; answers its ATR.
-    pub async fn start(&mut self) -> Result<Vec<u8>, PoolError> {
-        let stats = &self.cards.inner.entries[usize::from(self.card.slot().0)].stats;
+    /// Whether a new session may start this card, from the pool's slot states: an empty slot
+    /// and a card marked bad are refused at once, naming why. A card marked bad whose slot
+    /// reads inserted again was pulled and put back: it is tried afresh.
+    pub async fn admit(&self) -> Result<(), StartError> {
+        let states = self.cards.link().states().await?;
+        self.admit_in(states[self.number.index()])
+    }
+
+    /// [`Lease::admit`] with the slot's state already read.
+    pub fn admit_in(&self, state: SlotState) -> Result<(), StartError> {
+        let n = self.number;
+        if !state.has_card() {
+            return Err(StartError::Empty(n));
+        }
+        let Some(why) = self.cards.bad(n) else {
+            return Ok(());
+        };
+        if state == SlotState::Inserted {
+            log::info!("card {n} was re-inserted");
+            self.cards.clear_bad(n);
+            return Ok(());
+        }
+        Err(StartError::Bad { card: n, why })
+    }
+
+    /// Powers up and resets the card; answers its ATR. A card marked bad is refused at once.
+    pub async fn start(&mut self) -> Result<Vec<u8>, StartError> {
+        let n = self.number;
+        if let Some(why) = self.cards.bad(n) {
+            return Err(StartError::Bad { card: n, why });
+        }
         // Marked before the request goes out: if this future is dropped mid-way the card may
         // be running, and dropping the lease must stop it.
-        self.started = true;
+        self.started.store(true, Ordering::Relaxed);
+        self.started_on = Some(self.cards.link().state());
+        let stats = &self.entry().stats;
         match self.card.start().await {
             Ok(atr) => {
                 stats.starts.fetch_add(1, Ordering::Relaxed);
-                self.entry().known.lock().unwrap().atr = Some(hex::encode_upper(&atr));
+                self.entry().health.lock().unwrap().started();
+                self.entry().known.lock().unwrap().atr = Some(Atr::from(&atr[..]));
                 for o in &self.cards.inner.observers {
-                    o.atr(self.number(), &atr);
+                    o.atr(n.get(), &atr);
                 }
                 Ok(atr)
             }
             Err(e) => {
                 stats.start_failures.fetch_add(1, Ordering::Relaxed);
-                Err(e)
+                let due = if self.judges {
+                    self.entry()
+                        .health
+                        .lock()
+                        .unwrap()
+                        .start_failed(&e.to_string())
+                } else {
+                    None
+                };
+                if let Some(why) = due {
+                    if self.cards.inserted(n).await && self.cards.mark_bad(n, why).await {
+                        self.started.store(false, Ordering::Relaxed);
+                    }
+                }
+                Err(e.into())
             }
         }
     }
 
-    /// Powers the card down.
+    /// Powers the card down (a card marked bad is left alone: it is not running).
     pub async fn stop(&mut self) -> Result<(), PoolError> {
-        self.entry().stats.stops.fetch_add(1, Ordering::Relaxed);
-        let r = self.card.stop().await;
+        let r = self.cards.stop_card(self.number).await;
         if r.is_ok() {
-            self.started = false;
+            self.started.store(false, Ordering::Relaxed);
         }
         r
     }
 
     /// Stops the card if it runs and starts it again; answers the new ATR.
-    pub async fn restart(&mut self) -> Result<Vec<u8>, PoolError> {
-        if self.started {
+    pub async fn restart(&mut self) -> Result<Vec<u8>, StartError> {
+        if self.is_started() {
             self.stop().await?;
         }
         self.start().await
     }
 
-    /// Tells the pool this card misbehaves (error indication `04`: its slot turns abnormal and
-    /// its LED blinks slowly, so a person sees which card to pull). Sent once per marking.
-    pub async fn mark_bad(&mut self, reason: &str) -> Result<(), PoolError> {
-        let n = self.number();
-        {
-            let mut bad = self.entry().bad.lock().unwrap();
-            if bad.is_some() {
-                return Ok(());
-            }
-            *bad = Some(reason.to_string());
-        }
-        log::warn!("card {n}: marked bad on the pool (its LED blinks slowly): {reason}");
-        let r = self.card.error_indication().await;
-        self.started = false;
-        r
+    /// This holder keeps a session on the card (a vpcd reader, a remote bank client): its
+    /// failed starts and the exchanges that lose the card's T=0 state count towards marking
+    /// the card bad ([`policy`]). One-shot uses (a scan, an API request) are not counted, so
+    /// that a burst of them against a misbehaving pool does not mark cards that are fine.
+    pub fn in_session(&mut self) {
+        self.judges = true;
     }
 
-    /// The card was running before this lease (outside the daemon): don't stop it on release.
+    /// Leave the card running when this lease ends (it was running before, or the holder
+    /// asked for it).
     pub fn keep_running(&mut self) {
-        self.started = false;
+        self.keep = true;
+    }
+
+    /// Resolves when this session must end: the pool connection the card was started on is
+    /// gone, or the card was taken from this holder. Cancel-safe: select on it in a loop.
+    pub async fn ended(&self) -> Ended {
+        let mut link = self.cards.link().watch();
+        let mut revoked = self.entry().revoked.subscribe();
+        loop {
+            let count = *revoked.borrow_and_update();
+            if count > self.revocations_seen.load(Ordering::Relaxed) {
+                self.revocations_seen.store(count, Ordering::Relaxed);
+                return Ended::Revoked(self.entry().revoked_why.lock().unwrap().clone());
+            }
+            let now = *link.borrow_and_update();
+            if self.started_on.is_some_and(|on| on != now) {
+                return Ended::LinkChanged(now);
+            }
+            tokio::select! {
+                r = link.changed() => if r.is_err() {
+                    return Ended::LinkChanged(LinkState::Closed);
+                },
+                _ = revoked.changed() => {}
+            }
+        }
     }
 
     /// The one exchange path: `cmd` as the application sent it; answers `data ‖ SW1 SW2`.
-    /// Bounded by `deadline` as a whole.
+    /// Bounded by `deadline` as a whole. In a session ([`Lease::in_session`]), an exchange
+    /// that loses the card's T=0 state counts towards marking the card bad.
     pub async fn transmit(
         &self,
         cmd: &[u8],
@@ -666,18 +775,24 @@ impl Lease {
         let fs = &self.cards.inner.fronts[front.index()];
         stats.exchanges.fetch_add(1, Ordering::Relaxed);
         stats.exchanges_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
-        fs.exchanges.fetch_add(1, Ordering::Relaxed);
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
                 for o in &self.cards.inner.observers {
-                    o.exchange(self.number(), front, cmd, resp);
+                    o.exchange(self.number.get(), front, cmd, resp);
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 stats.errors_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
-                fs.errors.fetch_add(1, Ordering::Relaxed);
+                if self.judges && lost_t0(e) {
+                    let due = self.entry().health.lock().unwrap().lost_t0(Instant::now());
+                    if let Some(why) = due {
+                        if self.cards.mark_bad(self.number, why).await {
+                            self.started.store(false, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
         }
         result
@@ -685,30 +800,56 @@ impl Lease {
 
     /// Starts the card and reads ATR, ICCID and IMSI (the manual's sequences); records them.
     /// The card is left running, with files selected: restart it before handing it on.
-    pub async fn read_identity(
-        &mut self,
-        deadline: Duration,
-    ) -> Result<Identity, inventory::ReadError> {
-        let atr = self.start().await.map_err(inventory::ReadError::Start)?;
-        let this = &*self;
-        let id = inventory::read_files(atr, |cmd| async move {
-            this.transmit(&cmd, deadline, Front::Scan).await
+    pub async fn read_identity(&mut self, deadline: Duration) -> Result<Identity, ReadError> {
+        let atr = self.start().await?;
+        let mut r = identity::Reading::new();
+        while let Some((what, cmd)) = r.command() {
+            let resp = self
+                .transmit(&cmd, deadline, Front::Scan)
+                .await
+                .map_err(|error| identity::ReadError::Exchange { what, error })?;
+            r.answer(&resp)?;
+        }
+        let files = r.files();
+        self.cards.record(self.number, &atr, &files);
+        Ok(Identity {
+            atr: Atr::from(atr),
+            iccid: files.iccid,
+            imsi: files.imsi,
         })
-        .await?;
-        self.cards.record(self.number(), &id);
-        Ok(id)
     }
 
-    /// Stops the card if this lease started it, then frees it.
+    /// Stops the card if this lease started it (unless it is to keep running), then frees it.
     pub async fn release(mut self) {
-        if self.started {
+        if self.is_started() && !self.keep {
             if let Err(e) = self.stop().await {
-                log::debug!("card {}: stop on release: {e}", self.number());
+                log::debug!("card {}: stop on release: {e}", self.number);
             }
         }
         self.released = true;
-        self.cards.free(self.number());
+        self.cards.free(self.number);
     }
+}
+
+/// Identity read from one card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub atr: Atr,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+}
+
+/// Whether a failed exchange says something about the card: its T=0 state was lost. A lost
+/// pool link says nothing about the card.
+fn lost_t0(e: &ExchangeError) -> bool {
+    e.card_touched()
+        && !matches!(
+            e,
+            ExchangeError::Pool {
+                error: PoolError::LinkLost | PoolError::Down | PoolError::Write(_),
+                ..
+            }
+        )
 }
 
 /// The whole daemon's lease drops go through here so a dropped lease (a task aborted, an HTTP
@@ -718,33 +859,22 @@ impl Drop for Lease {
         if self.released {
             return;
         }
-        let n = self.number();
-        if !self.started {
+        let n = self.number;
+        if !self.is_started() || self.keep {
             self.cards.free(n);
             return;
         }
         let cards = self.cards.clone();
-        let card = self.card.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    cards.stop_dropped(&card).await;
+                    if let Err(e) = cards.stop_card(n).await {
+                        log::debug!("card {n}: stop after its holder went away: {e}");
+                    }
                     cards.free(n);
                 });
             }
             Err(_) => cards.free(n),
-        }
-    }
-}
-
-impl Cards {
-    async fn stop_dropped(&self, card: &Card) {
-        let n = card.slot().card();
-        if let Ok(e) = self.entry(n) {
-            e.stats.stops.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Err(e) = card.stop().await {
-            log::debug!("card {n}: stop after its holder went away: {e}");
         }
     }
 }

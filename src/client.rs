@@ -5,29 +5,19 @@ use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant};
 
 use pcsc::{Context, Disposition, Protocols, ReaderState, Scope, ShareMode, State};
-use serde::Serialize;
 
-use crate::sim::profile::{decode_iccid, decode_imsi};
+use crate::identity;
+use crate::rows::ReadRow;
+use crate::values::Atr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("PC/SC: {0} (is pcscd running? for a private one set PCSCLITE_CSOCK_NAME)")]
     Pcsc(#[from] pcsc::Error),
-    #[error("{what}: card answered {}", hex::encode_upper(.sw))]
-    Status { what: &'static str, sw: Vec<u8> },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReaderReport {
-    pub reader: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub atr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub iccid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub imsi: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[error(transparent)]
+    Read(#[from] identity::ReadError<pcsc::Error>),
+    #[error("the card has no EF.ICCID")]
+    NoIccid,
 }
 
 pub fn context() -> Result<Context, ClientError> {
@@ -82,43 +72,16 @@ pub fn transmit(card: &pcsc::Card, cmd: &[u8]) -> Result<Vec<u8>, ClientError> {
     Ok(card.transmit(cmd, &mut buf)?.to_vec())
 }
 
-fn expect_sw1(what: &'static str, r: &[u8], ok: &[u8]) -> Result<(), ClientError> {
-    if r.len() >= 2 && ok.contains(&r[r.len() - 2]) {
-        Ok(())
-    } else {
-        Err(ClientError::Status {
-            what,
-            sw: r.to_vec(),
-        })
-    }
-}
-
-fn read_binary(card: &pcsc::Card, what: &'static str, len: u8) -> Result<Vec<u8>, ClientError> {
-    let r = transmit(card, &[0xA0, 0xB0, 0x00, 0x00, len])?;
-    if r.len() < 2 || r[r.len() - 2..] != [0x90, 0x00] {
-        return Err(ClientError::Status { what, sw: r });
-    }
-    Ok(r[..r.len() - 2].to_vec())
-}
-
-/// ICCID and IMSI as pySim reads them: SELECT by FID (`9Fxx` expected), READ BINARY.
+/// ICCID and IMSI as pySim reads them (the one sequence of [`crate::identity`]).
 pub fn read_identity(card: &pcsc::Card) -> Result<(String, Option<String>), ClientError> {
-    let sel = |fid: [u8; 2], what| {
-        let r = transmit(card, &[0xA0, 0xA4, 0x00, 0x00, 0x02, fid[0], fid[1]])?;
-        expect_sw1(what, &r, &[0x9F, 0x61, 0x90])
-    };
-    sel([0x3F, 0x00], "SELECT MF")?;
-    sel([0x2F, 0xE2], "SELECT EF.ICCID")?;
-    let iccid = decode_iccid(&read_binary(card, "READ BINARY EF.ICCID", 10)?);
-    sel([0x7F, 0x20], "SELECT DF.GSM")?;
-    sel([0x6F, 0x07], "SELECT EF.IMSI")?;
-    let imsi = decode_imsi(&read_binary(card, "READ BINARY EF.IMSI", 9)?);
-    Ok((iccid, imsi))
+    let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+    let files = identity::read_blocking(|cmd| card.transmit(cmd, &mut buf).map(<[u8]>::to_vec))?;
+    Ok((files.iccid.ok_or(ClientError::NoIccid)?, files.imsi))
 }
 
 /// Connects to `reader` and reads ATR, ICCID and IMSI.
-pub fn report(ctx: &Context, reader: &CStr) -> ReaderReport {
-    let mut rep = ReaderReport {
+pub fn report(ctx: &Context, reader: &CStr) -> ReadRow {
+    let mut rep = ReadRow {
         reader: reader.to_string_lossy().into_owned(),
         atr: None,
         iccid: None,
@@ -137,7 +100,7 @@ pub fn report(ctx: &Context, reader: &CStr) -> ReaderReport {
         }
     };
     match card.status2_owned() {
-        Ok(st) => rep.atr = Some(hex::encode_upper(st.atr())),
+        Ok(st) => rep.atr = Some(Atr::from(st.atr())),
         Err(e) => rep.error = Some(e.to_string()),
     }
     match read_identity(&card) {

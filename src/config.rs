@@ -34,6 +34,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::bridge::{Binding, ResetPolicy};
+use crate::values::{CardNo, PoolAddr};
 
 /// pcsc-lite takes at most 16 readers and silently drops more.
 pub const MAX_READERS: usize = 16;
@@ -51,7 +52,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub pool: Option<String>,
+    pub pool: Option<PoolAddr>,
     pub vpcd: Option<String>,
     pub command_timeout_ms: Option<u64>,
     pub reply_timeout_ms: Option<u64>,
@@ -139,7 +140,7 @@ fn resolve_remsim(
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderEntry {
-    pub card: Option<u16>,
+    pub card: Option<CardNo>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
     pub vpcd: Option<String>,
@@ -166,7 +167,7 @@ pub const DEFAULT_CONTROL: &str = "127.0.0.1:6680";
 /// Everything `serve` needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub pool: String,
+    pub pool: PoolAddr,
     pub cards: Option<PathBuf>,
     pub command_timeout: Duration,
     pub reply_timeout: Duration,
@@ -187,14 +188,17 @@ pub struct ServeConfig {
 
 impl ReaderEntry {
     fn binding(&self) -> Result<Binding, ConfigError> {
-        match (self.card, &self.iccid, &self.imsi) {
-            (Some(n), None, None) => Ok(Binding::Card(n)),
-            (None, Some(i), None) => Ok(Binding::Iccid(i.clone())),
-            (None, None, Some(i)) => Ok(Binding::Imsi(i.clone())),
-            _ => Err(ConfigError::Invalid(
-                "each [[reader]] needs exactly one of card, iccid, imsi".into(),
-            )),
-        }
+        let b = match (self.card, &self.iccid, &self.imsi) {
+            (Some(n), None, None) => Binding::Card(n),
+            (None, Some(i), None) => Binding::Iccid(i.clone()),
+            (None, None, Some(i)) => Binding::Imsi(i.clone()),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "each [[reader]] needs exactly one of card, iccid, imsi".into(),
+                ))
+            }
+        };
+        b.checked().map_err(ConfigError::Invalid)
     }
 }
 
@@ -212,20 +216,61 @@ pub fn port_plus(addr: &str, offset: usize) -> Result<String, ConfigError> {
 
 /// Merges file and flags (flags win; bindings from flags replace the file's readers).
 pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
+    let remsim = resolve_remsim(file.remsim.clone(), flags.remsim.clone())?;
+    let readers = resolve_readers(&file, &flags, remsim.is_some())?;
+    let (command_timeout, reply_timeout) = resolve_timeouts(&file, &flags)?;
     let pick = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
+    let control = match flags
+        .control
+        .clone()
+        .or(file.control.clone())
+        .unwrap_or_else(|| DEFAULT_CONTROL.into())
+    {
+        s if s == "off" => None,
+        s => Some(s),
+    };
+    Ok(ServeConfig {
+        pool: flags
+            .pool
+            .clone()
+            .or(file.pool.clone())
+            .unwrap_or_else(PoolAddr::factory),
+        cards: flags.cards.clone().or(file.cards.clone()),
+        command_timeout,
+        reply_timeout,
+        keepalive: pick(flags.keepalive_ms, file.keepalive_ms, 5000),
+        reset: flags.reset.or(file.reset).unwrap_or_default(),
+        quickack: flags.quickack.or(file.quickack).unwrap_or(true),
+        readers,
+        health: resolve_health(&file, &flags)?,
+        control,
+        control_token: flags.control_token.clone().or(file.control_token.clone()),
+        state: flags.state.clone().or(file.state.clone()),
+        remsim,
+        gsmtap: resolve_gsmtap(&file, &flags)?,
+    })
+}
+
+/// The readers: the flags' bindings, else the file's, on consecutive vpcd ports, then unbound
+/// ones up to `readers`; checked against pcsc-lite's limit and for clashes.
+fn resolve_readers(
+    file: &FileConfig,
+    flags: &FileConfig,
+    bank: bool,
+) -> Result<Vec<ReaderSpec>, ConfigError> {
     let vpcd = flags
         .vpcd
-        .or(file.vpcd)
+        .clone()
+        .or(file.vpcd.clone())
         .unwrap_or_else(|| crate::vpcd::DEFAULT_ADDRESS.into());
     let entries = if flags.reader.is_empty() {
-        file.reader
+        &file.reader
     } else {
-        flags.reader
+        &flags.reader
     };
     let count = flags.readers.or(file.readers);
-    let remsim = resolve_remsim(file.remsim, flags.remsim)?;
     // A pure bank needs no reader (and no pcscd).
-    if entries.is_empty() && count.is_none() && remsim.is_none() {
+    if entries.is_empty() && count.is_none() && !bank {
         return Err(ConfigError::Invalid(
             "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config), \
              or --readers N for readers that start without a card, or --remsim for a bank"
@@ -247,21 +292,12 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
     }
     let mut readers: Vec<ReaderSpec> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        let binding = e.binding()?;
-        if let Binding::Card(n) = binding {
-            if !(1..=256).contains(&n) {
-                return Err(ConfigError::Invalid(format!(
-                    "card {n} does not exist: cards are 1-256"
-                )));
-            }
-        }
-        let addr = match &e.vpcd {
-            Some(a) => a.clone(),
-            None => port_plus(&vpcd, i)?,
-        };
         readers.push(ReaderSpec {
-            binding: Some(binding),
-            vpcd: addr,
+            binding: Some(e.binding()?),
+            vpcd: match &e.vpcd {
+                Some(a) => a.clone(),
+                None => port_plus(&vpcd, i)?,
+            },
         });
     }
     for i in entries.len()..count {
@@ -271,31 +307,15 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         });
     }
     check_clashes(&readers, |_| None)?;
-    let control = match flags
-        .control
-        .or(file.control)
-        .unwrap_or_else(|| DEFAULT_CONTROL.into())
-    {
-        s if s == "off" => None,
-        s => Some(s),
-    };
-    let gsmtap_cards = flags.gsmtap_cards.or(file.gsmtap_cards);
-    let gsmtap = match flags.gsmtap.or(file.gsmtap) {
-        Some(s) if s != "off" => Some(crate::gsmtap::Config {
-            dest: crate::gsmtap::destination(&s).map_err(ConfigError::Invalid)?,
-            cards: match &gsmtap_cards {
-                Some(c) => crate::gsmtap::CardFilter::parse(c)
-                    .map_err(|e| ConfigError::Invalid(format!("gsmtap cards: {e}")))?,
-                None => crate::gsmtap::CardFilter::all(),
-            },
-        }),
-        _ if gsmtap_cards.is_some() => {
-            return Err(ConfigError::Invalid(
-                "GSMTAP cards given, but no GSMTAP destination (--gsmtap HOST[:PORT])".into(),
-            ))
-        }
-        _ => None,
-    };
+    Ok(readers)
+}
+
+/// The command and reply timeouts (at least 10 ms each).
+fn resolve_timeouts(
+    file: &FileConfig,
+    flags: &FileConfig,
+) -> Result<(Duration, Duration), ConfigError> {
+    let pick = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
     let command_timeout = pick(flags.command_timeout_ms, file.command_timeout_ms, 1500);
     let reply_timeout = pick(flags.reply_timeout_ms, file.reply_timeout_ms, 1000);
     if command_timeout < Duration::from_millis(10) || reply_timeout < Duration::from_millis(10) {
@@ -303,61 +323,72 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
             "timeouts must be at least 10 ms".into(),
         ));
     }
-    Ok(ServeConfig {
-        pool: flags
-            .pool
-            .or(file.pool)
-            .unwrap_or_else(|| crate::pool::FACTORY_ADDRESS.into()),
-        cards: flags.cards.or(file.cards),
-        command_timeout,
-        reply_timeout,
-        keepalive: pick(flags.keepalive_ms, file.keepalive_ms, 5000),
-        reset: flags.reset.or(file.reset).unwrap_or_default(),
-        quickack: flags.quickack.or(file.quickack).unwrap_or(true),
-        readers,
-        health: {
-            let d = crate::pool::HealthOptions::default();
-            let ms = |a: Option<u64>, b: Option<u64>, d: Duration| {
-                a.or(b).map(Duration::from_millis).unwrap_or(d)
-            };
-            let ratio = flags
-                .health_max_bad_ratio
-                .or(file.health_max_bad_ratio)
-                .unwrap_or(d.max_bad_ratio);
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(ConfigError::Invalid(
-                    "health_max_bad_ratio must be between 0 and 1".into(),
-                ));
-            }
-            crate::pool::HealthOptions {
-                frame_timeout: ms(
-                    flags.frame_timeout_ms,
-                    file.frame_timeout_ms,
-                    d.frame_timeout,
-                ),
-                window: ms(flags.health_window_ms, file.health_window_ms, d.window),
-                min_bad: flags
-                    .health_min_bad
-                    .or(file.health_min_bad)
-                    .unwrap_or(d.min_bad),
-                max_bad_ratio: ratio,
-                settle: ms(
-                    flags.duplicate_settle_ms,
-                    file.duplicate_settle_ms,
-                    d.settle,
-                ),
-                guard: flags
-                    .duplicate_guard_s
-                    .or(file.duplicate_guard_s)
-                    .map(Duration::from_secs)
-                    .unwrap_or(d.guard),
-            }
-        },
-        control,
-        control_token: flags.control_token.or(file.control_token),
-        state: flags.state.or(file.state),
-        remsim,
-        gsmtap,
+    Ok((command_timeout, reply_timeout))
+}
+
+/// GSMTAP tracing: off unless a destination is given; cards without a destination are a
+/// mistake.
+fn resolve_gsmtap(
+    file: &FileConfig,
+    flags: &FileConfig,
+) -> Result<Option<crate::gsmtap::Config>, ConfigError> {
+    let cards = flags.gsmtap_cards.clone().or(file.gsmtap_cards.clone());
+    match flags.gsmtap.clone().or(file.gsmtap.clone()) {
+        Some(s) if s != "off" => Ok(Some(crate::gsmtap::Config {
+            dest: crate::gsmtap::destination(&s).map_err(ConfigError::Invalid)?,
+            cards: match &cards {
+                Some(c) => crate::gsmtap::CardFilter::parse(c)
+                    .map_err(|e| ConfigError::Invalid(format!("gsmtap cards: {e}")))?,
+                None => crate::gsmtap::CardFilter::all(),
+            },
+        })),
+        _ if cards.is_some() => Err(ConfigError::Invalid(
+            "GSMTAP cards given, but no GSMTAP destination (--gsmtap HOST[:PORT])".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The pool link's health rules (README "Pool link health").
+fn resolve_health(
+    file: &FileConfig,
+    flags: &FileConfig,
+) -> Result<crate::pool::HealthOptions, ConfigError> {
+    let d = crate::pool::HealthOptions::default();
+    let ms = |a: Option<u64>, b: Option<u64>, d: Duration| {
+        a.or(b).map(Duration::from_millis).unwrap_or(d)
+    };
+    let ratio = flags
+        .health_max_bad_ratio
+        .or(file.health_max_bad_ratio)
+        .unwrap_or(d.max_bad_ratio);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(ConfigError::Invalid(
+            "health_max_bad_ratio must be between 0 and 1".into(),
+        ));
+    }
+    Ok(crate::pool::HealthOptions {
+        frame_timeout: ms(
+            flags.frame_timeout_ms,
+            file.frame_timeout_ms,
+            d.frame_timeout,
+        ),
+        window: ms(flags.health_window_ms, file.health_window_ms, d.window),
+        min_bad: flags
+            .health_min_bad
+            .or(file.health_min_bad)
+            .unwrap_or(d.min_bad),
+        max_bad_ratio: ratio,
+        settle: ms(
+            flags.duplicate_settle_ms,
+            file.duplicate_settle_ms,
+            d.settle,
+        ),
+        guard: flags
+            .duplicate_guard_s
+            .or(file.duplicate_guard_s)
+            .map(Duration::from_secs)
+            .unwrap_or(d.guard),
     })
 }
 
@@ -366,10 +397,10 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
 /// (the simulated pool); identities it cannot place only clash when given twice verbatim.
 pub fn check_clashes(
     readers: &[ReaderSpec],
-    card_of: impl Fn(&Binding) -> Option<u16>,
+    card_of: impl Fn(&Binding) -> Option<CardNo>,
 ) -> Result<(), ConfigError> {
     // What each earlier reader shows: its card number if known, else its binding.
-    let mut seen: Vec<(usize, &Binding, Option<u16>)> = Vec::new();
+    let mut seen: Vec<(usize, &Binding, Option<CardNo>)> = Vec::new();
     for (i, r) in readers.iter().enumerate() {
         let Some(b) = &r.binding else { continue };
         let n = match b {
@@ -450,7 +481,7 @@ mod tests {
         )
         .unwrap();
         let c = resolve(file.clone(), FileConfig::default()).unwrap();
-        assert_eq!(c.pool, "10.0.0.9:6666");
+        assert_eq!(c.pool, PoolAddr::Tcp("10.0.0.9:6666".into()));
         assert_eq!(c.reset, ResetPolicy::Cached);
         assert_eq!(c.readers[1].vpcd, "127.0.0.1:35964");
         assert_eq!(
@@ -460,7 +491,7 @@ mod tests {
         let flags = FileConfig {
             vpcd: Some("127.0.0.1:40000".into()),
             reader: vec![ReaderEntry {
-                card: Some(2),
+                card: Some(CardNo::of(2)),
                 ..Default::default()
             }],
             ..Default::default()
@@ -469,7 +500,7 @@ mod tests {
         assert_eq!(
             c.readers,
             vec![ReaderSpec {
-                binding: Some(Binding::Card(2)),
+                binding: Some(Binding::Card(CardNo::of(2))),
                 vpcd: "127.0.0.1:40000".into()
             }]
         );
@@ -479,7 +510,7 @@ mod tests {
     fn gsmtap() {
         let reader = || {
             vec![ReaderEntry {
-                card: Some(18),
+                card: Some(CardNo::of(18)),
                 ..Default::default()
             }]
         };
@@ -548,7 +579,7 @@ mod tests {
         let many = FileConfig {
             reader: (1..=17)
                 .map(|n| ReaderEntry {
-                    card: Some(n),
+                    card: Some(CardNo::of(n)),
                     ..Default::default()
                 })
                 .collect(),
@@ -561,7 +592,7 @@ mod tests {
         assert!(resolve(FileConfig::default(), FileConfig::default()).is_err());
         let both = FileConfig {
             reader: vec![ReaderEntry {
-                card: Some(1),
+                card: Some(CardNo::of(1)),
                 imsi: Some("1".into()),
                 ..Default::default()
             }],
@@ -572,11 +603,11 @@ mod tests {
         let twice = FileConfig {
             reader: vec![
                 ReaderEntry {
-                    card: Some(18),
+                    card: Some(CardNo::of(18)),
                     ..Default::default()
                 },
                 ReaderEntry {
-                    card: Some(18),
+                    card: Some(CardNo::of(18)),
                     ..Default::default()
                 },
             ],
@@ -599,20 +630,26 @@ mod tests {
         let iccid = Binding::Iccid("89860043191482190636".into());
         let imsi = Binding::Imsi("460019894013615".into());
         let card_of = |b: &Binding| match b {
-            Binding::Iccid(s) if s == "89860043191482190636" => Some(18),
-            Binding::Imsi(s) if s == "460019894013615" => Some(256),
+            Binding::Iccid(s) if s == "89860043191482190636" => Some(CardNo::of(18)),
+            Binding::Imsi(s) if s == "460019894013615" => Some(CardNo::of(256)),
             _ => None,
         };
-        let e = check_clashes(&[spec(Binding::Card(18)), spec(iccid.clone())], card_of)
-            .unwrap_err()
-            .to_string();
+        let e = check_clashes(
+            &[spec(Binding::Card(CardNo::of(18))), spec(iccid.clone())],
+            card_of,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "reader 1: ICCID 89860043191482190636 is card 18, already bound to reader 0"
         );
-        let e = check_clashes(&[spec(imsi.clone()), spec(Binding::Card(256))], card_of)
-            .unwrap_err()
-            .to_string();
+        let e = check_clashes(
+            &[spec(imsi.clone()), spec(Binding::Card(CardNo::of(256)))],
+            card_of,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "reader 1: card 256 is already bound to reader 0 (as IMSI 460019894013615)"
@@ -620,7 +657,7 @@ mod tests {
         // Different cards, and identities that cannot be placed, are fine.
         check_clashes(
             &[
-                spec(Binding::Card(18)),
+                spec(Binding::Card(CardNo::of(18))),
                 spec(imsi.clone()),
                 spec(Binding::Imsi("1".into())),
             ],

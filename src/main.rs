@@ -15,7 +15,10 @@ Exit status (every command):
   1    error: one line on stderr (pool or daemon unreachable, card refused or mute, ...)
   2    usage: a wrong command line or configuration file
   3    partial: some cards or readers failed; each is reported in the output
-  130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started
+  4    waiting: taken, but the card cannot show yet (bind: an empty slot, a card held
+       elsewhere or marked bad, no free card with that ICCID/IMSI); the binding stays
+  130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started;
+       the daemons (serve, sim) end with 0 on SIGINT/SIGTERM, their normal way to stop
 A closed standard output (e.g. `| head`) ends a command quietly with 0.
 
 Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN) > configuration

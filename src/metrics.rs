@@ -24,7 +24,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::bridge::Presence;
 use crate::cards::{Front, Holder, LATENCY_BUCKETS};
-use crate::serve::Daemon;
+use crate::daemon::Daemon;
+use crate::values::CardNo;
 
 pub const PROMETHEUS_CONTENT_TYPE: &str =
     prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -169,7 +170,7 @@ impl Collector for Scrape {
         for v in d.cards.views() {
             let i = match v.holder {
                 Some(Holder::Reader(_)) => 0,
-                Some(Holder::Api(_)) => 1,
+                Some(Holder::Api(_) | Holder::Command(_)) => 1,
                 Some(Holder::Scan) => 2,
                 Some(Holder::Bank { .. }) => 3,
                 None => continue,
@@ -217,10 +218,8 @@ impl Scrape {
         let cards = &self.daemon.cards;
         let mut exchanges = Vec::new();
         let mut errors = Vec::new();
-        for n in 1..=256u16 {
-            let Some(s) = cards.card_stats(n) else {
-                continue;
-            };
+        for n in CardNo::all() {
+            let s = cards.card_stats(n);
             for (i, f) in Front::ALL.iter().enumerate() {
                 // Errors are counted on exchanges too, so an unused pair has no errors.
                 let x = load(&s.exchanges_by_front[i]);
@@ -274,10 +273,8 @@ impl Scrape {
     fn cards(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let cards = &self.daemon.cards;
         let (mut starts, mut stops, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-        for n in 1..=256u16 {
-            let Some(s) = cards.card_stats(n) else {
-                continue;
-            };
+        for n in CardNo::all() {
+            let s = cards.card_stats(n);
             let row = [
                 load(&s.starts),
                 load(&s.stops),

@@ -78,7 +78,12 @@ impl TestReader {
 }
 
 fn reader(link: &Link, vpcd: &TcpListener, card: u16, bound_ms: u64) -> TestReader {
-    reader_for(link, vpcd, Binding::Card(card), bound_ms)
+    reader_for(
+        link,
+        vpcd,
+        Binding::Card(simpool::values::CardNo::of(card)),
+        bound_ms,
+    )
 }
 
 fn reader_for(link: &Link, vpcd: &TcpListener, binding: Binding, bound_ms: u64) -> TestReader {

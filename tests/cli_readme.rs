@@ -264,6 +264,15 @@ fn promises(comment: &str) -> Vec<String> {
         .collect()
 }
 
+/// The exit status a comment promises: "(exit 4, …)".
+fn promised_exit(comment: &str) -> Option<i32> {
+    let rest = &comment[comment.find("exit ")? + 5..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Checks one output line against a README line like `<SRES 4 bytes><Kc 8 bytes>9000`.
 fn output_matches(want: &str, got: &str) -> bool {
     if let Some((head, tail)) = want.split_once('…') {
@@ -421,6 +430,8 @@ fn readme_examples_run_verbatim_and_do_what_they_say() {
                 assert_eq!(r.code, 124, "still serving after 3 s: {what}");
             } else if e.comment.contains("refused") {
                 assert!(r.code != 0, "refused: {what}");
+            } else if let Some(code) = promised_exit(&e.comment) {
+                assert_eq!(r.code, code, "{what}");
             } else {
                 assert_eq!(r.code, 0, "{what}");
             }

@@ -327,7 +327,9 @@ fn tshark_decodes_a_pysim_style_session_on_the_exchange_path() {
         .unwrap();
     // The daemon's one exchange path, with the tracer as its observer.
     let cards = Cards::new(link, vec![Arc::new(tracer)]);
-    let mut lease = cards.lease(18, Holder::Api("test".into())).unwrap();
+    let mut lease = cards
+        .lease(simpool::values::CardNo::of(18), Holder::Api("test".into()))
+        .unwrap();
     let atr = rt.block_on(lease.start()).unwrap();
     let exchanges = pysim_session(|cmd| {
         rt.block_on(lease.transmit(cmd, Duration::from_secs(2), Front::Api))
@@ -423,7 +425,12 @@ fn tshark_on_authentication_exchanges_malformed_only_where_wireshark_falls_short
             ],
         ),
     ] {
-        let mut lease = cards.lease(card, Holder::Api("test".into())).unwrap();
+        let mut lease = cards
+            .lease(
+                simpool::values::CardNo::of(card),
+                Holder::Api("test".into()),
+            )
+            .unwrap();
         rt.block_on(lease.start()).unwrap();
         atrs += 1;
         for cmd in session {

@@ -204,7 +204,9 @@ type Steps = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The answers of [`PYSIM_STEPS`] on a sane link: what every later answer must equal.
 async fn learn(cards: &Cards, card: u16) -> Steps {
-    let mut l = cards.lease(card, Holder::Scan).expect("free");
+    let mut l = cards
+        .lease(simpool::values::CardNo::of(card), Holder::Scan)
+        .expect("free");
     l.start().await.unwrap();
     let mut out = Vec::new();
     for cmd in PYSIM_STEPS {
@@ -226,7 +228,9 @@ async fn pysim_loop(cards: Cards, card: u16, steps: Steps, until: Instant, t: Ar
     let mut lease: Option<Lease> = None;
     while Instant::now() < until {
         if lease.is_none() {
-            let mut l = cards.lease(card, Holder::Scan).expect("free");
+            let mut l = cards
+                .lease(simpool::values::CardNo::of(card), Holder::Scan)
+                .expect("free");
             if l.start().await.is_err() {
                 drop(l);
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -16,6 +16,7 @@ use simpool::remsim::rspro::{Msg, ResultCode};
 use simpool::remsim::{Bank, BankConfig};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
+use simpool::values::CardNo;
 
 struct Rig {
     sim: SimPool,
@@ -71,7 +72,7 @@ async fn working(cards: &Cards, card: u16) -> bool {
 /// Waits until card `card` is stopped and free (bounded).
 async fn stopped_and_free(cards: &Cards, card: u16) {
     for _ in 0..100 {
-        if cards.holder(card).is_none() && !working(cards, card).await {
+        if cards.holder(CardNo::of(card)).is_none() && !working(cards, card).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -97,7 +98,7 @@ async fn two_clients_read_their_cards_at_once() {
     assert_eq!(hex::encode_upper(atr_a.unwrap()), cards::atr(18));
     assert!(!atr_b.unwrap().is_empty());
     assert_eq!(
-        r.cards.holder(18),
+        r.cards.holder(CardNo::of(18)),
         Some(Holder::Bank {
             bank: 1,
             slot: 17,
@@ -249,17 +250,17 @@ async fn unmapped_client_waits_for_its_map() {
 #[tokio::test]
 async fn a_held_card_is_refused_naming_its_holder() {
     let mut r = rig().await;
-    let lease = r.cards.lease(18, Holder::Reader(0)).unwrap();
+    let lease = r.cards.lease(CardNo::of(18), Holder::Reader(0)).unwrap();
     map(&mut r.control, cs(23, 0), bs(1, 17)).await;
     let (mut a, res, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
     assert_eq!(res, ResultCode::CardNotPresent);
-    assert_eq!(r.cards.holder(18), Some(Holder::Reader(0)));
+    assert_eq!(r.cards.holder(CardNo::of(18)), Some(Holder::Reader(0)));
     // The holder lets go: the waiting client gets the card at once (setAtrReq).
     drop(lease);
     assert_eq!(hex::encode_upper(a.expect_atr().await), cards::atr(18));
     assert_eq!(a.iccid().await, cards::iccid(18));
     // And the other way round: a card the bank holds is refused to others.
-    match r.cards.lease(18, Holder::Reader(0)) {
+    match r.cards.lease(CardNo::of(18), Holder::Reader(0)) {
         Err(e) => assert_eq!(e.to_string(), "card 18 is held by bank 1:17 → client 23:0"),
         Ok(_) => panic!("card 18 leased twice"),
     }

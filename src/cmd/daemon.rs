@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Args;
 use hyper::Method;
-use serde_json::{json, Value};
+
+use simpool::bridge::{Binding, Presence};
+use simpool::rows::ReaderRow;
+use simpool::values::{check_iccid, check_imsi, CardNo};
 
 use super::{cell, out, out_json, CliError, ControlArgs};
 
@@ -17,63 +20,62 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Target {
     /// Card number 1-256 as on the front panel.
     #[arg(long)]
-    pub card: Option<u16>,
+    pub card: Option<CardNo>,
     /// The card with this ICCID (wherever it is inserted).
-    #[arg(long)]
+    #[arg(long, value_parser = check_iccid)]
     pub iccid: Option<String>,
     /// The card with this IMSI.
-    #[arg(long)]
+    #[arg(long, value_parser = check_imsi)]
     pub imsi: Option<String>,
 }
 
 pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, CliError> {
     let c = control.client()?;
-    let v = c
-        .call(Method::GET, "/api/v1/readers", None, CALL_TIMEOUT)
+    let rows: Vec<ReaderRow> = c
+        .call(Method::GET, "/api/v1/readers", None::<&()>, CALL_TIMEOUT)
         .await?;
     if json_out {
-        out_json(&v)?;
+        out_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     out(format!(
         "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} IMSI",
         "reader", "PC/SC name", "vpcd", "state", "binding", "ICCID"
     ))?;
-    for r in v.as_array().into_iter().flatten() {
+    for r in &rows {
         print_reader(r)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn binding_text(r: &Value) -> String {
-    let b = &r["binding"];
-    let base = if let Some(n) = b.get("card") {
-        format!("card {n}")
-    } else if let Some(s) = b.get("iccid").and_then(Value::as_str) {
-        format!("ICCID {s}")
-    } else if let Some(s) = b.get("imsi").and_then(Value::as_str) {
-        format!("IMSI {s}")
-    } else {
-        return "-".into();
-    };
-    match (&r["card"], b.get("card")) {
-        (Value::Number(n), None) => format!("{base} (card {n})"),
-        _ => base,
+fn binding_text(r: &ReaderRow) -> String {
+    match (&r.binding, r.card) {
+        (None, _) => "-".into(),
+        (Some(b @ Binding::Card(_)), _) | (Some(b), None) => b.to_string(),
+        (Some(b), Some(n)) => format!("{b} (card {n})"),
     }
 }
 
-fn print_reader(r: &Value) -> Result<(), CliError> {
+fn state_word(p: Presence) -> &'static str {
+    match p {
+        Presence::Present => "present",
+        Presence::Absent => "absent",
+        Presence::Waiting => "waiting",
+    }
+}
+
+fn print_reader(r: &ReaderRow) -> Result<(), CliError> {
     out(format!(
         "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} {}",
-        cell(&r["reader"]),
-        cell(&r["name"]),
-        cell(&r["vpcd"]),
-        cell(&r["state"]),
+        r.reader,
+        r.name,
+        r.vpcd,
+        state_word(r.state),
         binding_text(r),
-        cell(&r["iccid"]),
-        cell(&r["imsi"]),
+        cell(r.iccid.as_ref()),
+        cell(r.imsi.as_ref()),
     ))?;
-    if let Some(d) = r["detail"].as_str() {
+    if let Some(d) = &r.detail {
         out(format!("{:>6}  ({d})", ""))?;
     }
     Ok(())
@@ -85,22 +87,32 @@ pub async fn bind(
     target: Target,
     json_out: bool,
 ) -> Result<ExitCode, CliError> {
-    let body = match (target.card, target.iccid, target.imsi) {
-        (Some(n), _, _) => json!({ "card": n }),
-        (_, Some(s), _) => json!({ "iccid": s }),
-        (_, _, Some(s)) => json!({ "imsi": s }),
+    let binding = match (target.card, target.iccid, target.imsi) {
+        (Some(n), _, _) => Binding::Card(n),
+        (_, Some(s), _) => Binding::Iccid(s),
+        (_, _, Some(s)) => Binding::Imsi(s),
         _ => return Err(CliError::Usage("give --card, --iccid or --imsi".into())),
     };
     let c = control.client()?;
-    let v = c
+    let row: ReaderRow = c
         .call(
             Method::PUT,
             &format!("/api/v1/readers/{reader}"),
-            Some(&body),
+            Some(&binding),
             CALL_TIMEOUT,
         )
         .await?;
-    show(&v, json_out)?;
+    show(&row, json_out)?;
+    if row.state != Presence::Present {
+        // The binding stays: the reader shows the card once it can.
+        return Err(CliError::Waiting(format!(
+            "reader {}: bound to {binding}, waiting: {}",
+            row.reader,
+            row.detail
+                .as_deref()
+                .unwrap_or("the card does not show yet")
+        )));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -110,22 +122,22 @@ pub async fn unbind(
     json_out: bool,
 ) -> Result<ExitCode, CliError> {
     let c = control.client()?;
-    let v = c
+    let row: ReaderRow = c
         .call(
             Method::DELETE,
             &format!("/api/v1/readers/{reader}"),
-            None,
+            None::<&()>,
             CALL_TIMEOUT,
         )
         .await?;
-    show(&v, json_out)?;
+    show(&row, json_out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(v: &Value, json_out: bool) -> Result<(), CliError> {
+fn show(r: &ReaderRow, json_out: bool) -> Result<(), CliError> {
     if json_out {
-        out_json(v)
+        out_json(r)
     } else {
-        print_reader(v)
+        print_reader(r)
     }
 }

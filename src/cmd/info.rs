@@ -4,37 +4,42 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hyper::Method;
-use serde_json::json;
+
+use simpool::rows::{InfoRow, PoolInfo};
 
 use super::{out, out_json, CliError, PoolArgs, Via};
 
 pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
-    let (id, version) = match pool.via().await? {
+    let info = match pool.via().await? {
         Via::Daemon(c) => {
-            let v = c
-                .call(Method::GET, "/api/v1/pool", None, Duration::from_secs(5))
+            let p: PoolInfo = c
+                .call(
+                    Method::GET,
+                    "/api/v1/pool",
+                    None::<&()>,
+                    Duration::from_secs(5),
+                )
                 .await?;
-            match (v["id"].as_str(), v["version"].as_str()) {
-                (Some(id), Some(ver)) => (id.to_string(), ver.to_string()),
+            match (p.id, p.version) {
+                (Some(id), Some(version)) => InfoRow { id, version },
                 _ => {
                     return Err(CliError::Card(format!(
                         "the daemon's pool {} does not answer (link {})",
-                        super::cell(&v["address"]),
-                        super::cell(&v["link"])
+                        p.address, p.link
                     )))
                 }
             }
         }
-        Via::Pool(p) => (
-            hex::encode_upper(p.link.id().await?),
-            p.link.version().await?,
-        ),
+        Via::Pool(p) => InfoRow {
+            id: hex::encode_upper(p.link().id().await?),
+            version: p.link().version().await?,
+        },
     };
     if json_out {
-        out_json(&json!({ "id": id, "version": version }))?;
+        out_json(&info)?;
     } else {
-        out(format!("ID       {id}"))?;
-        out(format!("version  {version}"))?;
+        out(format!("ID       {}", info.id))?;
+        out(format!("version  {}", info.version))?;
     }
     Ok(ExitCode::SUCCESS)
 }

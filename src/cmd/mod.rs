@@ -11,21 +11,24 @@ pub mod status;
 pub mod stop;
 pub mod trace;
 
+use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use simpool::control::client::{Control, ControlClientError};
-use simpool::pool::{Link, LinkOptions, FACTORY_ADDRESS};
+use simpool::cards::Cards;
+use simpool::control::client::{Control, ControlClientError, Probe};
+use simpool::pool::{Link, LinkOptions};
 use simpool::sim::profile::CardsFile;
-use simpool::sim::{Faults, SimPool};
+use simpool::values::{OpenedPool, PoolAddr};
 
 /// Exit codes, the same meaning for every command (listed in `--help` and the README).
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_PARTIAL: u8 = 3;
+pub const EXIT_WAITING: u8 = 4;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,9 @@ pub enum CliError {
     Card(String),
     #[error(transparent)]
     Control(#[from] ControlClientError),
+    /// The request was taken, but what it asked for cannot show yet (exit 4).
+    #[error("{0}")]
+    Waiting(String),
 }
 
 impl CliError {
@@ -55,6 +61,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::ClosedPipe => 0,
+            CliError::Waiting(_) => EXIT_WAITING,
             _ => EXIT_ERROR,
         }
     }
@@ -80,7 +87,7 @@ pub fn out_bytes(bytes: &[u8]) -> Result<(), CliError> {
 }
 
 /// Prints `v` as one JSON document.
-pub fn out_json(v: &serde_json::Value) -> Result<(), CliError> {
+pub fn out_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     out(serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
@@ -159,24 +166,47 @@ impl ControlArgs {
 #[command(next_help_heading = "Pool")]
 pub struct PoolArgs {
     /// The pool, HOST:PORT, or `sim` for the built-in simulated pool. Given, the command opens a
-    /// pool connection of its own; without it the command goes through the running daemon
-    /// (see --control), or to the factory address 192.168.1.199:6666 when none answers.
+    /// pool connection of its own (refused when the running daemon uses that pool, unless
+    /// --force); without it the command goes through the running daemon (see --control), or
+    /// to the factory address 192.168.1.199:6666 when none answers.
     #[arg(long, env = "SIMPOOL_POOL")]
-    pub pool: Option<String>,
+    pub pool: Option<PoolAddr>,
     /// Longest wait for any answer of the pool, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub reply_timeout_ms: u64,
     /// Cards file for `--pool sim` (TOML; default: the built-in set).
     #[arg(long)]
     pub cards: Option<std::path::PathBuf>,
+    /// Go ahead where simpool would refuse to disturb a running daemon: with --pool, use a pool
+    /// the daemon on --control uses (or that cannot be asked for want of its token) over a
+    /// connection of this command's own; `stop`: also stop cards a reader or request holds
+    /// (its session breaks; a reader shows the card removed and starts it again).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub control: ControlArgs,
 }
 
-/// A pool connection of this command's own (and the simulator behind `--pool sim`).
+/// A pool connection of this command's own (and the simulator behind `--pool sim`), with a
+/// card registry around it, so the command runs the same card operations as the daemon.
 pub struct OwnPool {
-    pub link: Link,
-    pub _sim: Option<SimPool>,
+    pub cards: Cards,
+    _opened: OpenedPool,
+}
+
+impl OwnPool {
+    pub fn link(&self) -> &Link {
+        self.cards.link()
+    }
+
+    /// Before the command ends: waits until every lease is over (the cards it started are
+    /// stopped) and the pool has received every request.
+    pub async fn finish(&self) {
+        if !self.cards.idle(Duration::from_secs(5)).await {
+            log::warn!("some cards were still held when the command ended");
+        }
+        settle(self.link()).await;
+    }
 }
 
 /// Which way a client command goes.
@@ -186,59 +216,101 @@ pub enum Via {
 }
 
 impl PoolArgs {
-    /// The daemon if one answers and no `--pool` was given; else a connection of our own.
+    /// The daemon if one answers and no `--pool` was given; else a connection of our own. A
+    /// daemon that refuses us for want of its token is final; a `--pool` naming the pool a
+    /// running daemon uses is refused unless `--force`.
     pub async fn via(&self) -> Result<Via, CliError> {
         let control = self.control.client()?;
-        match self.pool.as_deref() {
-            None => {
-                if control.probe().await {
+        match &self.pool {
+            Some(PoolAddr::Sim) => Ok(Via::Pool(self.open(&PoolAddr::Sim).await?)),
+            None => match control.probe().await {
+                Probe::Daemon(_) => {
                     log::debug!("using the daemon on {}", control.addr);
-                    return Ok(Via::Daemon(control));
+                    Ok(Via::Daemon(control))
                 }
-                log::debug!("no daemon on {}: dialling the pool", control.addr);
-                Ok(Via::Pool(self.connect(FACTORY_ADDRESS).await?))
-            }
-            Some("sim") => Ok(Via::Pool(self.connect("sim").await?)),
-            Some(addr) => {
-                // Going around a running daemon can restart cards under its sessions: say so
-                // (one line; without a daemon on the control address there is nothing to say).
-                if control.probe().await {
-                    eprintln!(
-                        "simpool: warning: a simpool daemon on {} may be using this pool; \
-                         --pool opens a connection of this command's own (leave it out to go \
-                         through the daemon)",
-                        control.addr
-                    );
+                Probe::NeedsToken(e) => Err(e.into()),
+                Probe::Nothing(cause) => {
+                    log::debug!("no daemon on {}: dialling the pool", control.addr);
+                    self.open(&PoolAddr::factory())
+                        .await
+                        .map(Via::Pool)
+                        .map_err(|e| {
+                            CliError::Failed(format!(
+                                "no simpool daemon answers on {} ({cause}); {e}",
+                                control.addr
+                            ))
+                        })
                 }
-                Ok(Via::Pool(self.connect(addr).await?))
+            },
+            Some(addr @ PoolAddr::Tcp(a)) => {
+                self.check_around_daemon(&control, a).await?;
+                Ok(Via::Pool(self.open(addr).await?))
             }
         }
     }
 
+    /// Refuses to go around a running daemon that uses pool `a` (or cannot be asked), unless
+    /// `--force`; says so when forced.
+    async fn check_around_daemon(&self, control: &Control, a: &str) -> Result<(), CliError> {
+        let conflict = match control.probe().await {
+            Probe::Nothing(_) => return Ok(()),
+            Probe::Daemon(h) if !same_pool(a, &h.pool).await => return Ok(()),
+            Probe::Daemon(_) => format!("the daemon on {} uses pool {a}", control.addr),
+            Probe::NeedsToken(e) => format!("{e}; it may be using pool {a}"),
+        };
+        if !self.force {
+            return Err(CliError::Card(format!(
+                "{conflict}: leave out --pool to go through the daemon, or give --force to open                  a connection of this command's own anyway (the daemon's sessions can break)"
+            )));
+        }
+        eprintln!("simpool: warning: {conflict}; going around it (--force)");
+        Ok(())
+    }
+
     /// Connects to `addr`, or starts the in-process simulator for `sim`.
-    pub async fn connect(&self, addr: &str) -> Result<OwnPool, CliError> {
+    pub async fn open(&self, addr: &PoolAddr) -> Result<OwnPool, CliError> {
         let opts = LinkOptions {
             reply_timeout: Duration::from_millis(self.reply_timeout_ms.max(1)),
             ..LinkOptions::default()
         };
-        if addr == "sim" {
-            let cards = match &self.cards {
-                Some(p) => load_cards(p)?,
-                None => CardsFile::default_set(),
-            };
-            let sim = SimPool::start("127.0.0.1:0", cards, Faults::default())
-                .await
-                .map_err(|e| CliError::Sim(e.to_string()))?;
-            let link = Link::connect(&sim.addr().to_string(), opts).await?;
-            return Ok(OwnPool {
-                link,
-                _sim: Some(sim),
-            });
-        }
+        let cards = match (&self.cards, addr) {
+            (Some(p), PoolAddr::Sim) => Some(load_cards(p)?),
+            _ => None,
+        };
+        let opened = addr.open(cards).await.map_err(CliError::Sim)?;
+        let link = Link::connect(&opened.addr, opts).await?;
         Ok(OwnPool {
-            link: Link::connect(addr, opts).await?,
-            _sim: None,
+            cards: Cards::new(link, Vec::new()),
+            _opened: opened,
         })
+    }
+}
+
+/// Whether two pool addresses name the same pool: the same text, or an address in common
+/// once resolved.
+async fn same_pool(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let resolve = |s: &str| {
+        let s = s.to_string();
+        async move {
+            tokio::net::lookup_host(s)
+                .await
+                .map(|i| i.collect::<Vec<_>>())
+                .unwrap_or_default()
+        }
+    };
+    let (x, y) = (resolve(a).await, resolve(b).await);
+    x.iter().any(|p| y.contains(p))
+}
+
+/// Runs `work` unless interrupted first (SIGINT, SIGTERM): `None` then. Dropping `work` is
+/// how it stops (its leases end, stopping their cards).
+pub async fn interruptible<F: Future>(interrupt: &mut Interrupt, work: F) -> Option<F::Output> {
+    tokio::select! {
+        r = work => Some(r),
+        _ = interrupt.recv() => None,
     }
 }
 
@@ -251,18 +323,6 @@ pub async fn settle(link: &Link) {
     }
 }
 
-pub fn parse_hex(s: &str) -> Result<Vec<u8>, CliError> {
-    let clean: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
-    let bytes = hex::decode(&clean).map_err(|e| CliError::Usage(format!("bad hex {s:?}: {e}")))?;
-    if bytes.is_empty() {
-        return Err(CliError::Usage("empty command".into()));
-    }
-    Ok(bytes)
-}
-
 pub fn load_cards(path: &std::path::Path) -> Result<CardsFile, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
@@ -273,11 +333,7 @@ pub async fn wait_for_signal() {
     Interrupt::new().recv().await
 }
 
-/// A JSON value as a string cell: "-" when null.
-pub fn cell(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value as a table cell: "-" when there is none.
+pub fn cell(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }

@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 use simpool::client;
 
 use super::{out, out_json, CliError, EXIT_PARTIAL};
@@ -51,28 +49,16 @@ pub async fn run(filter: Option<String>, json_out: bool, wait: u64) -> Result<Ex
         }));
     }
     if json_out {
-        let rows: Vec<Value> = reports
-            .iter()
-            .map(|r| {
-                json!({
-                    "reader": r.reader,
-                    "atr": r.atr,
-                    "iccid": r.iccid,
-                    "imsi": r.imsi,
-                    "error": r.error,
-                })
-            })
-            .collect();
-        out_json(&Value::Array(rows))?;
+        out_json(&reports)?;
     } else {
         for r in &reports {
             out(&r.reader)?;
             match &r.error {
                 Some(e) => out(format!("  error  {e}"))?,
                 None => {
-                    out(format!("  ATR    {}", r.atr.as_deref().unwrap_or("-")))?;
-                    out(format!("  ICCID  {}", r.iccid.as_deref().unwrap_or("-")))?;
-                    out(format!("  IMSI   {}", r.imsi.as_deref().unwrap_or("-")))?;
+                    out(format!("  ATR    {}", super::cell(r.atr.as_ref())))?;
+                    out(format!("  ICCID  {}", super::cell(r.iccid.as_ref())))?;
+                    out(format!("  IMSI   {}", super::cell(r.imsi.as_ref())))?;
                 }
             }
         }

@@ -6,21 +6,23 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 
 use simpool::bridge::{Binding, ResetPolicy};
-use simpool::config::{self, FileConfig, ReaderEntry};
-
+use simpool::config::{self, FileConfig, ReaderEntry, ServeConfig};
+use simpool::control::ControlError;
+use simpool::serve::ServeError;
 use simpool::sim::profile::CardsFile;
+use simpool::values::{CardNo, PoolAddr};
 
-use super::{out, wait_for_signal, CliError};
+use super::{load_cards, out, wait_for_signal, CliError};
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// The pool: HOST:PORT, or `sim` for the built-in simulated pool [default: 192.168.1.199:6666;
     /// with --config, the file (or this flag, or SIMPOOL_POOL) must name it].
     #[arg(long, env = "SIMPOOL_POOL")]
-    pool: Option<String>,
+    pool: Option<PoolAddr>,
     /// Bind the next reader to card N (1-256; repeatable).
     #[arg(long)]
-    card: Vec<u16>,
+    card: Vec<CardNo>,
     /// Bind the next reader to the card with this ICCID (repeatable).
     #[arg(long)]
     iccid: Vec<String>,
@@ -141,7 +143,7 @@ fn from_env<T: Clone>(m: &ArgMatches, id: &str, v: &Option<T>) -> (Option<T>, Op
 /// The card an ICCID/IMSI binding is, on the simulated pool (whose cards are known before
 /// anything starts). A real pool's identities are only known once its cards are read: the
 /// daemon then refuses a held card per reader at run time instead.
-fn sim_card_of(cards: &CardsFile) -> impl Fn(&Binding) -> Option<u16> + '_ {
+fn sim_card_of(cards: &CardsFile) -> impl Fn(&Binding) -> Option<CardNo> + '_ {
     move |b| {
         cards
             .card
@@ -151,7 +153,7 @@ fn sim_card_of(cards: &CardsFile) -> impl Fn(&Binding) -> Option<u16> + '_ {
                 Binding::Imsi(s) => e.profile.imsi == *s,
                 Binding::Card(_) => false,
             })
-            .map(|e| e.slot)
+            .and_then(|e| CardNo::new(e.slot).ok())
     }
 }
 
@@ -171,6 +173,36 @@ fn raise_nofile_limit() {
 }
 
 pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> {
+    let cfg = configuration(&args, m)?;
+    if args.check {
+        return check(&cfg).await;
+    }
+    raise_nofile_limit();
+    let running = simpool::serve::start(cfg).await.map_err(start_error)?;
+    // A daemon's normal end is a signal (systemd stops it with SIGTERM): exit 0.
+    wait_for_signal().await;
+    log::info!("stopping");
+    running.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why the daemon did not start: a mistake in the command line or configuration is a usage
+/// error (exit 2), anything else an error (exit 1).
+fn start_error(e: ServeError) -> CliError {
+    match e {
+        ServeError::Control(
+            e @ (ControlError::BadAddress(_)
+            | ControlError::NeedsToken(_)
+            | ControlError::Token(..)),
+        ) => CliError::Usage(format!("control API: {e}")),
+        ServeError::Sim(e) => CliError::Sim(e),
+        e => CliError::Failed(e.to_string()),
+    }
+}
+
+/// The configuration as resolved from file, environment and flags, with the binding clash
+/// check (on the simulated pool, identities are placed on their cards).
+fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliError> {
     let mut file = match &args.config {
         Some(p) => FileConfig::load(p).map_err(|e| CliError::Usage(e.to_string()))?,
         None => FileConfig::default(),
@@ -197,7 +229,7 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
         state: args.state.clone(),
         gsmtap: args.gsmtap.clone(),
         gsmtap_cards: args.gsmtap_cards.clone(),
-        reader: bindings_in_order(&args, m),
+        reader: bindings_in_order(args, m),
         remsim: (args.remsim.is_some() || args.bank_id.is_some() || args.remsim_listen.is_some())
             .then(|| config::RemsimEntry {
                 server: args.remsim.clone(),
@@ -219,48 +251,25 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
             p.display()
         )));
     }
-    if cfg.pool == "sim" {
+    if cfg.pool.is_sim() {
         let cards = match &cfg.cards {
-            Some(p) => super::load_cards(p)?,
+            Some(p) => load_cards(p)?,
             None => CardsFile::default_set(),
         };
         config::check_clashes(&cfg.readers, sim_card_of(&cards))
             .map_err(|e| CliError::Usage(e.to_string()))?;
     }
-    if args.check {
-        return check(&cfg, cfg.cards.as_deref()).await;
-    }
-    raise_nofile_limit();
-    let running = simpool::serve::start(cfg)
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    wait_for_signal().await;
-    log::info!("stopping");
-    running.shutdown();
-    Ok(ExitCode::SUCCESS)
+    Ok(cfg)
 }
 
-async fn check(
-    cfg: &simpool::config::ServeConfig,
-    cards: Option<&std::path::Path>,
-) -> Result<ExitCode, CliError> {
+async fn check(cfg: &ServeConfig) -> Result<ExitCode, CliError> {
     // `sim`: check against a simulator of our own, as the daemon would run it.
-    let mut _sim = None;
-    let addr = if cfg.pool == "sim" {
-        let set = match cards {
-            Some(p) => super::load_cards(p)?,
-            None => simpool::sim::profile::CardsFile::default_set(),
-        };
-        let sim = simpool::sim::SimPool::start("127.0.0.1:0", set, simpool::sim::Faults::default())
-            .await
-            .map_err(|e| CliError::Sim(e.to_string()))?;
-        let a = sim.addr().to_string();
-        _sim = Some(sim);
-        a
-    } else {
-        cfg.pool.clone()
+    let cards = match (&cfg.cards, cfg.pool.is_sim()) {
+        (Some(p), true) => Some(load_cards(p)?),
+        _ => None,
     };
-    let verdicts = simpool::check::run(cfg, &addr).await;
+    let opened = cfg.pool.open(cards).await.map_err(CliError::Sim)?;
+    let verdicts = simpool::check::run(cfg, &opened.addr).await;
     for v in &verdicts {
         out(v)?;
     }

@@ -43,10 +43,10 @@ pub struct FaultArgs {
     garbage_every: Option<u64>,
     /// A card that never answers (repeatable).
     #[arg(long)]
-    mute: Vec<u16>,
+    mute: Vec<simpool::values::CardNo>,
     /// A slot that reports abnormal and never answers (repeatable).
     #[arg(long)]
-    abnormal: Vec<u16>,
+    abnormal: Vec<simpool::values::CardNo>,
 }
 
 pub async fn run(args: SimArgs) -> Result<std::process::ExitCode, CliError> {
@@ -94,14 +94,7 @@ fn fault_knobs(a: &FaultArgs, cards: &mut CardsFile) -> Result<Faults, CliError>
         cards.pool.byte_time_us = us;
     }
     for (list, set) in [(&a.mute, &mut f.mute), (&a.abnormal, &mut f.abnormal)] {
-        for &c in list {
-            if !(1..=256).contains(&c) {
-                return Err(CliError::Usage(format!(
-                    "card {c} does not exist: cards are 1-256"
-                )));
-            }
-            set.insert(c);
-        }
+        set.extend(list.iter().map(|c| c.get()));
     }
     Ok(f)
 }

@@ -4,52 +4,60 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hyper::Method;
-use serde_json::{json, Value};
 
-use simpool::inventory;
 use simpool::pool::SlotState;
+use simpool::rows::{CardRow, StatusRow};
+use simpool::values::CardNo;
 
 use super::{out, out_json, CliError, PoolArgs, Via};
 
 pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
-    let rows: Vec<(SlotState, Value)> = match pool.via().await? {
+    let rows: Vec<StatusRow> = match pool.via().await? {
         Via::Daemon(c) => {
-            let v = c
-                .call(Method::GET, "/api/v1/cards", None, Duration::from_secs(5))
+            let cards: Vec<CardRow> = c
+                .call(
+                    Method::GET,
+                    "/api/v1/cards",
+                    None::<&()>,
+                    Duration::from_secs(5),
+                )
                 .await?;
-            let list = v.as_array().cloned().unwrap_or_default();
-            if list.iter().any(|c| c["state"].is_null()) {
-                return Err(CliError::Card(
-                    "the daemon cannot read the slot states: its pool link is down".into(),
-                ));
-            }
-            list.into_iter()
-                .map(|c| (state_of(&c["state"]), c["holder"].clone()))
-                .collect()
+            cards
+                .into_iter()
+                .map(|c| match c.state {
+                    Some(state) => Ok(StatusRow {
+                        card: c.card,
+                        state,
+                        holder: c.holder,
+                    }),
+                    None => Err(CliError::Card(
+                        "the daemon cannot read the slot states: its pool link is down".into(),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
         }
         Via::Pool(p) => p
-            .link
+            .link()
             .states()
             .await?
             .into_iter()
-            .map(|s| (s, Value::Null))
+            .zip(CardNo::all())
+            .map(|(state, card)| StatusRow {
+                card,
+                state,
+                holder: None,
+            })
             .collect(),
     };
     if json_out {
         // One shape for every list the commands print: an array of rows with fixed keys.
-        let cards: Vec<_> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, (s, h))| json!({ "card": i + 1, "state": s, "holder": h }))
-            .collect();
-        out_json(&Value::Array(cards))?;
+        out_json(&rows)?;
     } else {
-        let states: Vec<SlotState> = rows.iter().map(|(s, _)| *s).collect();
-        out(inventory::grid(&states).trim_end())?;
+        let states: Vec<SlotState> = rows.iter().map(|r| r.state).collect();
+        out(grid(&states).trim_end())?;
         let held: Vec<String> = rows
             .iter()
-            .enumerate()
-            .filter_map(|(i, (_, h))| h.as_str().map(|h| format!("{} {h}", i + 1)))
+            .filter_map(|r| r.holder.as_ref().map(|h| format!("{} {h}", r.card)))
             .collect();
         if !held.is_empty() {
             out(format!("held: {}", held.join(", ")))?;
@@ -58,15 +66,36 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn state_of(v: &Value) -> SlotState {
-    match v.as_str() {
-        Some("empty") => SlotState::Empty,
-        Some("inserted") => SlotState::Inserted,
-        Some("working") => SlotState::Working,
-        Some("abnormal") => SlotState::Abnormal,
-        _ => match v.get("unknown").and_then(Value::as_u64) {
-            Some(b) => SlotState::Unknown(b as u8),
-            None => SlotState::Unknown(0x01),
-        },
+/// A 16×16 grid like the front panel: one character per slot.
+pub fn grid(states: &[SlotState]) -> String {
+    let mut s = String::from("card  +0 +1 +2 +3 +4 +5 +6 +7 +8 +9 10 11 12 13 14 15\n");
+    for (row, chunk) in states.chunks(16).enumerate() {
+        s.push_str(&format!("{:>4}", row * 16 + 1));
+        for st in chunk {
+            s.push_str("  ");
+            s.push(symbol(*st));
+        }
+        s.push('\n');
+    }
+    let count = |f: fn(&SlotState) -> bool| states.iter().filter(|s| f(s)).count();
+    s.push_str(&format!(
+        "legend: . empty  o inserted  * working  ! abnormal  ? unknown\n\
+         cards: {} inserted ({} working, {} idle, {} abnormal), {} empty slots\n",
+        count(|s| s.has_card()),
+        count(|s| *s == SlotState::Working),
+        count(|s| *s == SlotState::Inserted),
+        count(|s| *s == SlotState::Abnormal),
+        count(|s| !s.has_card()),
+    ));
+    s
+}
+
+fn symbol(s: SlotState) -> char {
+    match s {
+        SlotState::Empty => '.',
+        SlotState::Inserted => 'o',
+        SlotState::Working => '*',
+        SlotState::Abnormal => '!',
+        SlotState::Unknown(_) => '?',
     }
 }

@@ -10,25 +10,35 @@
 //! - `GET /`, `GET /ui/…` — the front-panel page (static, served without the token: it holds no
 //!   data, and reads everything through the endpoints above)
 //!
-//! Errors are `{"error": "…"}` with the fitting status.
+//! Requests and answers are the typed rows of [`crate::rows`]; the operations behind them are
+//! the card layer's ([`crate::cards::ops`]), which the command line runs too. Errors are
+//! `{"error": "…"}` ([`ErrorBody`]) with the fitting status; a body that is not JSON is 400
+//! with the parser's reason, JSON of the wrong shape 422.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(test)]
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
 
 use crate::bridge::{BindError, Binding, ReaderHandle};
-use crate::cards::{Front, Holder, LeaseError};
-use crate::pool::{LinkState, Slot, SlotState};
-use crate::serve::Daemon;
+use crate::cards::ops::{self, ApduError};
+use crate::cards::{Holder, LeaseError, StartError};
+use crate::daemon::Daemon;
+use crate::pool::SlotState;
+use crate::rows::{
+    ApduRequest, CardRow, ErrorBody, Health, LinkWord, PoolInfo, ReaderRow, StopRequest,
+};
+use crate::values::CardNo;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -37,30 +47,40 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a bind waits for the card to show before answering "waiting".
 pub const BIND_SETTLE: Duration = Duration::from_secs(5);
 /// Most TPDUs in one `apdu` request.
-pub const MAX_TPDUS: usize = 256;
+pub const MAX_TPDUS: usize = ops::MAX_COMMANDS;
 
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// An error answer: status and message.
+/// An error answer: status and body.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    body: Value,
+    body: ErrorBody,
 }
 
 impl ApiError {
     fn new(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
         ApiError {
             status,
-            body: json!({ "error": msg.to_string() }),
+            body: ErrorBody {
+                error: msg.to_string(),
+                card: None,
+                holder: None,
+            },
         }
     }
 
-    fn with(mut self, key: &str, v: Value) -> ApiError {
-        self.body[key] = v;
-        self
+    fn held(card: Option<CardNo>, holder: &Holder, msg: impl std::fmt::Display) -> ApiError {
+        let mut e = ApiError::new(StatusCode::CONFLICT, msg);
+        e.body.card = card;
+        e.body.holder = Some(holder.to_string());
+        e
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
@@ -70,7 +90,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
     let api = Router::new()
@@ -91,7 +111,7 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
                 let token = token.clone();
                 async move {
                     if let Some(t) = token {
-                        if !authorized(&req, &t) {
+                        if !authorized(req.headers(), &t) {
                             return ApiError::new(
                                 StatusCode::UNAUTHORIZED,
                                 "missing or wrong bearer token",
@@ -127,9 +147,8 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Response {
 }
 
 /// Compares the bearer token in constant time (no early exit on the first wrong byte).
-fn authorized(req: &Request, token: &str) -> bool {
-    let Some(given) = req
-        .headers()
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -140,73 +159,90 @@ fn authorized(req: &Request, token: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a JSON body: bounded in size and time.
-async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
-    {
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-            ))
-        }
-        Ok(Err(e)) => {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return Err(if too_big {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_BODY} bytes"),
-                )
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            });
-        }
-        Ok(Ok(b)) => b,
-    };
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("bad body: {e}"))
-        }
-        _ => ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+fn too_big() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body over {MAX_BODY} bytes"),
+    )
+}
+
+/// Reads a request's body: bounded in size (a declared length over the bound is refused
+/// before reading; a body that grows past it is recognised by its error type) and in time.
+async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_big());
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_big()),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+    }
+}
+
+/// Parses a JSON body: not JSON at all (cut short, a typo) is 400 with the parser's reason;
+/// JSON of the wrong shape or with values out of range is 422.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8], want: &str) -> Result<T, ApiError> {
+    // In two steps, so that JSON of the wrong shape is never taken for a syntax error.
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    serde_json::from_value(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("want {want}: {e}"),
+        )
     })
 }
 
-fn link_state(s: LinkState) -> &'static str {
-    match s {
-        LinkState::Connecting => "connecting",
-        LinkState::Up { .. } => "up",
-        LinkState::Down { .. } => "down",
-        LinkState::Closed => "closed",
+/// A JSON body that may be left out (empty or only white space: the defaults).
+async fn optional_json<T: DeserializeOwned + Default>(
+    req: Request,
+    want: &str,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
     }
+    parse_json(&bytes, want)
 }
 
 async fn healthz(State(d): State<Arc<Daemon>>) -> Response {
-    let st = d.link.state();
+    let link = LinkWord::from(d.link.state());
     let up = d.link_up();
     let cause = if up { None } else { d.link.problem() };
-    let body = json!({
-        "pool": d.pool_name(),
-        "link": link_state(st),
-        "cause": cause,
-        "readers": d.readers.len(),
-        "leases": d.cards.leases_held(),
-    });
-    if up {
-        (StatusCode::OK, Json(body)).into_response()
+    let body = Health {
+        pool: d.pool_name(),
+        link,
+        cause: cause.clone(),
+        readers: d.readers.len(),
+        leases: d.cards.leases_held(),
+        error: (!up).then(|| match &cause {
+            Some(c) => format!("pool link {link}: {c}"),
+            None => format!("pool link {link}"),
+        }),
+    };
+    let status = if up {
+        StatusCode::OK
     } else {
-        let mut body = body;
-        body["error"] = json!(match &cause {
-            Some(c) => format!("pool link {}: {c}", link_state(st)),
-            None => format!("pool link {}", link_state(st)),
-        });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
-async fn pool(State(d): State<Arc<Daemon>>) -> ApiResult {
-    let st = d.link.state();
+async fn pool(State(d): State<Arc<Daemon>>) -> Json<PoolInfo> {
+    let link = LinkWord::from(d.link.state());
     let (id, version) = if d.link_up() {
         (
             d.link.id().await.ok().map(hex::encode_upper),
@@ -215,34 +251,33 @@ async fn pool(State(d): State<Arc<Daemon>>) -> ApiResult {
     } else {
         (None, None)
     };
-    Ok(Json(json!({
-        "address": d.pool_address,
-        "name": d.pool_name(),
-        "link": link_state(st),
-        "cause": if d.link_up() { None } else { d.link.problem() },
-        "id": id,
-        "version": version,
-    }))
-    .into_response())
+    Json(PoolInfo {
+        address: d.pool_address.to_string(),
+        name: d.pool_name(),
+        link,
+        cause: if d.link_up() { None } else { d.link.problem() },
+        id,
+        version,
+    })
 }
 
 /// A reader as the API shows it.
-pub fn reader_json(d: &Daemon, r: &ReaderHandle) -> Value {
+pub fn reader_row(d: &Daemon, r: &ReaderHandle) -> ReaderRow {
     let st = r.status();
     let known = st.card.map(|n| d.cards.known(n)).unwrap_or_default();
-    json!({
-        "reader": r.index,
-        "name": crate::vpcd::reader_name(r.index),
-        "vpcd": r.vpcd,
-        "binding": st.binding,
-        "card": st.card,
-        "state": st.state,
-        "detail": st.detail,
-        "atr": known.atr,
-        "iccid": known.iccid,
-        "imsi": known.imsi,
-        "stats": r.stats().snapshot(),
-    })
+    ReaderRow {
+        reader: r.index,
+        name: crate::vpcd::reader_name(r.index),
+        vpcd: r.vpcd.clone(),
+        binding: st.binding,
+        card: st.card,
+        state: st.state,
+        detail: st.detail,
+        atr: known.atr,
+        iccid: known.iccid,
+        imsi: known.imsi,
+        stats: r.stats().snapshot(),
+    }
 }
 
 fn find_reader<'a>(d: &'a Daemon, i: &str) -> Result<&'a ReaderHandle, ApiError> {
@@ -260,355 +295,185 @@ fn find_reader<'a>(d: &'a Daemon, i: &str) -> Result<&'a ReaderHandle, ApiError>
         })
 }
 
-async fn readers(State(d): State<Arc<Daemon>>) -> Json<Value> {
-    Json(Value::Array(
-        d.readers.iter().map(|r| reader_json(&d, r)).collect(),
-    ))
+async fn readers(State(d): State<Arc<Daemon>>) -> Json<Vec<ReaderRow>> {
+    Json(d.readers.iter().map(|r| reader_row(&d, r)).collect())
 }
 
-async fn reader(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResult {
+async fn reader(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResult<ReaderRow> {
     let r = find_reader(&d, &i)?;
-    Ok(Json(reader_json(&d, r)).into_response())
+    Ok(Json(reader_row(&d, r)))
 }
 
-/// `{"card":N}` | `{"iccid":"…"}` | `{"imsi":"…"}`
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BindBody {
-    card: Option<Value>,
-    iccid: Option<Value>,
-    imsi: Option<Value>,
-}
-
-fn digits(
-    v: &Value,
-    what: &str,
-    lens: std::ops::RangeInclusive<usize>,
-) -> Result<String, ApiError> {
-    let s = v.as_str().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{what} must be a string of digits"),
-        )
-    })?;
-    if !s.bytes().all(|b| b.is_ascii_digit()) || !lens.contains(&s.len()) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{what} {s:?} is not {}-{} digits", lens.start(), lens.end()),
-        ));
-    }
-    Ok(s.to_string())
-}
+const BINDING_SHAPE: &str = "{\"card\":N}, {\"iccid\":\"…\"} or {\"imsi\":\"…\"}";
 
 /// Checks a binding request's body.
-pub fn parse_binding(v: Value) -> Result<Binding, ApiError> {
-    let b: BindBody = serde_json::from_value(v).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("want {{\"card\":N}}, {{\"iccid\":\"…\"}} or {{\"imsi\":\"…\"}}: {e}"),
-        )
-    })?;
-    match (b.card, b.iccid, b.imsi) {
-        (Some(c), None, None) => match c.as_u64() {
-            Some(n @ 1..=256) => Ok(Binding::Card(n as u16)),
-            _ => Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("card {c} does not exist: cards are 1-256"),
-            )),
-        },
-        (None, Some(i), None) => Ok(Binding::Iccid(digits(&i, "iccid", 10..=20)?)),
-        (None, None, Some(i)) => Ok(Binding::Imsi(digits(&i, "imsi", 6..=15)?)),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "want exactly one of card, iccid, imsi",
-        )),
-    }
+pub fn parse_binding(bytes: &[u8]) -> Result<Binding, ApiError> {
+    let b: Binding = parse_json(bytes, BINDING_SHAPE)?;
+    b.checked()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
 fn bind_error(e: BindError) -> ApiError {
     match e {
-        BindError::Held(LeaseError::Held { card, holder }) => ApiError::new(
-            StatusCode::CONFLICT,
+        BindError::Held(LeaseError::Held { card, holder }) => ApiError::held(
+            Some(card),
+            &holder,
             format!("card {card} is held by {holder}"),
-        )
-        .with("card", json!(card))
-        .with("holder", json!(holder.to_string())),
-        BindError::Held(e @ LeaseError::NoSuchCard(_)) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)
-        }
+        ),
         BindError::IdentityHeld(b, holder) => {
-            ApiError::new(StatusCode::CONFLICT, format!("{b} is held by {holder}"))
-                .with("holder", json!(holder.to_string()))
+            ApiError::held(None, &holder, format!("{b} is held by {holder}"))
         }
         e @ BindError::Stopped(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
-async fn bind(State(d): State<Arc<Daemon>>, Path(i): Path<String>, req: Request) -> ApiResult {
+async fn bind(
+    State(d): State<Arc<Daemon>>,
+    Path(i): Path<String>,
+    req: Request,
+) -> ApiResult<ReaderRow> {
     let r = find_reader(&d, &i)?;
-    let v: Value = json_body(req.into_body()).await?;
-    let binding = parse_binding(v)?;
+    let binding = parse_binding(&read_body(req).await?)?;
     d.bind(usize::from(r.index), Some(binding))
         .await
         .map_err(bind_error)?;
     r.wait_settled(BIND_SETTLE).await;
-    Ok(Json(reader_json(&d, r)).into_response())
+    Ok(Json(reader_row(&d, r)))
 }
 
-async fn unbind(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResult {
+async fn unbind(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResult<ReaderRow> {
     let r = find_reader(&d, &i)?;
     d.bind(usize::from(r.index), None)
         .await
         .map_err(bind_error)?;
     r.wait_settled(BIND_SETTLE).await;
-    Ok(Json(reader_json(&d, r)).into_response())
+    Ok(Json(reader_row(&d, r)))
 }
 
-fn card_json(v: &crate::cards::CardView, state: Option<crate::pool::SlotState>) -> Value {
-    json!({
-        "card": v.card,
-        "state": state,
-        "holder": v.holder.as_ref().map(ToString::to_string),
-        "atr": v.known.atr,
-        "iccid": v.known.iccid,
-        "imsi": v.known.imsi,
-        "exchanges": v.exchanges,
-        "errors": v.errors,
-        "bad": v.bad,
-    })
-}
-
-async fn cards(State(d): State<Arc<Daemon>>) -> Json<Value> {
-    let states = d.link.states().await.ok();
-    Json(Value::Array(
-        d.cards
-            .views()
-            .iter()
-            .map(|v| card_json(v, states.as_ref().map(|s| s[usize::from(v.card - 1)])))
-            .collect(),
-    ))
-}
-
-fn card_number(n: &str) -> Result<u16, ApiError> {
-    match n.parse::<u16>() {
-        Ok(n @ 1..=256) => Ok(n),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("card {n:?} does not exist: cards are 1-256"),
-        )),
+fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
+    let v = d.cards.view(n);
+    CardRow {
+        card: n,
+        state,
+        holder: v.holder.map(|h| h.to_string()),
+        atr: v.known.atr,
+        iccid: v.known.iccid,
+        imsi: v.known.imsi,
+        exchanges: v.exchanges,
+        errors: v.errors,
+        bad: v.bad,
     }
 }
 
-async fn card(State(d): State<Arc<Daemon>>, Path(n): Path<String>) -> ApiResult {
+async fn cards(State(d): State<Arc<Daemon>>) -> Json<Vec<CardRow>> {
+    let states = d.link.states().await.ok();
+    Json(
+        CardNo::all()
+            .map(|n| card_row(&d, n, states.as_ref().map(|s| s[n.index()])))
+            .collect(),
+    )
+}
+
+fn card_number(n: &str) -> Result<CardNo, ApiError> {
+    n.parse::<CardNo>()
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
+}
+
+async fn card(State(d): State<Arc<Daemon>>, Path(n): Path<String>) -> ApiResult<CardRow> {
     let n = card_number(&n)?;
     let states = d.link.states().await.ok();
-    let v = &d.cards.views()[usize::from(n - 1)];
-    Ok(Json(card_json(v, states.map(|s| s[usize::from(n - 1)]))).into_response())
+    Ok(Json(card_row(&d, n, states.map(|s| s[n.index()]))))
 }
 
-#[derive(Deserialize)]
-struct ApduBody {
-    tpdus: Vec<String>,
-    /// Leave the card running after the request (default: stopped).
-    #[serde(default)]
-    keep: bool,
-}
-
-fn parse_tpdu(s: &str) -> Result<Vec<u8>, ApiError> {
-    let clean: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
-    match hex::decode(&clean) {
-        Ok(b) if !b.is_empty() => Ok(b),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("bad TPDU {s:?}: want hex bytes"),
-        )),
+fn apdu_error(e: ApduError) -> ApiError {
+    match e {
+        ApduError::Held(LeaseError::Held { card, holder }) => ApiError::held(
+            Some(card),
+            &holder,
+            format!("card {card} is held by {holder}"),
+        ),
+        e @ (ApduError::LinkDown | ApduError::Pool(_)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        ApduError::Refused(e @ (StartError::Bad { card, .. } | StartError::Empty(card))) => {
+            let mut err = ApiError::new(StatusCode::CONFLICT, &e);
+            err.body.card = Some(card);
+            err
+        }
+        e => ApiError::new(StatusCode::BAD_GATEWAY, e),
     }
 }
 
-/// Starts the card under a lease held by this request, runs the TPDUs, stops it. The lease
-/// dies with the request: a client that disconnects mid-way frees the card.
+/// Runs the commands on card `n` under a lease held by this request (see [`ops::apdu`]). The
+/// lease dies with the request: a client that disconnects mid-way frees the card.
 async fn apdu(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
     Path(n): Path<String>,
     req: Request,
-) -> ApiResult {
+) -> ApiResult<crate::rows::ApduReply> {
     let n = card_number(&n)?;
-    let body: ApduBody = json_body(req.into_body()).await?;
-    if body.tpdus.is_empty() || body.tpdus.len() > MAX_TPDUS {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("want 1-{MAX_TPDUS} TPDUs"),
-        ));
-    }
-    let cmds = body
-        .tpdus
-        .iter()
-        .map(|t| parse_tpdu(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut lease = d
-        .cards
-        .lease(n, Holder::Api(peer.to_string()))
-        .map_err(|e| match e {
-            LeaseError::Held { card, holder } => ApiError::new(
-                StatusCode::CONFLICT,
-                format!("card {card} is held by {holder}"),
-            )
-            .with("holder", json!(holder.to_string())),
-            e => ApiError::new(StatusCode::NOT_FOUND, e),
-        })?;
-    if !d.link_up() {
-        lease.release().await;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no connection to the pool",
-        ));
-    }
-    let atr = match lease.start().await {
-        Ok(a) => a,
-        Err(e) => {
-            lease.release().await;
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("card {n} did not start (empty or mute?): {e}"),
-            ));
-        }
-    };
-    let mut responses = Vec::with_capacity(cmds.len());
-    let mut errors = Vec::with_capacity(cmds.len());
-    for cmd in &cmds {
-        match lease.transmit(cmd, d.command_timeout, Front::Api).await {
-            Ok(r) => {
-                responses.push(hex::encode_upper(r));
-                errors.push(Value::Null);
-            }
-            Err(e) => {
-                log::warn!(
-                    "API {peer}: card {n}: {} failed: {e}",
-                    hex::encode_upper(cmd)
-                );
-                responses.push(hex::encode_upper(e.status()));
-                errors.push(json!(e.to_string()));
-                if e.card_touched() {
-                    // The card's T=0 state is unknown: the rest would be meaningless.
-                    break;
-                }
-            }
+    let body: ApduRequest = parse_json(
+        &read_body(req).await?,
+        "{\"tpdus\":[\"A0A40000023F00\",…],\"keep\":false}",
+    )?;
+    let cmds = ops::parse_commands(&body.tpdus)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let holder = Holder::Api(peer.to_string());
+    let reply = ops::apdu(&d.cards, n, holder, &cmds, body.keep, d.command_timeout)
+        .await
+        .map_err(apdu_error)?;
+    for (cmd, e) in cmds.iter().zip(&reply.errors) {
+        if let Some(e) = e {
+            log::warn!(
+                "API {peer}: card {n}: {} failed: {e}",
+                hex::encode_upper(cmd)
+            );
         }
     }
-    if body.keep {
-        lease.keep_running();
-    }
-    lease.release().await;
-    Ok(Json(json!({
-        "card": n,
-        "atr": hex::encode_upper(&atr),
-        "responses": responses,
-        "errors": errors,
-    }))
-    .into_response())
+    Ok(Json(reply))
 }
 
-async fn scan(State(d): State<Arc<Daemon>>) -> ApiResult {
-    let rows = d
-        .cards
+async fn scan(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<crate::rows::ScanRow>> {
+    d.cards
         .scan(d.command_timeout)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(Json(json!(rows)).into_response())
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
-/// `{"force": bool}`; an empty body means no force.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StopBody {
-    #[serde(default)]
-    force: bool,
-}
+const STOP_SHAPE: &str = "{\"force\":true|false}";
 
-async fn stop_body(body: Body) -> Result<StopBody, ApiError> {
-    let v: Value = match json_body::<Value>(body).await {
-        Ok(v) => v,
-        // No body at all: the defaults.
-        Err(e) if e.status == StatusCode::BAD_REQUEST => Value::Null,
-        Err(e) => return Err(e),
-    };
-    if v.is_null() {
-        return Ok(StopBody::default());
-    }
-    serde_json::from_value(v).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("want {{\"force\":true|false}}: {e}"),
-        )
-    })
-}
-
-/// Stops card `n` under a lease of this request; a card someone holds is left alone unless
-/// `force` (then it is stopped under its holder, whose session breaks). One row:
-/// `{"card","state","stopped","holder","error"}`.
-async fn stop_one(d: &Daemon, n: u16, state: Option<SlotState>, force: bool, peer: &str) -> Value {
-    let row = |stopped: bool, holder: Option<String>, error: Option<String>| {
-        json!({
-            "card": n,
-            "state": state,
-            "stopped": stopped,
-            "holder": holder,
-            "error": error,
-        })
-    };
-    match d.cards.lease(n, Holder::Api(peer.to_string())) {
-        Ok(mut lease) => {
-            let r = lease.stop().await;
-            lease.release().await;
-            row(r.is_ok(), None, r.err().map(|e| e.to_string()))
-        }
-        Err(LeaseError::Held { holder, .. }) if force => {
-            log::warn!("API {peer}: card {n} stopped under its holder {holder} (forced)");
-            let card = d.link.card(Slot::from_card(n).expect("checked 1..=256"));
-            let r = card.stop().await;
-            row(
-                r.is_ok(),
-                Some(holder.to_string()),
-                r.err().map(|e| e.to_string()),
-            )
-        }
-        Err(LeaseError::Held { holder, .. }) => row(
-            false,
-            Some(holder.to_string()),
-            Some(format!("card {n} is held by {holder}")),
-        ),
-        Err(e) => row(false, None, Some(e.to_string())),
-    }
-}
-
+/// Stops card `n` under a lease of this request; a card someone holds is left alone (409,
+/// naming the holder) unless `force`.
 async fn stop_card(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
     Path(n): Path<String>,
     req: Request,
-) -> ApiResult {
+) -> ApiResult<crate::rows::StopRow> {
     let n = card_number(&n)?;
-    let body = stop_body(req.into_body()).await?;
+    let body: StopRequest = optional_json(req, STOP_SHAPE).await?;
     if !d.link_up() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no connection to the pool",
         ));
     }
-    let state = d.link.states().await.ok().map(|s| s[usize::from(n - 1)]);
-    let row = stop_one(&d, n, state, body.force, &peer.to_string()).await;
-    if row["stopped"] == true {
-        return Ok(Json(row).into_response());
+    let state = d.link.states().await.ok().map(|s| s[n.index()]);
+    let by = Holder::Api(peer.to_string());
+    let row = ops::stop(&d.cards, n, state, body.force, &by).await;
+    if row.stopped {
+        return Ok(Json(row));
     }
-    let msg = cell_str(&row["error"]);
-    Err(if row["holder"].is_string() {
-        ApiError::new(StatusCode::CONFLICT, msg).with("holder", row["holder"].clone())
-    } else {
-        ApiError::new(StatusCode::BAD_GATEWAY, msg)
+    let msg = row.error.clone().unwrap_or_else(|| "not stopped".into());
+    Err(match &row.holder {
+        Some(h) => {
+            let mut e = ApiError::new(StatusCode::CONFLICT, msg);
+            e.body.holder = Some(h.clone());
+            e
+        }
+        None => ApiError::new(StatusCode::BAD_GATEWAY, msg),
     })
 }
 
@@ -617,25 +482,19 @@ async fn stop_all(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
     req: Request,
-) -> ApiResult {
-    let body = stop_body(req.into_body()).await?;
-    let states = d
-        .link
-        .states()
+) -> ApiResult<Vec<crate::rows::StopRow>> {
+    let body: StopRequest = optional_json(req, STOP_SHAPE).await?;
+    let by = Holder::Api(peer.to_string());
+    ops::stop_all(&d.cards, body.force, &by)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let peer = peer.to_string();
-    let mut rows = Vec::new();
-    for (i, st) in states.iter().enumerate() {
-        if *st == SlotState::Working {
-            rows.push(stop_one(&d, i as u16 + 1, Some(*st), body.force, &peer).await);
-        }
-    }
-    Ok(Json(Value::Array(rows)).into_response())
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
-fn cell_str(v: &Value) -> String {
-    v.as_str().unwrap_or("not stopped").to_string()
+/// An empty body stream, for tests.
+#[cfg(test)]
+fn request(body: &'static str) -> Request {
+    Request::builder().body(Body::from(body)).unwrap()
 }
 
 #[cfg(test)]
@@ -645,27 +504,78 @@ mod tests {
     #[test]
     fn binding_bodies() {
         assert_eq!(
-            parse_binding(json!({"card": 18})).unwrap(),
-            Binding::Card(18)
+            parse_binding(b"{\"card\": 18}").unwrap(),
+            Binding::Card(CardNo::of(18))
         );
         assert_eq!(
-            parse_binding(json!({"iccid": "89860043191482190636"})).unwrap(),
+            parse_binding(b"{\"iccid\": \"89860043191482190636\"}").unwrap(),
             Binding::Iccid("89860043191482190636".into())
         );
         for bad in [
-            json!({"card": 0}),
-            json!({"card": 257}),
-            json!({"card": "18"}),
-            json!({"card": -1}),
-            json!({"imsi": "46001x"}),
-            json!({"iccid": 8986}),
-            json!({"card": 1, "imsi": "460019894013615"}),
-            json!({}),
-            json!({"slot": 3}),
-            json!([1]),
+            "{\"card\": 0}",
+            "{\"card\": 257}",
+            "{\"card\": \"18\"}",
+            "{\"card\": -1}",
+            "{\"imsi\": \"46001x\"}",
+            "{\"iccid\": 8986}",
+            "{\"card\": 1, \"imsi\": \"460019894013615\"}",
+            "{}",
+            "{\"slot\": 3}",
+            "[1]",
         ] {
-            let e = parse_binding(bad.clone()).unwrap_err();
-            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+            let e = parse_binding(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {e:?}");
         }
+        let e = parse_binding(b"{\"card\": 18").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST, "cut short: {e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_stop_body_is_a_400_with_the_parsers_reason_not_no_force() {
+        let e = optional_json::<StopRequest>(request("{\"force\":tru"), STOP_SHAPE)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.body.error.starts_with("malformed JSON: "), "{e:?}");
+        assert!(e.body.error.contains("line 1 column"), "{e:?}");
+        let e = optional_json::<StopRequest>(request("{\"force\":1}"), STOP_SHAPE)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        for empty in ["", " \n"] {
+            let b = optional_json::<StopRequest>(request(empty), STOP_SHAPE)
+                .await
+                .unwrap();
+            assert!(!b.force);
+        }
+        let b = optional_json::<StopRequest>(request("{\"force\":true}"), STOP_SHAPE)
+            .await
+            .unwrap();
+        assert!(b.force);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_recognised_by_its_error_type() {
+        // Without a declared length: the limit's own error type says so.
+        let req = Request::builder()
+            .body(Body::from("x".repeat(MAX_BODY + 1)))
+            .unwrap();
+        assert_eq!(
+            read_body(req).await.unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // A declared length over the bound is refused before anything is read.
+        let req = Request::builder()
+            .header(header::CONTENT_LENGTH, (MAX_BODY + 1).to_string())
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            read_body(req).await.unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let ok = Request::builder()
+            .body(Body::from("x".repeat(MAX_BODY)))
+            .unwrap();
+        assert_eq!(read_body(ok).await.unwrap().len(), MAX_BODY);
     }
 }

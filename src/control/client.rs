@@ -1,13 +1,19 @@
 //! The command line's side of the control API: one request per connection (hyper's client on a
-//! plain TCP stream; the daemon is local or on a lab network, never behind TLS here).
+//! plain TCP stream; the daemon is local or on a lab network, never behind TLS here). Answers
+//! are read into the typed rows of [`crate::rows`].
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::rows::Health;
 
 /// How long to wait for a daemon to accept a connection before concluding none runs.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -20,6 +26,13 @@ pub enum ControlClientError {
     Http { addr: String, cause: String },
     #[error("daemon on {addr} took longer than {secs} s")]
     Timeout { addr: String, secs: u64 },
+    /// The daemon refused us for want of the right token (401, 403): final, never a reason
+    /// to go around it.
+    #[error(
+        "the daemon at {addr} {} (--control-token, SIMPOOL_CONTROL_TOKEN)",
+        if *.given { "refused the token given" } else { "needs a token" }
+    )]
+    NeedsToken { addr: String, given: bool },
     /// The daemon answered with an error status.
     #[error("{message}")]
     Refused {
@@ -27,6 +40,17 @@ pub enum ControlClientError {
         message: String,
         body: Value,
     },
+}
+
+/// What answers on a control address.
+#[derive(Debug)]
+pub enum Probe {
+    /// A simpool daemon, its pool link up or not.
+    Daemon(Health),
+    /// A simpool daemon that wants a (different) token.
+    NeedsToken(ControlClientError),
+    /// Nothing (or nothing that is a simpool daemon), and why.
+    Nothing(String),
 }
 
 /// A daemon's control API address (and token, if it needs one).
@@ -37,84 +61,40 @@ pub struct Control {
 }
 
 impl Control {
-    /// Sends one request; answers the JSON body of a 2xx answer, or the daemon's error.
-    pub async fn call(
+    /// Sends one request; answers the 2xx answer's body read as `T`, or the daemon's error.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&(impl Serialize + ?Sized)>,
+        timeout: Duration,
+    ) -> Result<T, ControlClientError> {
+        let v = self.call_value(method, path, body, timeout).await?;
+        serde_json::from_value(v).map_err(|e| {
+            self.http(format!(
+                "answer to {path} has an unexpected shape ({e}): a different simpool version?"
+            ))
+        })
+    }
+
+    /// As [`Control::call`], the answer as JSON.
+    pub async fn call_value(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
         timeout: Duration,
     ) -> Result<Value, ControlClientError> {
-        let addr = self.addr.clone();
-        let http = |cause: String| ControlClientError::Http {
-            addr: addr.clone(),
-            cause,
+        let payload = match body {
+            Some(b) => Some(Bytes::from(
+                serde_json::to_vec(b).map_err(|e| self.http(e.to_string()))?,
+            )),
+            None => None,
         };
-        let stream =
-            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&self.addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(ControlClientError::NoDaemon {
-                        addr,
-                        cause: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(ControlClientError::NoDaemon {
-                        addr,
-                        cause: "connection timed out".into(),
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        let mut sender = self.connect().await?;
         let work = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let payload = match body {
-                Some(v) => Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
-                None => Bytes::new(),
-            };
-            let mut req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(hyper::header::HOST, self.addr.as_str())
-                .header(hyper::header::ACCEPT, "application/json");
-            if body.is_some() {
-                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-            }
-            if let Some(t) = &self.token {
-                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let req = req
-                .body(Full::new(payload))
-                .map_err(|e| http(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| http(e.to_string()))?
-                .to_bytes();
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                http(format!(
-                    "answer is not JSON ({e}): is this a simpool daemon?"
-                ))
-            })?;
-            if status.is_success() {
-                Ok(v)
-            } else {
-                Err(refused(status, v))
-            }
+            let (status, bytes) = self.send(&mut sender, method, path, payload).await?;
+            self.decode(status, &bytes)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
@@ -125,15 +105,112 @@ impl Control {
         }
     }
 
-    /// Whether a simpool daemon answers here (its `/healthz`, up or not).
-    pub async fn probe(&self) -> bool {
-        match self
-            .call(Method::GET, "/healthz", None, Duration::from_secs(2))
+    fn http(&self, cause: String) -> ControlClientError {
+        ControlClientError::Http {
+            addr: self.addr.clone(),
+            cause,
+        }
+    }
+
+    /// A connection to the daemon, ready for one request.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ControlClientError> {
+        let no_daemon = |cause: String| ControlClientError::NoDaemon {
+            addr: self.addr.clone(),
+            cause,
+        };
+        let stream =
+            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&self.addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(no_daemon(e.to_string())),
+                Err(_) => return Err(no_daemon("connection timed out".into())),
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-        {
-            Ok(_) => true,
-            Err(ControlClientError::Refused { body, .. }) => body.get("link").is_some(),
-            Err(_) => false,
+            .map_err(|e| self.http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends the request; answers the status and the body.
+    async fn send(
+        &self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        method: Method,
+        path: &str,
+        payload: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ControlClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.as_str())
+            .header(hyper::header::ACCEPT, "application/json");
+        if payload.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(payload.unwrap_or_default()))
+            .map_err(|e| self.http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.http(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// The answer's JSON, or the daemon's refusal.
+    fn decode(&self, status: StatusCode, bytes: &[u8]) -> Result<Value, ControlClientError> {
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(ControlClientError::NeedsToken {
+                addr: self.addr.clone(),
+                given: self.token.is_some(),
+            });
+        }
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+            self.http(format!(
+                "answer is not JSON ({e}): is this a simpool daemon?"
+            ))
+        })?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(refused(status, v))
+        }
+    }
+
+    /// What answers here: a simpool daemon (its `/healthz`, up or not), one that wants a
+    /// token, or nothing.
+    pub async fn probe(&self) -> Probe {
+        let healthz = self
+            .call_value(Method::GET, "/healthz", None::<&()>, Duration::from_secs(2))
+            .await;
+        let health = match healthz {
+            Ok(v) => v,
+            Err(e @ ControlClientError::NeedsToken { .. }) => return Probe::NeedsToken(e),
+            // 503: the daemon is there, its pool link is not.
+            Err(ControlClientError::Refused { body, .. }) => body,
+            Err(e) => return Probe::Nothing(e.to_string()),
+        };
+        match serde_json::from_value::<Health>(health) {
+            Ok(h) => Probe::Daemon(h),
+            Err(_) => Probe::Nothing(format!(
+                "something answers on {}, but it is not a simpool daemon",
+                self.addr
+            )),
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::serve::Daemon;
+use crate::daemon::Daemon;
 
 /// Connections served at once; more are closed at once (the API is for a handful of tools).
 pub const MAX_CONNECTIONS: usize = 256;

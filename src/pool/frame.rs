@@ -57,7 +57,7 @@ pub mod control {
 }
 
 /// Slot state bytes of the `03` reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SlotState {
     Empty,

@@ -27,15 +27,14 @@ use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use super::ipa::{self, Ccm, Frame, IpaError};
-use super::maps::{card_of, check_tpdu, wants_reset, KeepAlive, KeepAliveAction, SlotMaps};
-use super::rspro::{
-    BankSlot, ClientSlot, ComponentIdentity, Msg, Pdu, ResultCode, RsproError, SlotPhysStatus,
-    TpduFlags,
-};
-use crate::cards::{Cards, Front, Holder, Lease, LeaseError};
+use super::ipa::{self, Ccm, Frame};
+use super::maps::{card_of, KeepAlive, KeepAliveAction, SlotMaps};
+use super::rspro::{BankSlot, ClientSlot, ComponentIdentity, Msg, Pdu, ResultCode};
+use super::session::{Action, ClientSession, End, KEEPALIVE_GRACE, KEEPALIVE_IDLE};
+use crate::cards::{Cards, Front, Holder, Lease, LeaseError, StartError};
+use crate::log_once::LogOnce;
 use crate::pool::{ExchangeError, LinkState};
-use crate::t0;
+use crate::values::CardNo;
 
 /// The server's RSPRO port (hard-coded in osmo-remsim-server).
 pub const SERVER_PORT: u16 = 9998;
@@ -44,19 +43,11 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9999";
 /// One bank slot per card of the pool.
 pub const SLOTS: u16 = 256;
 
-/// osmo-remsim's keep-alive: PING after 30 s idle, drop after 10 s without answer.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-const KEEPALIVE_GRACE: Duration = Duration::from_secs(10);
 /// A peer that does not take our bytes within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Look again for a map or a free card this often (osmo-remsim-bankd: 10 s), besides on every
-/// map change.
-const RETRY_ATTACH: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A connection must say which client slot it is within this.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Client connections served at once (256 slots, plus room for reconnects); more are closed
 /// at once, so a flood of connections cannot exhaust the daemon.
 const MAX_CLIENTS: usize = 1024;
@@ -107,41 +98,9 @@ pub enum BankError {
 /// Counters for logs, tests and the benchmark.
 #[derive(Debug, Default)]
 pub struct BankStats {
-    pub control_connects: AtomicU64,
-    pub sessions: AtomicU64,
     pub exchanges: AtomicU64,
-    pub refused: AtomicU64,
     pub resets: AtomicU64,
     pub bad_peers: AtomicU64,
-}
-
-/// Why a link ended.
-#[derive(Debug, thiserror::Error)]
-enum End {
-    #[error("peer closed the connection")]
-    Closed,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("peer did not take our bytes within {} s", WRITE_TIMEOUT.as_secs())]
-    WriteTimeout,
-    #[error("no answer to keep-alive PING")]
-    KeepAlive,
-    #[error("bad peer: {0}")]
-    Ipa(#[from] IpaError),
-    #[error("bad peer: undecodable RSPRO: {0}")]
-    Rspro(#[from] RsproError),
-    #[error("bad peer: {0}")]
-    BadPeer(String),
-    #[error("server refused the bank: {0:?}")]
-    Refused(ResultCode),
-    #[error("slot map removed")]
-    Unmapped,
-    #[error("card failed: {0}")]
-    Card(String),
-    #[error("superseded by a newer connection of the same client slot")]
-    Superseded,
-    #[error("bank shutting down")]
-    Shutdown,
 }
 
 struct Shared {
@@ -154,7 +113,7 @@ struct Shared {
     /// Bumped on every change of the maps.
     changed: watch::Sender<u64>,
     control_up: watch::Sender<bool>,
-    stats: BankStats,
+    stats: Arc<BankStats>,
     /// The connection serving each client slot (session id, its "you are superseded" signal).
     owners: Mutex<HashMap<ClientSlot, (u64, Arc<Notify>)>>,
     next_session: AtomicU64,
@@ -196,7 +155,7 @@ impl Bank {
             cards,
             changed: watch::channel(0).0,
             control_up: watch::channel(false).0,
-            stats: BankStats::default(),
+            stats: Arc::default(),
             owners: Mutex::default(),
             next_session: AtomicU64::new(0),
         });
@@ -312,7 +271,7 @@ impl Conn {
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
         match timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(End::WriteTimeout),
+            Err(_) => Err(End::WriteTimeout(WRITE_TIMEOUT.as_secs())),
         }
     }
 
@@ -368,20 +327,19 @@ fn jitter(d: Duration) -> Duration {
 
 async fn control(shared: Arc<Shared>) {
     let mut backoff = BACKOFF_MIN;
-    let mut last_problem = String::new();
+    let mut problem = LogOnce::default();
     loop {
         let began = Instant::now();
         let end = control_once(&shared).await;
         shared.control_up.send_replace(false);
-        let problem = end.to_string();
         // A server that stays away is logged once, not every attempt.
-        if problem != last_problem {
-            log::warn!("remsim server {}: {problem}", shared.cfg.server);
-            last_problem = problem;
-        }
+        problem.warn(
+            &format!("remsim server {}", shared.cfg.server),
+            &end.to_string(),
+        );
         if began.elapsed() >= STABLE_CONNECTION {
             backoff = BACKOFF_MIN;
-            last_problem.clear();
+            problem.clear();
         }
         sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -396,10 +354,6 @@ async fn control_once(shared: &Shared) -> End {
         Ok(s) => s,
         Err(e) => return End::Io(e),
     };
-    shared
-        .stats
-        .control_connects
-        .fetch_add(1, Ordering::Relaxed);
     let mut conn = Conn::new(stream);
     match control_run(shared, &mut conn).await {
         Ok(()) => End::Closed,
@@ -483,7 +437,7 @@ async fn on_control_msg(shared: &Shared, conn: &mut Conn, msg: Msg) -> Result<()
             };
             log::info!(
                 "remsim: {verb} bank {bank} (card {}) <-> client {client}: {result:?}",
-                card_of(*bank)
+                card_of(*bank).map_or("?".into(), |n| n.to_string())
             )
         }
         (Msg::ResetStateReq, _) => log::info!("remsim: server reset the state: all maps dropped"),
@@ -527,464 +481,241 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// The card a session holds.
-struct Active {
-    bank: BankSlot,
-    lease: Lease,
-    /// The pool connection the card was started on: after a reconnect the pool may have
-    /// powered it off, so the session ends (the client reconnects to a fresh card).
-    started_on: LinkState,
-}
-
-struct Session {
-    shared: Arc<Shared>,
-    id: u64,
-    /// Notified when a newer connection of the same client slot takes over.
-    superseded: Arc<Notify>,
-    peer: SocketAddr,
-    client: Option<ClientSlot>,
-    active: Option<Active>,
-    last_status: SlotPhysStatus,
-    /// When to look for a map or a free card again.
-    retry: Option<Instant>,
-    last_problem: Option<String>,
-}
-
+/// One client connection: the session ([`ClientSession`]) decides, this task moves bytes,
+/// takes and uses the card, and waits.
 async fn client_session(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     log::info!("remsim: client connection from {peer}");
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let mut s = Session {
-        shared,
-        id,
-        superseded: Arc::new(Notify::new()),
-        peer,
-        client: None,
-        active: None,
-        last_status: SlotPhysStatus {
-            reset_active: false,
-            vcc_present: Some(true),
-            clk_active: Some(true),
-            card_present: Some(true),
-        },
-        retry: None,
-        last_problem: None,
-    };
+    let superseded = Arc::new(Notify::new());
+    let mut s = ClientSession::new(
+        ComponentIdentity::bank(&shared.cfg.name),
+        peer.to_string(),
+        shared.stats.clone(),
+        std::time::Instant::now(),
+    );
     let mut conn = Conn::new(stream);
-    let end = s.run(&mut conn).await;
+    let mut card: Option<Lease> = None;
+    let end = drive(&shared, &mut s, &mut conn, &mut card, (id, &superseded)).await;
     let who = s.who();
     match &end {
         End::Closed | End::Unmapped | End::Shutdown | End::Superseded => {
             log::info!("remsim: {who}: {end}")
         }
-        End::Ipa(_) | End::Rspro(_) | End::BadPeer(_) => {
-            s.shared.stats.bad_peers.fetch_add(1, Ordering::Relaxed);
+        e if e.bad_peer() => {
+            shared.stats.bad_peers.fetch_add(1, Ordering::Relaxed);
             log::warn!("remsim: {who}: closing: {end}")
         }
         _ => log::warn!("remsim: {who}: closing: {end}"),
     }
-    if let Some(c) = s.client {
-        let mut owners = s.shared.owners.lock().unwrap();
-        if owners.get(&c).is_some_and(|(id, _)| *id == s.id) {
+    if let Some(c) = s.client() {
+        let mut owners = shared.owners.lock().unwrap();
+        if owners.get(&c).is_some_and(|(owner, _)| *owner == id) {
             owners.remove(&c);
         }
     }
-    if let Some(a) = s.active.take() {
-        a.lease.release().await;
+    if let Some(lease) = card.take() {
+        lease.release().await;
     }
     // Closing the socket (dropping `conn`) is how the client learns the session ended.
 }
 
-impl Session {
-    fn who(&self) -> String {
-        match (&self.client, &self.active) {
-            (Some(c), Some(a)) => format!(
-                "client {c} ({}) on bank {} (card {})",
-                self.peer,
-                a.bank,
-                card_of(a.bank)
-            ),
-            (Some(c), None) => format!("client {c} ({})", self.peer),
-            _ => format!("client {}", self.peer),
+/// Runs the session until it closes; answers why.
+async fn drive(
+    shared: &Shared,
+    s: &mut ClientSession,
+    conn: &mut Conn,
+    card: &mut Option<Lease>,
+    (id, superseded): (u64, &Arc<Notify>),
+) -> End {
+    let mut maps = shared.changed.subscribe();
+    let mut leases = shared.cards.watch();
+    let mut pool = shared.cards.link().watch();
+    loop {
+        if let Some(end) = act(shared, s, conn, card, (id, superseded), &mut leases).await {
+            return end;
         }
-    }
-
-    async fn run(&mut self, conn: &mut Conn) -> End {
-        match self.serve(conn).await {
-            Ok(()) => End::Closed,
-            Err(e) => e,
-        }
-    }
-
-    async fn serve(&mut self, conn: &mut Conn) -> Result<(), End> {
-        let mut changed = self.shared.changed.subscribe();
-        let mut leases = self.shared.cards.watch();
-        let mut pool = self.shared.cards.link().watch();
-        let superseded = self.superseded.clone();
-        let mut ka = new_keepalive();
-        let hello_by = Instant::now() + HELLO_TIMEOUT;
-        loop {
-            let ka_at: Instant = ka.next_deadline().into();
-            let mut wake = self.retry.map_or(ka_at, |r| r.min(ka_at));
-            if self.client.is_none() {
-                wake = wake.min(hello_by);
+        let lease_ended = async {
+            match card.as_ref() {
+                Some(l) => l.ended().await,
+                None => std::future::pending().await,
             }
-            tokio::select! {
-                f = conn.next_frame() => {
-                    ka.received(std::time::Instant::now());
-                    let f = f?;
-                    if conn.on_ccm(&f).await? {
-                        continue;
-                    }
-                    let Frame::Rspro(bytes) = f else { continue };
-                    log::trace!("remsim: {} > {}", self.peer, hex::encode_upper(&bytes));
-                    let pdu = Pdu::decode(&bytes)?;
-                    self.on_msg(conn, pdu.msg).await?;
+        };
+        tokio::select! {
+            f = conn.next_frame() => s.frame(f, std::time::Instant::now()),
+            r = maps.changed() => match r {
+                Ok(()) => {
+                    let mapped = s
+                        .attached_to()
+                        .is_some_and(|(c, b)| shared.maps.lock().unwrap().is_mapped(b, c));
+                    s.maps_changed(mapped);
                 }
-                r = changed.changed() => {
-                    if r.is_err() {
-                        return Err(End::Shutdown);
-                    }
-                    self.on_maps_changed(conn).await?;
-                }
-                // Waiting for a card someone else holds: look again when leases change.
-                r = leases.changed(), if self.retry.is_some() => {
-                    if r.is_err() {
-                        return Err(End::Shutdown);
-                    }
-                    self.try_attach(conn, false).await?;
-                }
-                _ = superseded.notified() => return Err(End::Superseded),
-                r = pool.changed() => {
-                    if r.is_err() {
-                        return Err(End::Shutdown);
-                    }
-                    let now = *pool.borrow_and_update();
-                    if let Some(a) = &self.active {
-                        if now != a.started_on {
-                            return Err(End::Card(format!("pool connection changed ({now:?})")));
-                        }
-                    } else if matches!(now, LinkState::Up { .. }) && self.client.is_some() {
-                        // The pool is back: a client waiting for its card gets it now.
-                        self.try_attach(conn, false).await?;
-                    }
-                }
-                _ = sleep_until(wake) => {
-                    if self.client.is_none() && Instant::now() >= hello_by {
-                        return Err(End::BadPeer(format!(
-                            "no connectClientReq within {} s",
-                            HELLO_TIMEOUT.as_secs()
-                        )));
-                    }
-                    conn.on_keepalive(&mut ka).await?;
-                    if self.retry.is_some_and(|r| r <= Instant::now()) {
-                        self.retry = None;
-                        self.try_attach(conn, false).await?;
-                    }
+                Err(_) => s.close(End::Shutdown),
+            },
+            // Waiting for a card someone else holds: look again when leases change.
+            r = leases.changed(), if s.waiting() => match r {
+                Ok(()) => s.leases_changed(),
+                Err(_) => s.close(End::Shutdown),
+            },
+            _ = superseded.notified() => s.close(End::Superseded),
+            r = pool.changed() => match r {
+                Ok(()) if matches!(*pool.borrow_and_update(), LinkState::Up { .. }) => s.pool_up(),
+                Ok(()) => {}
+                Err(_) => s.close(End::Shutdown),
+            },
+            e = lease_ended => s.lease_ended(e),
+            _ = sleep_until(s.deadline().into()) => s.tick(std::time::Instant::now()),
+        }
+    }
+}
+
+/// Carries out the session's actions until it has none; answers the end if it closed.
+/// `leases` is marked seen after an attach: the attempt's own lease changes must not count as
+/// "a card may have become free" (that would retry at once, forever).
+async fn act(
+    shared: &Shared,
+    s: &mut ClientSession,
+    conn: &mut Conn,
+    card: &mut Option<Lease>,
+    (id, superseded): (u64, &Arc<Notify>),
+    leases: &mut watch::Receiver<u64>,
+) -> Option<End> {
+    let bound = shared.cfg.command_timeout;
+    while let Some(a) = s.poll() {
+        match a {
+            Action::Send(msgs) => {
+                if let Err(e) = conn.send(&msgs).await {
+                    s.close(e);
                 }
             }
-        }
-    }
-
-    async fn on_msg(&mut self, conn: &mut Conn, msg: Msg) -> Result<(), End> {
-        match msg {
-            Msg::ConnectClientReq {
-                identity,
-                client_slot,
-            } => {
-                if self.client.is_some() {
-                    return Err(End::BadPeer("second connectClientReq".into()));
+            Action::Ccm(c) => {
+                if let Err(e) = conn.write(&ipa::encode_ccm(c)).await {
+                    s.close(e);
                 }
-                let Some(cs) = client_slot else {
-                    conn.send(&[Msg::ConnectClientRes {
-                        identity: self.identity(),
-                        result: ResultCode::IllegalClientId,
-                    }])
-                    .await?;
-                    return Err(End::BadPeer("connectClientReq without client slot".into()));
-                };
-                log::info!(
-                    "remsim: {} is client {cs} ({} {} {})",
-                    self.peer,
-                    identity.name,
-                    identity.software,
-                    identity.sw_version
-                );
-                self.client = Some(cs);
-                // A client slot has one connection: a client that reconnects (its old link
-                // half-dead, or after a server restart) takes over from its old connection.
-                let old = self
-                    .shared
+            }
+            Action::Claim(cs) => {
+                let old = shared
                     .owners
                     .lock()
                     .unwrap()
-                    .insert(cs, (self.id, self.superseded.clone()));
+                    .insert(cs, (id, superseded.clone()));
                 if let Some((_, kick)) = old {
                     kick.notify_one();
                 }
-                self.try_attach(conn, true).await
             }
-            Msg::SetAtrRes { result } => {
-                if result != ResultCode::Ok {
-                    log::warn!("remsim: {}: setAtrRes {result:?}", self.who());
-                }
-                Ok(())
-            }
-            Msg::TpduModemToCard {
-                from_client,
-                to_bank,
-                data,
-                ..
-            } => self.on_tpdu(conn, from_client, to_bank, data).await,
-            Msg::ClientSlotStatusInd {
-                from_client,
-                to_bank,
-                status,
-            } => self.on_status(conn, from_client, to_bank, status).await,
-            other => {
-                log::warn!(
-                    "remsim: {}: unexpected {} ignored",
-                    self.who(),
-                    other.name()
-                );
-                Ok(())
-            }
-        }
-    }
-
-    fn identity(&self) -> ComponentIdentity {
-        ComponentIdentity::bank(&self.shared.cfg.name)
-    }
-
-    /// Looks for this client's map and takes its card. `answer_connect`: this is the answer to
-    /// connectClientReq (connectClientRes first); later attempts only send setAtrReq, as
-    /// osmo-remsim-bankd does.
-    async fn try_attach(&mut self, conn: &mut Conn, answer_connect: bool) -> Result<(), End> {
-        let Some(client) = self.client else {
-            return Ok(());
-        };
-        if self.active.is_some() {
-            return Ok(());
-        }
-        match self.attach(client).await {
-            Ok(atr) => {
-                let set_atr = Msg::SetAtrReq { slot: client, atr };
-                if answer_connect {
-                    let res = Msg::ConnectClientRes {
-                        identity: self.identity(),
-                        result: ResultCode::Ok,
-                    };
-                    conn.send(&[res, set_atr]).await
-                } else {
-                    conn.send(&[set_atr]).await
+            Action::Attach(client) => {
+                let r = attach(shared, client, &s.who()).await;
+                leases.borrow_and_update();
+                match r {
+                    Ok((bank, lease, atr)) => {
+                        *card = Some(lease);
+                        s.attached(bank, atr);
+                    }
+                    Err(why) => s.not_attached(why, std::time::Instant::now()),
                 }
             }
-            Err(why) => {
-                // Logged once per distinct reason, not on every retry.
-                if self.last_problem.as_deref() != Some(why.as_str()) {
-                    log::warn!("remsim: {}: no card yet: {why}", self.who());
-                    self.last_problem = Some(why);
-                }
-                self.retry = Some(Instant::now() + RETRY_ATTACH);
-                if answer_connect {
-                    conn.send(&[Msg::ConnectClientRes {
-                        identity: self.identity(),
-                        result: ResultCode::CardNotPresent,
-                    }])
-                    .await?;
-                }
-                Ok(())
+            Action::Transmit { from, to, data } => {
+                let Some(lease) = card.as_ref() else {
+                    s.close(End::Card("no card".into()));
+                    continue;
+                };
+                let r = match timeout(bound, lease.transmit(&data, bound, Front::Bank)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ExchangeError::Deadline {
+                        ms: bound.as_millis() as u64,
+                        seen: Vec::new(),
+                    }),
+                };
+                s.answered(from, to, &data, r);
             }
+            Action::Restart => {
+                let Some(lease) = card.as_mut() else {
+                    s.close(End::Card("no card".into()));
+                    continue;
+                };
+                let r = match timeout(bound, lease.restart()).await {
+                    Ok(Ok(atr)) => Ok(atr),
+                    Ok(Err(e)) => Err(format!("failed: {e}")),
+                    Err(_) => Err("timed out".into()),
+                };
+                s.restarted(r);
+            }
+            Action::Close(end) => return Some(end),
         }
     }
+    None
+}
 
-    async fn attach(&mut self, client: ClientSlot) -> Result<Vec<u8>, String> {
-        let bank = self
-            .shared
-            .maps
-            .lock()
-            .unwrap()
-            .bank_slot_of(client)
-            .ok_or_else(|| format!("no slot map for client {client}"))?;
-        let card = card_of(bank);
-        let holder = Holder::Bank {
-            bank: bank.bank_id,
-            slot: bank.slot_nr,
-            client: Some((client.client_id, client.slot_nr)),
-        };
-        let mut lease = match self.shared.cards.lease(card, holder.clone()) {
-            Ok(l) => l,
-            // Held for this very client slot: its previous connection, superseded by this one,
-            // is letting go. Wait for that (bounded) rather than refusing the client.
-            Err(LeaseError::Held { holder: h, .. }) if h == holder => {
-                self.wait_until_free(card).await;
-                self.shared
-                    .cards
-                    .lease(card, holder)
-                    .map_err(|e| e.to_string())?
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        let started_on = self.shared.cards.link().state();
-        if !matches!(started_on, LinkState::Up { .. }) {
-            return Err("no connection to the pool".into());
+/// Takes the card mapped to `client` and starts it: the bank slot, the lease and the ATR, or
+/// why not (no map, held elsewhere, refused by the card layer, no pool).
+async fn attach(
+    shared: &Shared,
+    client: ClientSlot,
+    who: &str,
+) -> Result<(BankSlot, Lease, Vec<u8>), String> {
+    let bank = shared
+        .maps
+        .lock()
+        .unwrap()
+        .bank_slot_of(client)
+        .ok_or_else(|| format!("no slot map for client {client}"))?;
+    let card = card_of(bank).ok_or_else(|| format!("bank slot {bank} has no card"))?;
+    let holder = Holder::Bank {
+        bank: bank.bank_id,
+        slot: bank.slot_nr,
+        client: Some((client.client_id, client.slot_nr)),
+    };
+    let mut lease = match shared.cards.lease(card, holder.clone()) {
+        Ok(l) => l,
+        // Held for this very client slot: its previous connection, superseded by this one,
+        // is letting go. Wait for that (bounded) rather than refusing the client.
+        Err(LeaseError::Held { holder: h, .. }) if h == holder => {
+            wait_until_free(&shared.cards, card).await;
+            shared
+                .cards
+                .lease(card, holder)
+                .map_err(|e| e.to_string())?
         }
-        let bound = self.shared.cfg.command_timeout;
-        let atr = match timeout(bound, lease.start()).await {
-            Ok(Ok(atr)) => atr,
-            Ok(Err(e)) => return Err(format!("card {card} did not start: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "card {card} did not start within {} ms",
-                    bound.as_millis()
-                ))
-            }
-        };
-        log::info!(
-            "remsim: client {client} ({}) on bank {bank}: card {card} started, ATR {}",
-            self.peer,
-            hex::encode_upper(&atr)
-        );
-        self.active = Some(Active {
-            bank,
-            lease,
-            started_on,
-        });
-        self.retry = None;
-        Ok(atr)
+        Err(e) => return Err(e.to_string()),
+    };
+    if !matches!(shared.cards.link().state(), LinkState::Up { .. }) {
+        lease.release().await;
+        return Err("no connection to the pool".into());
     }
-
-    /// Waits (at most [`SUPERSEDE_WAIT`]) until card `card` has no holder.
-    async fn wait_until_free(&self, card: u16) {
-        let mut w = self.shared.cards.watch();
-        let _ = timeout(SUPERSEDE_WAIT, async {
-            while self.shared.cards.holder(card).is_some() {
-                if w.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-
-    async fn on_maps_changed(&mut self, conn: &mut Conn) -> Result<(), End> {
-        let Some(client) = self.client else {
-            return Ok(());
-        };
-        match &self.active {
-            Some(a) => {
-                if !self.shared.maps.lock().unwrap().is_mapped(a.bank, client) {
-                    return Err(End::Unmapped);
-                }
-                Ok(())
-            }
-            None => self.try_attach(conn, false).await,
-        }
-    }
-
-    async fn on_tpdu(
-        &mut self,
-        conn: &mut Conn,
-        from: ClientSlot,
-        to: BankSlot,
-        data: Vec<u8>,
-    ) -> Result<(), End> {
-        let active = self.client.zip(self.active.as_ref().map(|a| a.bank));
-        if let Err(r) = check_tpdu(active, from, to, &data) {
-            self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-            if r.closes_link() {
-                return Err(End::BadPeer(r.to_string()));
-            }
-            log::warn!("remsim: {}: {r}: answered 6700", self.who());
-            return self
-                .answer(conn, from, to, t0::sw::WRONG_LENGTH.to_vec())
-                .await;
-        }
-        let a = self.active.as_ref().expect("checked");
-        let bound = self.shared.cfg.command_timeout;
-        let result = match timeout(bound, a.lease.transmit(&data, bound, Front::Bank)).await {
-            Ok(r) => r,
-            Err(_) => Err(ExchangeError::Deadline {
-                ms: bound.as_millis() as u64,
-                seen: Vec::new(),
-            }),
-        };
-        self.shared.stats.exchanges.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(resp) => self.answer(conn, from, to, resp).await,
-            Err(e) if !e.card_touched() => {
-                self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                let sw = e.status();
-                log::warn!(
-                    "remsim: {}: {} refused, answered {}: {e}",
-                    self.who(),
-                    hex::encode_upper(&data),
-                    hex::encode_upper(sw)
-                );
-                self.answer(conn, from, to, sw.to_vec()).await
-            }
-            Err(e) => Err(End::Card(format!("{}: {e}", hex::encode_upper(&data)))),
-        }
-    }
-
-    async fn answer(
-        &mut self,
-        conn: &mut Conn,
-        to_client: ClientSlot,
-        from_bank: BankSlot,
-        data: Vec<u8>,
-    ) -> Result<(), End> {
-        conn.send(&[Msg::TpduCardToModem {
-            from_bank,
-            to_client,
-            flags: TpduFlags::default(),
-            data,
-        }])
-        .await
-    }
-
-    async fn on_status(
-        &mut self,
-        conn: &mut Conn,
-        from: ClientSlot,
-        to: BankSlot,
-        status: SlotPhysStatus,
-    ) -> Result<(), End> {
-        let (Some(client), Some(a)) = (self.client, self.active.as_mut()) else {
-            log::debug!(
-                "remsim: client {}: slot status before a card: ignored",
-                self.peer
+    lease.in_session();
+    let bound = shared.cfg.command_timeout;
+    let started = async {
+        lease.admit().await?;
+        lease.start().await
+    };
+    let why = match timeout(bound, started).await {
+        Ok(Ok(atr)) => {
+            log::info!(
+                "remsim: {who} on bank {bank}: card {card} started, ATR {}",
+                hex::encode_upper(&atr)
             );
-            self.last_status = status;
-            return Ok(());
-        };
-        if from != client || to != a.bank {
-            return Err(End::BadPeer(format!(
-                "clientSlotStatusInd from {from} to {to}, but this is client {client} on bank {}",
-                a.bank
-            )));
+            return Ok((bank, lease, atr));
         }
-        let reset = wants_reset(&self.last_status, &status);
-        self.last_status = status;
-        if !reset {
-            return Ok(());
+        Ok(Err(e @ (StartError::Bad { .. } | StartError::Empty(_)))) => e.to_string(),
+        Ok(Err(e)) => format!("card {card} did not start: {e}"),
+        Err(_) => format!("card {card} did not start within {} ms", bound.as_millis()),
+    };
+    // Let go here (stopping what a failed start may have left running), so that the
+    // session's next look is the retry's, not this lease's own release.
+    lease.release().await;
+    Err(why)
+}
+
+/// Waits (at most [`SUPERSEDE_WAIT`]) until card `card` has no holder.
+async fn wait_until_free(cards: &Cards, card: CardNo) {
+    let mut w = cards.watch();
+    let _ = timeout(SUPERSEDE_WAIT, async {
+        while cards.holder(card).is_some() {
+            if w.changed().await.is_err() {
+                break;
+            }
         }
-        self.shared.stats.resets.fetch_add(1, Ordering::Relaxed);
-        let bound = self.shared.cfg.command_timeout;
-        let atr = match timeout(bound, a.lease.restart()).await {
-            Ok(Ok(atr)) => atr,
-            Ok(Err(e)) => return Err(End::Card(format!("restart failed: {e}"))),
-            Err(_) => return Err(End::Card("restart timed out".into())),
-        };
-        log::info!(
-            "remsim: {}: card reset (VCC {:?}, RST {}), ATR {}",
-            self.who(),
-            status.vcc_present,
-            status.reset_active,
-            hex::encode_upper(&atr)
-        );
-        conn.send(&[Msg::SetAtrReq { slot: client, atr }]).await
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

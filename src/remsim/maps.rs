@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::rspro::{BankSlot, ClientSlot, Msg, ResultCode, SlotPhysStatus};
+use crate::values::CardNo;
 
 /// Bank slot → client slot, as the server ordered.
 #[derive(Debug, Clone)]
@@ -117,9 +118,11 @@ impl SlotMaps {
     }
 }
 
-/// Bank slot k is the pool's card k+1 (front-panel numbering).
-pub fn card_of(slot: BankSlot) -> u16 {
-    slot.slot_nr + 1
+/// Bank slot k is the pool's card k+1 (front-panel numbering); `None` beyond the pool's 256.
+pub fn card_of(slot: BankSlot) -> Option<CardNo> {
+    slot.slot_nr
+        .checked_add(1)
+        .and_then(|n| CardNo::new(n).ok())
 }
 
 /// T=0 over RSPRO: a header and at most 255 data bytes (case 3/4) or a header (case 1/2).
@@ -267,7 +270,8 @@ mod tests {
             }
         );
         assert_eq!(m.bank_slot_of(cs(23, 0)), Some(bs(1, 17)));
-        assert_eq!(card_of(bs(1, 17)), 18);
+        assert_eq!(card_of(bs(1, 17)).unwrap(), 18);
+        assert_eq!(card_of(bs(1, 256)), None);
         // The same map again changes nothing.
         assert!(
             !m.on_control(&Msg::CreateMappingReq {

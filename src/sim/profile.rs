@@ -921,81 +921,9 @@ pub fn generated_usim(slot: u16) -> CardProfile {
     }
 }
 
-fn digit_values(digits: &str) -> impl Iterator<Item = u8> + '_ {
-    digits.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0')
-}
-
-/// EF.ICCID: nibble-swapped BCD, `F`-padded; non-digits are ignored, at most 20 digits used.
-pub fn encode_iccid(digits: &str) -> [u8; 10] {
-    let mut out = [0xFF; 10];
-    for (i, d) in digit_values(digits).take(20).enumerate() {
-        let b = &mut out[i / 2];
-        *b = if i % 2 == 0 {
-            (*b & 0xF0) | d
-        } else {
-            (*b & 0x0F) | (d << 4)
-        };
-    }
-    out
-}
-
-/// Decodes EF.ICCID (or any nibble-swapped BCD); `F` nibbles are skipped, `A`–`E` shown as
-/// hex letters. Never panics.
-pub fn decode_iccid(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|b| [b & 0x0F, b >> 4])
-        .filter(|&n| n != 0x0F)
-        .map(|n| char::from_digit(u32::from(n), 16).map_or('?', |c| c.to_ascii_uppercase()))
-        .collect()
-}
-
-/// EF.IMSI (51.011 §10.3.2): length byte, then the parity nibble (`9` odd, `1` even) with the
-/// first digit, then the other digits nibble-swapped, `F`-padded to 9 bytes. Non-digits are
-/// ignored, at most 15 digits used.
-pub fn encode_imsi(digits: &str) -> [u8; 9] {
-    let d: Vec<u8> = digit_values(digits).take(15).collect();
-    let mut out = [0xFF; 9];
-    if d.is_empty() {
-        return out;
-    }
-    out[0] = (d.len() / 2 + 1) as u8;
-    let parity = if d.len() % 2 == 1 { 0x9 } else { 0x1 };
-    // Nibble 0 is the parity; digit k goes to nibble k+1.
-    let mut nibbles = vec![parity];
-    nibbles.extend_from_slice(&d);
-    for (i, pair) in nibbles.chunks(2).enumerate() {
-        let hi = pair.get(1).copied().unwrap_or(0x0F);
-        out[1 + i] = (hi << 4) | pair[0];
-    }
-    out
-}
-
-/// Decodes EF.IMSI; `None` for an unset file (length `00`/`FF`), a length beyond the data,
-/// no digits, or a non-digit nibble. `F` filler is skipped. Never panics.
-pub fn decode_imsi(bytes: &[u8]) -> Option<String> {
-    let (&len, rest) = bytes.split_first()?;
-    let len = len as usize;
-    if len == 0 || len > 8 || rest.len() < len {
-        return None;
-    }
-    let mut s = String::new();
-    for (i, n) in rest[..len]
-        .iter()
-        .flat_map(|b| [b & 0x0F, b >> 4])
-        .enumerate()
-    {
-        // Nibble 0 is the parity/type nibble.
-        if i == 0 || n == 0x0F {
-            continue;
-        }
-        if n > 9 {
-            return None;
-        }
-        s.push(char::from(b'0' + n));
-    }
-    (!s.is_empty()).then_some(s)
-}
+// The BCD codecs of EF.ICCID and EF.IMSI are the cards' file format, shared with the daemon
+// (which reads them): they live in `crate::identity`.
+pub use crate::identity::{decode_iccid, decode_imsi, encode_iccid, encode_imsi};
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,205 @@
+//! The requests and rows of the control API, which are also what the commands print with
+//! `--json`: one Serialize + Deserialize type each, all here (those an operation of the card
+//! layer or a reader produces are defined beside it and re-exported). The daemon answers with them, the command
+//! line reads the daemon's answers into them (and prints the same rows when it works over a
+//! pool connection of its own), and the page reads the same keys. Every key of a row is
+//! always present (`null` where unknown): tools rely on it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{LinkState, SlotState};
+#[cfg(test)]
+use crate::values::Hex;
+use crate::values::{Atr, CardNo};
+
+pub use crate::bridge::{ReaderCounts, ReaderRow};
+pub use crate::cards::ops::{ApduReply, ScanRow, StopRow};
+
+/// The body of a stop: `{"force": bool}`; an empty body means no force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The body of `POST /api/v1/cards/{n}/apdu`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApduRequest {
+    /// Commands in hex (spaces and colons allowed).
+    pub tpdus: Vec<String>,
+    /// Leave the card running after the request (default: stopped).
+    #[serde(default)]
+    pub keep: bool,
+}
+
+/// A card as `GET /api/v1/cards` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardRow {
+    pub card: CardNo,
+    /// `null` while the daemon cannot read the slot states (its pool link is down).
+    pub state: Option<SlotState>,
+    pub holder: Option<String>,
+    pub atr: Option<Atr>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    pub exchanges: u64,
+    pub errors: u64,
+    /// Why simpool marked the card bad on the pool, if it did.
+    pub bad: Option<String>,
+}
+
+/// One slot of `simpool status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    pub card: CardNo,
+    pub state: SlotState,
+    pub holder: Option<String>,
+}
+
+/// The pool link as a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkWord {
+    Connecting,
+    Up,
+    Down,
+    Closed,
+}
+
+impl From<LinkState> for LinkWord {
+    fn from(s: LinkState) -> LinkWord {
+        match s {
+            LinkState::Connecting => LinkWord::Connecting,
+            LinkState::Up { .. } => LinkWord::Up,
+            LinkState::Down { .. } => LinkWord::Down,
+            LinkState::Closed => LinkWord::Closed,
+        }
+    }
+}
+
+impl std::fmt::Display for LinkWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkWord::Connecting => "connecting",
+            LinkWord::Up => "up",
+            LinkWord::Down => "down",
+            LinkWord::Closed => "closed",
+        })
+    }
+}
+
+/// `GET /api/v1/pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// The pool as configured: `sim`, or HOST:PORT.
+    pub address: String,
+    /// What the page shows: "built-in simulated pool", or the address.
+    pub name: String,
+    pub link: LinkWord,
+    /// Why the link is not up (what the log said last); `null` while it is up.
+    pub cause: Option<String>,
+    /// The pool's ID in hex; `null` while the link is down.
+    pub id: Option<String>,
+    pub version: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The pool's name (as `PoolInfo::name`).
+    pub pool: String,
+    pub link: LinkWord,
+    /// Why the link is not up; `null` while it is up.
+    pub cause: Option<String>,
+    pub readers: usize,
+    pub leases: usize,
+    /// Why the daemon is not healthy (only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `simpool info --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoRow {
+    pub id: String,
+    pub version: String,
+}
+
+/// One reader of `simpool read --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRow {
+    pub reader: String,
+    pub atr: Option<Atr>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Every error answer of the API: `{"error": "…"}`, with the card and its holder when a card
+/// is held elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardNo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_keep_every_key_and_read_back() {
+        let row = ScanRow {
+            card: CardNo::of(7),
+            state: SlotState::Inserted,
+            atr: None,
+            iccid: None,
+            imsi: None,
+            holder: None,
+            error: Some("start failed".into()),
+        };
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(
+            v,
+            json!({"card": 7, "state": "inserted", "atr": null, "iccid": null, "imsi": null,
+                   "holder": null, "error": "start failed"})
+        );
+        assert_eq!(serde_json::from_value::<ScanRow>(v).unwrap(), row);
+        let unknown = serde_json::to_value(SlotState::Unknown(0x12)).unwrap();
+        assert_eq!(unknown, json!({"unknown": 18}));
+        assert_eq!(
+            serde_json::from_value::<SlotState>(unknown).unwrap(),
+            SlotState::Unknown(0x12)
+        );
+        let reply = ApduReply {
+            card: CardNo::of(2),
+            atr: Atr::new(vec![0x3B, 0x00]),
+            responses: vec![Hex::new(vec![0x9F, 0x17])],
+            errors: vec![None],
+        };
+        assert_eq!(
+            serde_json::to_value(&reply).unwrap(),
+            json!({"card": 2, "atr": "3B00", "responses": ["9F17"], "errors": [null]})
+        );
+        // A stop's body: unknown keys and wrong types are refused, not read as "no force".
+        assert!(serde_json::from_str::<StopRequest>("{\"force\":1}").is_err());
+        assert!(serde_json::from_str::<StopRequest>("{\"forse\":true}").is_err());
+        assert!(
+            serde_json::from_str::<StopRequest>("{\"force\":true}")
+                .unwrap()
+                .force
+        );
+        // Error bodies carry the holder only when there is one.
+        let e = ErrorBody {
+            error: "x".into(),
+            card: None,
+            holder: None,
+        };
+        assert_eq!(serde_json::to_value(e).unwrap(), json!({"error": "x"}));
+    }
+}
