@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod gsmtap;
+pub mod history;
 pub mod inventory;
 pub mod man;
 pub mod metrics;
