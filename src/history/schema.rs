@@ -84,9 +84,9 @@ pub enum SchemaError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// Brings the file to the last version of `steps`: from nothing, or from an older version.
-/// Returns the version it found.
-pub fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, SchemaError> {
+/// Whether this build can take the file with `steps`, without writing to it: the version it
+/// has (0: a new, empty file).
+pub fn inspect(conn: &Connection, steps: &[&str]) -> Result<u32, SchemaError> {
     let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let app: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
     let known = steps.len() as u32;
@@ -99,6 +99,13 @@ pub fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, SchemaError
     if found > known {
         return Err(SchemaError::Newer { found, known });
     }
+    Ok(found)
+}
+
+/// Brings the file to the last version of `steps`: from nothing, or from an older version.
+/// Returns the version it found.
+pub fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<u32, SchemaError> {
+    let found = inspect(conn, steps)?;
     for (i, step) in steps.iter().enumerate().skip(found as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
         tx.execute_batch(step)?;

@@ -206,14 +206,26 @@ impl Store {
             }
         }
         let mut opened = Opened::default();
-        let (conn, found) = match Self::open_checked(path) {
+        // SQLite deletes a WAL it cannot read when it closes the file: a second name keeps
+        // it for the file moved aside.
+        let wal_kept = sidecar(path, "-wal.at-open");
+        let _ = std::fs::remove_file(&wal_kept);
+        let kept = std::fs::hard_link(sidecar(path, "-wal"), &wal_kept).is_ok();
+        let first = Self::open_checked(path);
+        if !matches!(first, Err(OpenFailure::Corrupt(_))) {
+            let _ = std::fs::remove_file(&wal_kept);
+        }
+        let (conn, found) = match first {
             Ok(c) => c,
             Err(OpenFailure::Fatal(e)) => return Err(e),
             Err(OpenFailure::Corrupt(why)) => {
-                let aside = move_aside(path).map_err(|source| HistoryError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let aside =
+                    move_aside(path, kept.then_some(wal_kept.as_path())).map_err(|source| {
+                        HistoryError::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        }
+                    })?;
                 log::warn!(
                     "history {}: {why}; moved aside to {} and started a new one",
                     path.display(),
@@ -260,19 +272,7 @@ impl Store {
         .map_err(classify)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(classify)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(classify)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            log::warn!(
-                "history {}: SQLite keeps journal mode {mode:?} (no WAL here)",
-                path.display()
-            );
-        }
-        // WAL + NORMAL: a commit survives the process being killed; power loss may cost the
-        // last transactions, never the file.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(classify)?;
+        // Nothing is written before the file is known to be sound and this build's to take.
         let problems: Vec<String> = {
             let mut st = conn.prepare("PRAGMA quick_check").map_err(classify)?;
             let rows = st
@@ -286,16 +286,28 @@ impl Store {
                 problems.join("; ")
             )));
         }
-        let found = match schema::migrate(&mut conn, schema::MIGRATIONS) {
-            Ok(v) => v,
-            Err(SchemaError::Sqlite(e)) => return Err(classify(e)),
-            Err(source) => {
-                return Err(OpenFailure::Fatal(HistoryError::Schema {
-                    path: path.to_path_buf(),
-                    source,
-                }))
-            }
+        let schema_refusal = |e: SchemaError| match e {
+            SchemaError::Sqlite(e) => classify(e),
+            source => OpenFailure::Fatal(HistoryError::Schema {
+                path: path.to_path_buf(),
+                source,
+            }),
         };
+        schema::inspect(&conn, schema::MIGRATIONS).map_err(schema_refusal)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(classify)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            log::warn!(
+                "history {}: SQLite keeps journal mode {mode:?} (no WAL here)",
+                path.display()
+            );
+        }
+        // WAL + NORMAL: a commit survives the process being killed; power loss may cost the
+        // last transactions, never the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(classify)?;
+        let found = schema::migrate(&mut conn, schema::MIGRATIONS).map_err(schema_refusal)?;
         // The version says the tables are there: make sure they are what this build reads.
         for sql in [
             format!("SELECT {LEASE_COLUMNS} FROM leases LIMIT 0"),
@@ -321,7 +333,7 @@ impl Store {
         // Close our connection first (an in-memory one stands in meanwhile).
         let scratch = Connection::open_in_memory().map_err(sqlite_err(&self.path))?;
         drop(std::mem::replace(&mut self.conn, scratch));
-        let aside = move_aside(&self.path).map_err(|source| HistoryError::Io {
+        let aside = move_aside(&self.path, None).map_err(|source| HistoryError::Io {
             path: self.path.clone(),
             source,
         })?;
@@ -614,9 +626,10 @@ impl Store {
     }
 }
 
-/// Renames `FILE` to `FILE.corrupt-<time>` (and `FILE-wal`, `FILE-journal` beside it; the
-/// `-shm` index is rebuilt by SQLite and removed). A stale WAL must not meet the new file.
-fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+/// Renames `FILE` to `FILE.corrupt-<time>` (and its WAL, `wal` if given, and `FILE-journal`
+/// beside it; the `-shm` index is rebuilt by SQLite and removed). A stale WAL must not meet
+/// the new file.
+fn move_aside(path: &Path, wal: Option<&Path>) -> std::io::Result<PathBuf> {
     let stamp = Timestamp::now().compact();
     let mut aside = sidecar(path, &format!(".corrupt-{stamp}"));
     let mut n = 1;
@@ -624,22 +637,28 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
         n += 1;
         aside = sidecar(path, &format!(".corrupt-{stamp}-{n}"));
     }
-    match std::fs::rename(path, &aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    for side in ["-wal", "-journal"] {
-        match std::fs::rename(sidecar(path, side), sidecar(&aside, side)) {
+    let live_wal = sidecar(path, "-wal");
+    let moves = [
+        (path.to_path_buf(), aside.clone()),
+        (
+            wal.map_or(live_wal.clone(), Path::to_path_buf),
+            sidecar(&aside, "-wal"),
+        ),
+        (sidecar(path, "-journal"), sidecar(&aside, "-journal")),
+    ];
+    for (from, to) in moves {
+        match std::fs::rename(from, to) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    match std::fs::remove_file(sidecar(path, "-shm")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    for stale in [live_wal, sidecar(path, "-shm")] {
+        match std::fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(aside)
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::record::EndReason;
 use super::store::{is_corrupt, Record, Store};
 use super::time::Timestamp;
+use super::HistoryError;
 
 pub(crate) enum Msg {
     Record(Record),
@@ -195,7 +196,7 @@ pub(crate) fn run(rx: Receiver<Msg>, shared: Arc<Shared>, settings: Settings) {
             batch.clear();
         }
         if Instant::now() >= next_expiry {
-            expire(&shared, &path, settings.retention_days, &mut problems);
+            maintain(&shared, &path, settings.retention_days, &mut problems);
             next_expiry = Instant::now() + settings.retention_every;
         }
         for reply in flushes.drain(..) {
@@ -260,18 +261,36 @@ fn write(shared: &Shared, path: &str, batch: &[Record], problems: &mut Problems)
     }
 }
 
-fn expire(shared: &Shared, path: &str, days: u32, problems: &mut Problems) {
-    if days == 0 {
-        return;
-    }
-    let cutoff = Timestamp::now().before(Duration::from_secs(u64::from(days) * 86_400));
-    match shared.store().expire(cutoff) {
-        Ok(n) => {
-            shared.counters.expired.fetch_add(n, Ordering::Relaxed);
-            if n > 0 {
-                log::info!("history {path}: {n} rows older than {days} days deleted");
+/// Once a day: retention, then a check of the whole file (what the exchange-free write path
+/// would not read for months may have gone bad meanwhile).
+fn maintain(shared: &Shared, path: &str, days: u32, problems: &mut Problems) {
+    let c = &shared.counters;
+    let mut store = shared.store();
+    if days > 0 {
+        let cutoff = Timestamp::now().before(Duration::from_secs(u64::from(days) * 86_400));
+        match store.expire(cutoff) {
+            Ok(n) => {
+                c.expired.fetch_add(n, Ordering::Relaxed);
+                if n > 0 {
+                    log::info!("history {path}: {n} rows older than {days} days deleted");
+                }
             }
+            Err(e) => problems.failed(path, "retention failed", &e.to_string(), 0),
         }
-        Err(e) => problems.failed(path, "retention failed", &e.to_string(), 0),
+    }
+    let why = match store.check() {
+        Ok(true) => return,
+        Ok(false) => "the daily integrity check failed".to_string(),
+        Err(HistoryError::Sqlite { source, .. }) if is_corrupt(&source) => source.to_string(),
+        Err(e) => {
+            problems.failed(path, "integrity check failed", &e.to_string(), 0);
+            return;
+        }
+    };
+    match store.recover(&why) {
+        Ok(_) => {
+            c.moved_aside.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => problems.failed(path, "corrupt", &e.to_string(), 0),
     }
 }
