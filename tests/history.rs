@@ -753,18 +753,29 @@ fn real_history(path: &Path, n: usize) {
 }
 
 #[test]
-fn a_truncated_history_is_moved_aside_and_a_new_one_works() {
-    for (name, cut) in [("half", 0.5), ("odd", 0.77)] {
+fn a_truncated_or_damaged_history_is_moved_aside_and_a_new_one_works() {
+    // Cut (the schema then points past the end), or garbage over some pages in the middle
+    // (only the integrity check reads them all).
+    for (name, cut, damage) in [
+        ("half", 0.5, false),
+        ("odd", 0.77, false),
+        ("damaged", 1.0, true),
+    ] {
         let dir = Dir::new(&format!("truncated-{name}"));
         real_history(&dir.db(), 3000);
         let len = std::fs::metadata(dir.db()).unwrap().len();
         let keep = (len as f64 * cut) as u64;
-        std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.db())
-            .unwrap()
-            .set_len(keep)
             .unwrap();
+        f.set_len(keep).unwrap();
+        if damage {
+            use std::io::{Seek, SeekFrom};
+            f.seek(SeekFrom::Start(len / 4 / 4096 * 4096)).unwrap();
+            f.write_all(&noise(3 * 4096, 99)).unwrap();
+        }
+        drop(f);
         let h = History::open(Options::new(dir.db())).unwrap();
         let (aside, why) = h
             .report()
