@@ -870,7 +870,10 @@ fn files_that_cannot_be_taken_are_refused_and_left_untouched() {
         ),
         "{e}"
     );
-    assert!(std::fs::read(&newer).unwrap() == before, "a newer simpool's file was changed");
+    assert!(
+        std::fs::read(&newer).unwrap() == before,
+        "a newer simpool's file was changed"
+    );
     // Somebody else's database.
     let other = dir.0.join("other.db");
     rusqlite::Connection::open(&other)
@@ -889,7 +892,10 @@ fn files_that_cannot_be_taken_are_refused_and_left_untouched() {
         ),
         "{e}"
     );
-    assert!(std::fs::read(&other).unwrap() == before, "somebody else's database was changed");
+    assert!(
+        std::fs::read(&other).unwrap() == before,
+        "somebody else's database was changed"
+    );
     assert!(corrupt_files(&dir.0).is_empty());
     // A path that cannot be a file.
     let e = History::open(Options::new(&dir.0)).unwrap_err();
