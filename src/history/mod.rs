@@ -31,16 +31,20 @@
 //!   `why` = `daemon-crashed` and `end` = null (unknown). WAL with `synchronous = NORMAL`: a
 //!   committed batch survives `kill -9`; power loss can cost the last batches, not the file.
 //!   At [`History::close`], the leases still open get `daemon-stopped`.
-//! - **The daemon keeps serving**: a file that is not a sound database at start-up (or turns
-//!   corrupt while running) is moved aside to `FILE.corrupt-<time>` with a warning and a new
-//!   one started. Disk full, I/O errors and the like are logged once per cause (again after
+//! - **The daemon keeps serving**: a file that is not a sound database at start-up (the whole
+//!   file is checked), or turns out corrupt while running (a write fails so, or the daily
+//!   check finds it), is moved aside to `FILE.corrupt-<time>` (its WAL beside it) with a
+//!   warning and a new one started. Disk full, I/O errors and the like are logged once per cause (again after
 //!   writing has worked in between) and counted (`Stats::failed`); nothing panics. Errors
 //!   [`History::open`] cannot cure (the file in use by another daemon, a newer schema, a
 //!   database of something else, a directory that cannot be created) are returned: the daemon
 //!   logs them and runs without history.
 //! - **One daemon per file**: `FILE.lock` is held while it is open.
 //! - **Retention**: rows that ended more than `history_days` ago are deleted at start-up and
-//!   then once a day (0 keeps everything). Labels are kept until removed.
+//!   then once a day (0 keeps everything), with the integrity check. Labels are kept until
+//!   removed.
+//! - **Reads** share one connection with the writer behind a mutex (the writer holds it for one
+//!   batch); a query sees what the writer has committed, a few milliseconds after the call.
 //! - **Rows** serialize to the JSON the API and `simpool history --json` print (see
 //!   [`LeaseRow`], [`EventRow`]); times are RFC 3339 UTC (`2026-12-02T06:41:13.123Z`).
 //!
