@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod gsmtap;
+pub mod history;
 pub mod identity;
 pub mod log_once;
 pub mod man;
