@@ -168,7 +168,12 @@ fn title(line: &str) -> Option<(String, &str)> {
 fn notes(text: &str) -> String {
     let mut out = String::new();
     let mut para: Vec<String> = Vec::new();
-    let flush = |para: &mut Vec<String>, out: &mut String| {
+    // The list entry being read: its tag and its text so far (continuation lines join it).
+    let mut item: Option<(String, String)> = None;
+    let flush = |para: &mut Vec<String>, item: &mut Option<(String, String)>, out: &mut String| {
+        if let Some((tag, body)) = item.take() {
+            out.push_str(&format!(".TP\n{}\n{}\n", bold(&tag), esc(&body)));
+        }
         if !para.is_empty() {
             out.push_str(&format!(".PP\n{}\n", esc(&para.join(" "))));
             para.clear();
@@ -178,18 +183,27 @@ fn notes(text: &str) -> String {
     let mut fresh = true;
     for line in text.lines() {
         if line.trim().is_empty() {
-            flush(&mut para, &mut out);
+            flush(&mut para, &mut item, &mut out);
             fresh = true;
             continue;
         }
+        // An indented line under an entry whose text has no tag of its own: more of that entry.
+        if let Some((_, body)) = item.as_mut() {
+            let indent = line.len() - line.trim_start().len();
+            if indent > 2 && list_entry(line).is_none_or(|(tag, _)| tag.contains(' ')) {
+                body.push(' ');
+                body.push_str(line.trim());
+                continue;
+            }
+        }
         if let Some((tag, body)) = list_entry(line) {
-            flush(&mut para, &mut out);
-            out.push_str(&format!(".TP\n{}\n{}\n", bold(tag), esc(body)));
+            flush(&mut para, &mut item, &mut out);
+            item = Some((tag.to_string(), body.to_string()));
             fresh = true;
             continue;
         }
         if fresh {
-            flush(&mut para, &mut out);
+            flush(&mut para, &mut item, &mut out);
             if let Some((name, rest)) = title(line) {
                 out.push_str(&format!(".SH \"{name}\"\n"));
                 let mut chars = rest.chars();
@@ -203,7 +217,7 @@ fn notes(text: &str) -> String {
         para.push(line.trim().to_string());
         fresh = false;
     }
-    flush(&mut para, &mut out);
+    flush(&mut para, &mut item, &mut out);
     out
 }
 
@@ -262,7 +276,8 @@ mod tests {
     const NOTES: &str = "\
 Exit status (every command):
   0    done
-  130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started
+  130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started;
+       the daemons end with 0
 A closed standard output (e.g. `| head`) ends a command quietly with 0.
 
 Settings: flag > environment (SIMPOOL_POOL) > configuration
@@ -275,7 +290,7 @@ file (serve --config) > default.";
             roff,
             ".SH \"EXIT STATUS\"\n\
              .TP\n\\fB0\\fR\ndone\n\
-             .TP\n\\fB130\\fR\ninterrupted (Ctrl\\-C, SIGTERM) after stopping the cards the command had started\n\
+             .TP\n\\fB130\\fR\ninterrupted (Ctrl\\-C, SIGTERM) after stopping the cards the command had started; the daemons end with 0\n\
              .PP\nA closed standard output (e.g. `| head`) ends a command quietly with 0.\n\
              .SH \"SETTINGS\"\n\
              .PP\nFlag > environment (SIMPOOL_POOL) > configuration file (serve \\-\\-config) > default.\n"
