@@ -293,16 +293,21 @@ impl PoolArgs {
                 }
             },
             Some(addr @ PoolAddr::Tcp(a)) => {
-                self.check_around_daemon(&control, a).await?;
+                let daemon = self.check_around_daemon(&control, a).await?;
                 self.open(addr).await.map(Via::Pool).map_err(|e| {
-                    if POOL_FROM_ENV.load(std::sync::atomic::Ordering::Relaxed) {
-                        CliError::Failed(format!(
+                    match (
+                        POOL_FROM_ENV.load(std::sync::atomic::Ordering::Relaxed),
+                        daemon,
+                    ) {
+                        (true, true) => CliError::Failed(format!(
                             "{e} (the pool from SIMPOOL_POOL; unset it to go through the \
                              daemon on {})",
                             control.addr
-                        ))
-                    } else {
-                        e
+                        )),
+                        (true, false) => {
+                            CliError::Failed(format!("{e} (the pool from SIMPOOL_POOL)"))
+                        }
+                        (false, _) => e,
                     }
                 })
             }
@@ -311,11 +316,11 @@ impl PoolArgs {
 
     /// Refuses to go around a running daemon that uses pool `a` (or cannot be asked), unless
     /// `--force`; says so when forced. A daemon on its built-in simulated pool shares no pool
-    /// with any address.
-    async fn check_around_daemon(&self, control: &Control, a: &str) -> Result<(), CliError> {
+    /// with any address. Answers whether a daemon answered.
+    async fn check_around_daemon(&self, control: &Control, a: &str) -> Result<bool, CliError> {
         let conflict = match control.probe().await {
-            Probe::Nothing(_) => return Ok(()),
-            Probe::Daemon(h) if !same_pool(a, &h.pool).await => return Ok(()),
+            Probe::Nothing(_) => return Ok(false),
+            Probe::Daemon(h) if !same_pool(a, &h.pool).await => return Ok(true),
             Probe::Daemon(_) => format!("the daemon on {} uses pool {a}", control.addr),
             Probe::NeedsToken(e) => format!("{e}; it may be using pool {a}"),
         };
@@ -333,7 +338,7 @@ impl PoolArgs {
             )));
         }
         eprintln!("simpool: warning: {conflict} ({named}); going around it (--force)");
-        Ok(())
+        Ok(true)
     }
 
     /// Connects to `addr`, or starts the in-process simulator for `sim`.
