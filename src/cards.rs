@@ -23,6 +23,7 @@
 //! syscall to what [`crate::pool::Card::transmit`] does: counters are atomics, observers a
 //! fixed slice.
 
+pub mod auto;
 pub mod ops;
 pub mod policy;
 

@@ -60,6 +60,13 @@ pub async fn run(cfg: &ServeConfig, pool_addr: &str) -> Vec<Verdict> {
     if let Some(r) = &cfg.remsim {
         out.extend(check_remsim(r).await);
     }
+    if let Some(p) = &cfg.state {
+        let item = format!("state {}", p.display());
+        out.push(match crate::daemon::check_state_path(p) {
+            Ok(()) => verdict(item, true, "writable"),
+            Err(e) => verdict(item, false, e),
+        });
+    }
     if let Some(addr) = &cfg.control {
         let item = format!("control API {addr}");
         out.push(

@@ -125,6 +125,42 @@ fn write_atomically(path: &Path, st: &SavedState) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether the state file can be saved where it is named: its directory exists and takes the
+/// temporary file a save renames over it. Checked at start-up and by `--check`, so that a
+/// wrong path is a configuration error at once, not a warning at the first bind. Leaves
+/// nothing behind.
+pub fn check_state_path(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let what = format!("state file {}", path.display());
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{what}: its directory {} does not exist",
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("{what}: directory {}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(format!("{what}: {} is not a directory", dir.display()))
+        }
+        Ok(_) => {}
+    }
+    if path.is_dir() {
+        return Err(format!("{what} is a directory"));
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    match std::fs::File::create(&tmp) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(format!("{what}: cannot write in {}: {e}", dir.display())),
+    }
+}
+
 /// Reads the state file; a missing, unreadable or corrupt one is logged and ignored.
 pub fn load_state(path: &Path) -> Option<SavedState> {
     let text = match std::fs::read(path) {

@@ -21,6 +21,10 @@ Exit status (every command):
        the daemons (serve, sim) end with 0 on SIGINT/SIGTERM, their normal way to stop
 A closed standard output (e.g. `| head`) ends a command quietly with 0.
 
+JSON output (--json) is one row per line: a list is `[`, one compact row per line, `]`.
+The daemon and pool options may come before the command too: simpool --control HOST:PORT readers
+(--control, --control-token, --instance, --pool, --reply-timeout-ms, --cards, --force, --json).
+
 Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN) > configuration
 file (serve --config) > default. RUST_LOG, if set, wins over -v/-q.";
 
@@ -45,7 +49,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a simulated pool (256 slots, simulated GSM SIMs) on TCP.
+    /// Run a simulated pool (256 slots; simulated SIMs, USIMs and eUICCs) on TCP.
     Sim(cmd::sim::SimArgs),
     /// The pool's ID and firmware version.
     Info {
@@ -60,6 +64,11 @@ enum Command {
         /// Print JSON instead of the grid: [{"card","state","holder"}, ...] (256 entries).
         #[arg(long)]
         json: bool,
+        /// Instead: each local instance (the NAME.toml files of /etc/simpool, or of
+        /// $SIMPOOL_CONFIG_DIR) with its control address, pool, bank id and state. JSON:
+        /// [{"instance","config","control","pool","bank_id","reachable","link","error"}, ...].
+        #[arg(long)]
+        all_instances: bool,
         #[command(flatten)]
         pool: PoolArgs,
     },
@@ -68,6 +77,13 @@ enum Command {
         /// Print JSON instead of a table: [{"card","state","atr","iccid","imsi","holder","error"}, ...].
         #[arg(long)]
         json: bool,
+        /// Only these cards: `18,256` or `1-16,18`.
+        #[arg(long, value_name = "LIST")]
+        card: Option<String>,
+        /// Only the idle cards: leave out those someone holds (a reader, a request, a bank
+        /// client) and those already running.
+        #[arg(long)]
+        free: bool,
         #[command(flatten)]
         pool: PoolArgs,
     },
@@ -158,8 +174,70 @@ fn log_level(cli: &Cli) -> &'static str {
     LEVELS[i as usize]
 }
 
+/// Options of the commands that may also come before the command's name (`simpool --control X
+/// readers`): (option, whether it takes a value). They are moved behind the name, so that each
+/// command still accepts exactly its own options and says so for the others.
+const HOISTED: &[(&str, bool)] = &[
+    ("--control", true),
+    ("--control-token", true),
+    ("--instance", true),
+    ("--pool", true),
+    ("--reply-timeout-ms", true),
+    ("--cards", true),
+    ("--force", false),
+    ("--json", false),
+];
+
+/// The command line with the options of [`HOISTED`] given before the command moved behind it.
+fn hoist_options(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::with_capacity(args.len());
+    let mut moved = Vec::new();
+    let mut it = args.into_iter();
+    out.extend(it.next());
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy().into_owned();
+        if text == "--" {
+            out.append(&mut moved);
+            out.push(a);
+            out.extend(it);
+            return out;
+        }
+        if !text.starts_with('-') {
+            // The command: the moved options go right behind it.
+            out.push(a);
+            out.append(&mut moved);
+            out.extend(it);
+            return out;
+        }
+        let name = text.split('=').next().unwrap_or_default();
+        match HOISTED.iter().find(|(o, _)| *o == name) {
+            Some((_, takes_value)) => {
+                moved.push(a);
+                if *takes_value && !text.contains('=') {
+                    moved.extend(it.next());
+                }
+            }
+            None => out.push(a),
+        }
+    }
+    out.append(&mut moved);
+    out
+}
+
+/// Whether the command's `--pool` came from `SIMPOOL_POOL`.
+fn pool_from_env(matches: &clap::ArgMatches) -> bool {
+    matches.subcommand().is_some_and(|(_, m)| {
+        m.ids().any(|i| i.as_str() == "pool")
+            && m.value_source("pool") == Some(clap::parser::ValueSource::EnvVariable)
+    })
+}
+
 fn main() -> ExitCode {
-    let matches = cli_command().get_matches();
+    let matches = cli_command().get_matches_from(hoist_options(std::env::args_os().collect()));
+    cmd::POOL_FROM_ENV.store(
+        pool_from_env(&matches),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -200,8 +278,32 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
         Command::Sim(args) => cmd::sim::run(args).await,
         Command::Trace(args) => cmd::trace::run(args).await,
         Command::Info { pool, json } => cmd::info::run(pool, json).await,
-        Command::Status { pool, json } => cmd::status::run(pool, json).await,
-        Command::Scan { pool, json } => cmd::scan::run(pool, json).await,
+        Command::Status {
+            all_instances: true,
+            json,
+            ..
+        } => {
+            // Not clap's conflicts: a SIMPOOL_POOL in the environment must not get in the way.
+            let sub = matches
+                .subcommand_matches("status")
+                .expect("status matches");
+            for id in ["pool", "control", "instance", "cards", "force"] {
+                if sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                    return Err(CliError::Usage(format!(
+                        "--all-instances asks every instance of this host: --{id} does not go \
+                         with it"
+                    )));
+                }
+            }
+            cmd::instance::all(json).await
+        }
+        Command::Status { pool, json, .. } => cmd::status::run(pool, json).await,
+        Command::Scan {
+            pool,
+            json,
+            card,
+            free,
+        } => cmd::scan::run(pool, json, card, free).await,
         Command::Apdu(args) => cmd::apdu::run(args).await,
         Command::Stop(args) => cmd::stop::run(args).await,
         Command::Readers { control, json } => cmd::daemon::readers(control, json).await,
@@ -239,5 +341,38 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hoist_options;
+
+    fn hoisted(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        let out: Vec<String> = hoist_options(args)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        out.join(" ")
+    }
+
+    #[test]
+    fn options_before_the_command_move_behind_it() {
+        assert_eq!(
+            hoisted("simpool --control 127.0.0.1:7 readers --json"),
+            "simpool readers --control 127.0.0.1:7 --json"
+        );
+        assert_eq!(
+            hoisted("simpool -v --pool=sim --json scan --card 18"),
+            "simpool -v scan --pool=sim --json --card 18"
+        );
+        // Options after the command, and a line without a command, stay as they are.
+        assert_eq!(
+            hoisted("simpool info --pool sim"),
+            "simpool info --pool sim"
+        );
+        assert_eq!(hoisted("simpool --pool sim"), "simpool --pool sim");
+        assert_eq!(hoisted("simpool --help"), "simpool --help");
     }
 }

@@ -31,6 +31,23 @@ pub struct ApduRequest {
     /// Leave the card running after the request (default: stopped).
     #[serde(default)]
     pub keep: bool,
+    /// Do what a T=0 application does with `61xx`/`9Fxx` (GET RESPONSE) and `6Cxx` (the
+    /// command again with that Le): one final response per command (default: off).
+    #[serde(default)]
+    pub auto: bool,
+}
+
+/// The optional body of `POST /api/v1/scan`: only some cards, only free ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRequest {
+    /// Only these cards (default: every inserted one).
+    #[serde(default)]
+    pub cards: Option<Vec<CardNo>>,
+    /// Leave out the cards someone holds or that are running (default: list held cards from
+    /// what is known).
+    #[serde(default)]
+    pub free: bool,
 }
 
 /// A card as `GET /api/v1/cards` shows it.
@@ -133,6 +150,28 @@ pub struct ReadRow {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One instance of `simpool status --all-instances --json`: a daemon of this host, from its
+/// configuration file and what its control API answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRow {
+    /// NAME of simpool@NAME.service (`simpool` for simpool.service).
+    pub instance: String,
+    /// Its configuration file.
+    pub config: String,
+    /// Its control address; `null` when its control API is off.
+    pub control: Option<String>,
+    /// The pool the daemon names (or, when it does not answer, its file's `pool`).
+    pub pool: Option<String>,
+    /// Its osmo-remsim bank id, if it is a bank.
+    pub bank_id: Option<u16>,
+    /// Whether a simpool daemon answered on its control address.
+    pub reachable: bool,
+    /// Its pool link, when it answered.
+    pub link: Option<LinkWord>,
+    /// Why it is not reachable, or why its pool link is not up.
     pub error: Option<String>,
 }
 

@@ -23,6 +23,9 @@ pub enum ServeError {
     Remsim(#[from] crate::remsim::bank::BankError),
     #[error("GSMTAP socket: {0}")]
     Gsmtap(std::io::Error),
+    /// The state file cannot be saved where it is named (a configuration error).
+    #[error("{0}")]
+    State(String),
 }
 
 /// A running daemon.
@@ -64,6 +67,9 @@ pub async fn start_with(
     cfg: ServeConfig,
     observers: Vec<Arc<dyn Observer>>,
 ) -> Result<Running, ServeError> {
+    if let Some(p) = &cfg.state {
+        crate::daemon::check_state_path(p).map_err(ServeError::State)?;
+    }
     let cards_file = match (&cfg.cards, cfg.pool.is_sim()) {
         (Some(p), true) => Some(load_cards(p)?),
         _ => None,

@@ -125,7 +125,8 @@ fn scan_copes_with_split_replies_nulls_latency_and_a_mute_card() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[..2], ["9F17", "9F0C"]);
-    assert!(lines[2].len() == 28 && lines[2].ends_with("9000"), "{out}");
+    // SRES ‖ Kc, a gap, the status word.
+    assert!(lines[2].len() == 29 && lines[2].ends_with(" 9000"), "{out}");
 }
 
 #[test]
@@ -145,8 +146,8 @@ fn apdu_runs_the_manual_gsm_authentication() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[..3], ["9F17", "9F17", "9F0C"]);
-    assert_eq!(lines[3].len(), 28, "12 bytes and 9000: {}", lines[3]);
-    assert!(lines[3].ends_with("9000"));
+    assert_eq!(lines[3].len(), 29, "12 bytes, a gap and 9000: {}", lines[3]);
+    assert!(lines[3].ends_with(" 9000"));
 }
 
 #[test]
@@ -213,7 +214,8 @@ fn pool_sim_runs_in_process() {
         out.lines().collect::<Vec<_>>(),
         [
             "9F0F".to_string(),
-            common::upper(&cards::sw9000(&cards::ef_iccid(18)))
+            // The data, a gap, the status word.
+            format!("{} 9000", common::upper(&cards::ef_iccid(18)))
         ]
     );
 }

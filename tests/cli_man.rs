@@ -121,9 +121,11 @@ fn synopsis_shows_the_values() {
         "simpool apdu ",
         "[--pool POOL]",
         "[--reply-timeout-ms REPLY_TIMEOUT_MS]",
-        "[--control CONTROL]",
+        "[--control HOST:PORT]",
+        "[--instance NAME]",
         "[-v|--verbose]...",
-        "--card CARD COMMANDS...",
+        // Optional with --file FILE.
+        "--card CARD [COMMANDS...]",
     ] {
         assert!(apdu.contains(want), "{want}: {apdu}");
     }

@@ -133,12 +133,25 @@ const REMSIM: &str = "needs osmo-remsim built and a server at 10.0.0.5 beside th
 const REMSIM_REST: &str = "needs a server at 10.0.0.5; tests/remsim_interop.rs runs this line verbatim (S pointed at 127.0.0.1) against the real osmo-remsim-server, with curl failing on an HTTP error";
 
 /// Commands a block needs before its first line (the README shows them elsewhere): (a line of
-/// the block, the command, why).
-const PRELUDE: &[(&str, &str, &str)] = &[(
-    "curl -s localhost:6680/api/v1/readers",
-    "simpool serve --pool sim --readers 2 &",
-    "the control API examples talk to a running daemon",
-)];
+/// the block, the commands, why).
+const PRELUDE: &[(&str, &[&str], &str)] = &[
+    (
+        "curl -s localhost:6680/api/v1/readers",
+        &["simpool serve --pool sim --readers 2 &"],
+        "the control API examples talk to a running daemon",
+    ),
+    (
+        "simpool status --all-instances",
+        &[
+            "export SIMPOOL_CONFIG_DIR=$PWD/etc-simpool",
+            "mkdir -p etc-simpool && printf 'pool = \"10.1.2.3:6666\"\\ncontrol = \"127.0.0.1:6681\"\\n[remsim]\\nserver = \"10.0.0.5\"\\nbank_id = 1\\n' >etc-simpool/pool-a.toml && printf 'pool = \"sim\"\\ncontrol = \"127.0.0.1:6680\"\\nvpcd = \"127.0.0.1:35971\"\\nreaders = 1\\n' >etc-simpool/pool-b.toml",
+            "simpool serve --config etc-simpool/pool-b.toml &",
+        ],
+        "the instances' configurations in a directory of the test's own (SIMPOOL_CONFIG_DIR \
+         instead of /etc/simpool): pool-a's daemon is not running, pool-b's runs on the \
+         simulated pool",
+    ),
+];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -208,14 +221,21 @@ fn examples(block: &[String]) -> Vec<Example> {
         if command.is_empty() {
             // A comment line: output of the command above it when it looks like output: hex
             // (`…` leaves a middle part open; words after it annotate), or `<…>` placeholders.
+            // Hex words in a row make one line: `data SW` (`apdu` puts a gap before the SW).
             let spec = if comment.starts_with('<') {
                 comment.clone()
             } else {
-                comment.split_whitespace().next().unwrap_or("").to_string()
+                comment
+                    .split_whitespace()
+                    .take_while(|w| w.chars().all(|c| c.is_ascii_hexdigit() || c == '…'))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             };
             let looks_like_output = !spec.is_empty()
                 && (spec.starts_with('<')
-                    || spec.chars().all(|c| c.is_ascii_hexdigit() || c == '…'));
+                    || spec
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == '…' || c == ' '));
             match out.last_mut() {
                 Some(e) if looks_like_output => e.output.push(spec),
                 _ => {}
@@ -289,7 +309,7 @@ fn output_matches(want: &str, got: &str) -> bool {
     let tail = want.rsplit('>').next().unwrap_or("");
     got.len() == bytes * 2 + tail.len()
         && got.ends_with(tail)
-        && got.bytes().all(|c| c.is_ascii_hexdigit())
+        && got[..bytes * 2].bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 fn shell_quote(s: &str) -> String {
@@ -364,6 +384,8 @@ fn run_block(lines: &[String], dir: &Path) -> Vec<Ran> {
         .env_remove("SIMPOOL_POOL")
         .env_remove("SIMPOOL_CONTROL")
         .env_remove("SIMPOOL_CONTROL_TOKEN")
+        .env_remove("SIMPOOL_INSTANCE")
+        .env_remove("SIMPOOL_CONFIG_DIR")
         .env_remove("RUST_LOG")
         .status_tied()
         .expect("unshare");
@@ -396,7 +418,7 @@ fn readme_examples_run_verbatim_and_do_what_they_say() {
             .iter()
             .find(|(first, _, _)| exs.iter().any(|e| e.command == *first))
         {
-            lines.push(pre.to_string());
+            lines.extend(pre.iter().map(|l| l.to_string()));
         }
         for e in &exs {
             match skip_entry(&e.command) {

@@ -89,13 +89,40 @@ pub struct Cancelled {
 /// A card someone holds is reported from what is known (with its holder) and not touched; a
 /// card this scan started that was idle before is stopped again.
 pub async fn scan(cards: &Cards, deadline: Duration) -> Result<Scan, PoolError> {
+    scan_scoped(cards, ScanScope::default(), deadline).await
+}
+
+/// Which cards a scan reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanScope {
+    /// Only these (default: every inserted card).
+    pub cards: Option<Vec<CardNo>>,
+    /// Only idle cards: those someone holds (listed from what is known otherwise) and those
+    /// already running (someone may be using them) are left out.
+    pub free: bool,
+}
+
+impl ScanScope {
+    fn takes(&self, cards: &Cards, n: CardNo, state: SlotState) -> bool {
+        state.has_card()
+            && self.cards.as_ref().is_none_or(|l| l.contains(&n))
+            && !(self.free && (state == SlotState::Working || cards.holder(n).is_some()))
+    }
+}
+
+/// As [`scan`], of the cards of `scope`.
+pub async fn scan_scoped(
+    cards: &Cards,
+    scope: ScanScope,
+    deadline: Duration,
+) -> Result<Scan, PoolError> {
     let states = cards.link().states().await?;
     let (tx, rows) = mpsc::unbounded_channel();
     let (cancel, cancelled) = watch::channel(false);
     let mut tasks = JoinSet::new();
     for n in CardNo::all() {
         let state = states[n.index()];
-        if !state.has_card() {
+        if !scope.takes(cards, n, state) {
             continue;
         }
         let (cards, tx, cancelled) = (cards.clone(), tx.clone(), cancelled.clone());
@@ -227,6 +254,15 @@ impl Cards {
     pub async fn scan(&self, deadline: Duration) -> Result<Vec<ScanRow>, PoolError> {
         Ok(scan(self, deadline).await?.collect().await)
     }
+
+    /// As [`Cards::scan`], of the cards of `scope`.
+    pub async fn scan_in(
+        &self,
+        scope: ScanScope,
+        deadline: Duration,
+    ) -> Result<Vec<ScanRow>, PoolError> {
+        Ok(scan_scoped(self, scope, deadline).await?.collect().await)
+    }
 }
 
 // ------------------------------------------------------------------------------------ apdu
@@ -306,11 +342,41 @@ pub async fn apdu(
     keep: bool,
     timeout: Duration,
 ) -> Result<ApduReply, ApduError> {
+    apdu_with(
+        cards,
+        n,
+        holder,
+        commands,
+        ApduMode { keep, auto: false },
+        timeout,
+    )
+    .await
+}
+
+/// How an `apdu` run goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApduMode {
+    /// Leave the card running after the run.
+    pub keep: bool,
+    /// Send GET RESPONSE on `61xx`/`9Fxx` and repeat on `6Cxx` as an application would
+    /// ([`super::auto`]): one response per command, the final one.
+    pub auto: bool,
+}
+
+/// As [`apdu`], in a given mode.
+pub async fn apdu_with(
+    cards: &Cards,
+    n: CardNo,
+    holder: Holder,
+    commands: &[Vec<u8>],
+    mode: ApduMode,
+    timeout: Duration,
+) -> Result<ApduReply, ApduError> {
     let mut lease = cards.lease(n, holder)?;
-    if keep {
+    if mode.keep {
         lease.keep_running();
     }
-    let reply = run_commands(&mut lease, commands, timeout).await;
+    let reply = run_commands(&mut lease, commands, mode.auto, timeout).await;
     lease.release().await;
     reply
 }
@@ -318,6 +384,7 @@ pub async fn apdu(
 async fn run_commands(
     lease: &mut Lease,
     commands: &[Vec<u8>],
+    auto: bool,
     timeout: Duration,
 ) -> Result<ApduReply, ApduError> {
     let n = lease.number();
@@ -333,7 +400,19 @@ async fn run_commands(
         errors: Vec::with_capacity(commands.len()),
     };
     for cmd in commands {
-        match lease.transmit(cmd, timeout, Front::Api).await {
+        let mut follow = auto.then(|| super::auto::Auto::new(cmd));
+        let mut sending = cmd.clone();
+        let answer = loop {
+            let r = lease.transmit(&sending, timeout, Front::Api).await;
+            match (r, follow.as_mut()) {
+                (Ok(r), Some(f)) => match f.next(&r) {
+                    super::auto::Next::Send(next) => sending = next,
+                    super::auto::Next::Done(answer) => break Ok(answer),
+                },
+                (r, _) => break r,
+            }
+        };
+        match answer {
             Ok(r) => {
                 reply.responses.push(Hex::from(r));
                 reply.errors.push(None);
@@ -343,7 +422,7 @@ async fn run_commands(
                 log::debug!(
                     "{}: card {n}: {} failed: {e}",
                     lease.holder(),
-                    hex::encode_upper(cmd)
+                    hex::encode_upper(&sending)
                 );
                 reply.responses.push(Hex::from(e.status().to_vec()));
                 reply.errors.push(Some(e.to_string()));

@@ -38,22 +38,37 @@ pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, C
         out_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    out(format!(
-        "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} IMSI",
-        "reader", "PC/SC name", "vpcd", "state", "binding", "ICCID"
-    ))?;
+    let width = super::terminal_width();
+    header(width)?;
     for r in &rows {
-        print_reader(r)?;
+        print_reader(r, width)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn binding_text(r: &ReaderRow) -> String {
-    match (&r.binding, r.card) {
-        (None, _) => "-".into(),
-        (Some(b @ Binding::Card(_)), _) | (Some(b), None) => b.to_string(),
-        (Some(b), Some(n)) => format!("{b} (card {n})"),
-    }
+/// The table's columns: they fit 100 characters with vpcd's names and loopback addresses (a longer
+/// row is cut on a terminal, with a marker). The binding is its kind; its value is in the
+/// card, ICCID or IMSI column.
+fn row_text(cols: [&str; 8]) -> String {
+    let [reader, name, vpcd, state, bound, card, iccid, imsi] = cols;
+    // "Virtual PCD 8 00 01" is the longest name pcsc-lite gives vpcd's 16 readers.
+    format!(
+        "{reader:>6}  {name:<19} {vpcd:<15} {state:<7} {bound:<5} {card:>4}  {iccid:<20} {imsi}"
+    )
+}
+
+fn header(width: Option<usize>) -> Result<(), CliError> {
+    let h = row_text([
+        "reader",
+        "PC/SC name",
+        "vpcd",
+        "state",
+        "bound",
+        "card",
+        "ICCID",
+        "IMSI",
+    ]);
+    out(super::fit(&h, width))
 }
 
 fn state_word(p: Presence) -> &'static str {
@@ -64,19 +79,36 @@ fn state_word(p: Presence) -> &'static str {
     }
 }
 
-fn print_reader(r: &ReaderRow) -> Result<(), CliError> {
-    out(format!(
-        "{:>6}  {:<20} {:<16} {:<8} {:<28} {:<20} {}",
-        r.reader,
-        r.name,
-        r.vpcd,
-        state_word(r.state),
-        binding_text(r),
-        cell(r.iccid.as_ref()),
-        cell(r.imsi.as_ref()),
-    ))?;
+fn print_reader(r: &ReaderRow, width: Option<usize>) -> Result<(), CliError> {
+    // The bound identity shows in its column also while no card has it.
+    let (bound, card, iccid, imsi) = match &r.binding {
+        None => ("-", r.card, r.iccid.clone(), r.imsi.clone()),
+        Some(Binding::Card(n)) => ("card", r.card.or(Some(*n)), r.iccid.clone(), r.imsi.clone()),
+        Some(Binding::Iccid(s)) => (
+            "ICCID",
+            r.card,
+            r.iccid.clone().or(Some(s.clone())),
+            r.imsi.clone(),
+        ),
+        Some(Binding::Imsi(s)) => (
+            "IMSI",
+            r.card,
+            r.iccid.clone(),
+            r.imsi.clone().or(Some(s.clone())),
+        ),
+    };
+    let reader = r.reader.to_string();
+    let state = state_word(r.state);
+    let (card, iccid, imsi) = (cell(card), cell(iccid), cell(imsi));
+    let line = row_text([
+        &reader, &r.name, &r.vpcd, state, bound, &card, &iccid, &imsi,
+    ]);
+    out(super::fit(&line, width))?;
     if let Some(d) = &r.detail {
-        out(format!("{:>6}  ({d})", ""))?;
+        // A note, not a column: wrapped to the terminal, or to 100 columns in a pipe.
+        for l in super::wrap("        ", &format!("({d})"), Some(width.unwrap_or(100))) {
+            out(l)?;
+        }
     }
     Ok(())
 }
@@ -134,10 +166,13 @@ pub async fn unbind(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A reader after a bind or unbind: as one row of `readers`, with its header.
 fn show(r: &ReaderRow, json_out: bool) -> Result<(), CliError> {
     if json_out {
         out_json(r)
     } else {
-        print_reader(r)
+        let width = super::terminal_width();
+        header(width)?;
+        print_reader(r, width)
     }
 }

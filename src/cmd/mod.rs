@@ -3,6 +3,7 @@
 pub mod apdu;
 pub mod daemon;
 pub mod info;
+pub mod instance;
 pub mod read;
 pub mod scan;
 pub mod serve;
@@ -86,9 +87,23 @@ pub fn out_bytes(bytes: &[u8]) -> Result<(), CliError> {
         .map_err(write_error)
 }
 
-/// Prints `v` as one JSON document.
+/// Prints `v` as JSON, one row per line: a list is `[`, its rows (each compact, on a line of
+/// its own, `,` after all but the last) and `]`; anything else is one compact line. The same
+/// on a terminal and in a pipe: `grep` and `head` work by row, `jq .` pretty-prints.
 pub fn out_json(v: &impl serde::Serialize) -> Result<(), CliError> {
-    out(serde_json::to_string_pretty(v).unwrap_or_default())
+    out(json_rows(v))
+}
+
+/// The text [`out_json`] prints (without the final newline).
+pub fn json_rows(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Array(rows)) if !rows.is_empty() => {
+            let rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            format!("[\n{}\n]", rows.join(",\n"))
+        }
+        Ok(v) => v.to_string(),
+        Err(e) => format!("{{\"error\":{}}}", serde_json::Value::from(e.to_string())),
+    }
 }
 
 fn write_error(e: std::io::Error) -> CliError {
@@ -131,13 +146,18 @@ impl Interrupt {
     }
 }
 
-/// Where client commands find the running daemon.
+/// Where client commands find the running daemon: one daemon per call (see `instance`).
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Daemon")]
 pub struct ControlArgs {
-    /// The daemon's control API, HOST:PORT.
-    #[arg(long, env = "SIMPOOL_CONTROL", default_value = simpool::config::DEFAULT_CONTROL)]
-    pub control: String,
+    /// The daemon's control API, HOST:PORT [env: SIMPOOL_CONTROL] [default: 127.0.0.1:6680].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub control: Option<String>,
+    /// The daemon of instance NAME (simpool@NAME.service): the control address (and token
+    /// file) in its configuration /etc/simpool/NAME.toml ($SIMPOOL_CONFIG_DIR/NAME.toml when
+    /// set) [env: SIMPOOL_INSTANCE].
+    #[arg(long, value_name = "NAME", conflicts_with = "control")]
+    pub instance: Option<String>,
     /// File with the bearer token the daemon's control API requires.
     #[arg(long, env = "SIMPOOL_CONTROL_TOKEN")]
     pub control_token: Option<std::path::PathBuf>,
@@ -145,17 +165,14 @@ pub struct ControlArgs {
 
 impl ControlArgs {
     pub fn client(&self) -> Result<Control, CliError> {
-        let token = match &self.control_token {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
+        let t = instance::target(self.control.as_deref(), self.instance.as_deref())?;
+        let token = match (&self.control_token, &t.token) {
+            (Some(p), _) => Some(instance::read_token(p, None)?),
+            (None, Some(p)) => Some(instance::read_token(p, t.instance.as_deref())?),
+            (None, None) => None,
         };
         Ok(Control {
-            addr: self.control.clone(),
+            addr: t.addr,
             token,
         })
     }
@@ -215,11 +232,44 @@ pub enum Via {
     Pool(OwnPool),
 }
 
+/// Whether `--pool` came from `SIMPOOL_POOL` rather than the command line (set by `main` from
+/// clap's value source), so hints name what the user actually set.
+pub static POOL_FROM_ENV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl PoolArgs {
+    /// How the user named the pool: `--pool X` or `SIMPOOL_POOL=X`.
+    fn named(&self, a: &str) -> String {
+        if POOL_FROM_ENV.load(std::sync::atomic::Ordering::Relaxed) {
+            format!("SIMPOOL_POOL={a}")
+        } else {
+            format!("--pool {a}")
+        }
+    }
+
+    /// `--cards` is the simulated pool's: given with any other pool (or none, through the
+    /// daemon) it would be ignored, so it is refused.
+    fn refuse_cards_off_sim(&self) -> Result<(), CliError> {
+        match (&self.cards, &self.pool) {
+            (Some(_), Some(PoolAddr::Sim)) | (None, _) => Ok(()),
+            (Some(f), Some(PoolAddr::Tcp(a))) => Err(CliError::Usage(format!(
+                "--cards {} is for the simulated pool (--pool sim); {} is a real pool, whose \
+                 cards are the ones inserted",
+                f.display(),
+                self.named(a)
+            ))),
+            (Some(f), None) => Err(CliError::Usage(format!(
+                "--cards {} is for the simulated pool: give --pool sim (without --pool the \
+                 command goes through the running daemon, whose cards are its pool's)",
+                f.display()
+            ))),
+        }
+    }
+
     /// The daemon if one answers and no `--pool` was given; else a connection of our own. A
     /// daemon that refuses us for want of its token is final; a `--pool` naming the pool a
     /// running daemon uses is refused unless `--force`.
     pub async fn via(&self) -> Result<Via, CliError> {
+        self.refuse_cards_off_sim()?;
         let control = self.control.client()?;
         match &self.pool {
             Some(PoolAddr::Sim) => Ok(Via::Pool(self.open(&PoolAddr::Sim).await?)),
@@ -243,28 +293,52 @@ impl PoolArgs {
                 }
             },
             Some(addr @ PoolAddr::Tcp(a)) => {
-                self.check_around_daemon(&control, a).await?;
-                Ok(Via::Pool(self.open(addr).await?))
+                let daemon = self.check_around_daemon(&control, a).await?;
+                self.open(addr).await.map(Via::Pool).map_err(|e| {
+                    match (
+                        POOL_FROM_ENV.load(std::sync::atomic::Ordering::Relaxed),
+                        daemon,
+                    ) {
+                        (true, true) => CliError::Failed(format!(
+                            "{e} (the pool from SIMPOOL_POOL; unset it to go through the \
+                             daemon on {})",
+                            control.addr
+                        )),
+                        (true, false) => {
+                            CliError::Failed(format!("{e} (the pool from SIMPOOL_POOL)"))
+                        }
+                        (false, _) => e,
+                    }
+                })
             }
         }
     }
 
     /// Refuses to go around a running daemon that uses pool `a` (or cannot be asked), unless
-    /// `--force`; says so when forced.
-    async fn check_around_daemon(&self, control: &Control, a: &str) -> Result<(), CliError> {
+    /// `--force`; says so when forced. A daemon on its built-in simulated pool shares no pool
+    /// with any address. Answers whether a daemon answered.
+    async fn check_around_daemon(&self, control: &Control, a: &str) -> Result<bool, CliError> {
         let conflict = match control.probe().await {
-            Probe::Nothing(_) => return Ok(()),
-            Probe::Daemon(h) if !same_pool(a, &h.pool).await => return Ok(()),
+            Probe::Nothing(_) => return Ok(false),
+            Probe::Daemon(h) if !same_pool(a, &h.pool).await => return Ok(true),
             Probe::Daemon(_) => format!("the daemon on {} uses pool {a}", control.addr),
             Probe::NeedsToken(e) => format!("{e}; it may be using pool {a}"),
         };
+        let named = self.named(a);
         if !self.force {
+            let leave_out = if POOL_FROM_ENV.load(std::sync::atomic::Ordering::Relaxed) {
+                "unset SIMPOOL_POOL"
+            } else {
+                "leave out --pool"
+            };
             return Err(CliError::Card(format!(
-                "{conflict}: leave out --pool to go through the daemon, or give --force to open                  a connection of this command's own anyway (the daemon's sessions can break)"
+                "{conflict} ({named}): {leave_out} to go through the daemon, or give --force to \
+                 open a connection of this command's own anyway (the daemon's sessions can \
+                 break)"
             )));
         }
-        eprintln!("simpool: warning: {conflict}; going around it (--force)");
-        Ok(())
+        eprintln!("simpool: warning: {conflict} ({named}); going around it (--force)");
+        Ok(true)
     }
 
     /// Connects to `addr`, or starts the in-process simulator for `sim`.
@@ -333,7 +407,89 @@ pub async fn wait_for_signal() {
     Interrupt::new().recv().await
 }
 
+/// The width table rows may take: the terminal's when standard output is one (100 when it
+/// does not say), else none: a pipe or file gets whole rows.
+pub fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    let stdout = std::io::stdout();
+    if !stdout.is_terminal() {
+        return None;
+    }
+    let cols = rustix::termios::tcgetwinsize(&stdout)
+        .map(|w| usize::from(w.ws_col))
+        .unwrap_or(0);
+    Some(if cols == 0 { 100 } else { cols })
+}
+
+/// `line` cut to `width` characters, its last one the marker `…`, when it is longer.
+pub fn fit(line: &str, width: Option<usize>) -> String {
+    match width {
+        Some(w) if line.chars().count() > w => {
+            let mut s: String = line.chars().take(w.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+        _ => line.to_string(),
+    }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces, each after `indent`.
+pub fn wrap(indent: &str, text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(w) = width.map(|w| w.saturating_sub(indent.len()).max(20)) else {
+        return vec![format!("{indent}{text}")];
+    };
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split(' ') {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > w {
+            lines.push(format!("{indent}{}", fit(&cur, Some(w))));
+            cur.clear();
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    lines.push(format!("{indent}{}", fit(&cur, Some(w))));
+    lines
+}
+
 /// A value as a table cell: "-" when there is none.
 pub fn cell(v: Option<impl std::fmt::Display>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_cut_with_a_marker_and_notes_wrapped() {
+        assert_eq!(fit("abcdef", Some(4)), "abc…");
+        assert_eq!(fit("abcdef", Some(6)), "abcdef");
+        assert_eq!(fit("abcdef", None), "abcdef");
+        let w = wrap(
+            "  ",
+            "one two three four five six seven eight nine ten",
+            Some(24),
+        );
+        assert!(
+            w.len() > 1 && w.iter().all(|l| l.chars().count() <= 24),
+            "{w:?}"
+        );
+        assert_eq!(w.join(" ").split_whitespace().count(), 10);
+    }
+
+    #[test]
+    fn json_is_one_row_per_line() {
+        assert_eq!(
+            json_rows(&serde_json::json!([{"a": 1}, {"a": 2}])),
+            "[\n{\"a\":1},\n{\"a\":2}\n]"
+        );
+        assert_eq!(
+            json_rows(&serde_json::json!({"a": [1, 2]})),
+            "{\"a\":[1,2]}"
+        );
+        assert_eq!(json_rows(&Vec::<u8>::new()), "[]");
+    }
 }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use hyper::Method;
 
 use simpool::cards::ops;
-use simpool::rows::ScanRow;
+use simpool::rows::{ScanRequest, ScanRow};
+use simpool::values::CardNo;
 
 use super::{
-    cell, interruptible, out, out_json, CliError, Interrupt, OwnPool, PoolArgs, Via,
+    cell, fit, interruptible, out, out_json, wrap, CliError, Interrupt, OwnPool, PoolArgs, Via,
     EXIT_INTERRUPTED, EXIT_PARTIAL,
 };
 
@@ -27,6 +28,8 @@ struct View {
     rows: Vec<ScanRow>,
     total: usize,
     progress: bool,
+    /// The terminal's width, when the rows go to one.
+    width: Option<usize>,
 }
 
 impl View {
@@ -36,6 +39,7 @@ impl View {
             rows: Vec::new(),
             total: 0,
             progress: std::io::stderr().is_terminal(),
+            width: super::terminal_width(),
         }
     }
 
@@ -69,11 +73,13 @@ impl View {
     }
 
     fn add(&mut self, r: ScanRow) -> Result<(), CliError> {
-        let line = (!self.json).then(|| text_row(&r));
+        let lines = (!self.json).then(|| text_rows(&r, self.width));
         self.rows.push(r);
-        if let Some(line) = line {
+        if let Some(lines) = lines {
             self.clear_progress();
-            out(line)?;
+            for l in lines {
+                out(l)?;
+            }
         }
         self.show_progress();
         Ok(())
@@ -96,38 +102,70 @@ impl View {
     }
 }
 
-fn text_row(r: &ScanRow) -> String {
+/// A card's lines: its row (cut on a terminal, with a marker, when longer than the terminal:
+/// only a long ATR makes it pass 100 characters), then for a held card a note with its holder;
+/// an error is wrapped on a terminal instead of cut.
+fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
     let state = serde_json::to_value(r.state)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_else(|| format!("{:?}", r.state));
     if let Some(e) = &r.error {
-        return format!("{:>4}  {state:<9} error: {e}", r.card);
+        let mut lines = wrap("                ", &format!("error: {e}"), width);
+        lines[0] = format!("{:>4}  {state:<9} {}", r.card, lines[0].trim_start());
+        return lines;
     }
-    let held = match &r.holder {
-        Some(h) => format!("  (held by {h}; as last read)"),
-        None => String::new(),
-    };
-    format!(
-        "{:>4}  {state:<9} {:<20} {:<15}  {}{held}",
-        r.card,
-        cell(r.iccid.as_ref()),
-        cell(r.imsi.as_ref()),
-        cell(r.atr.as_ref()),
-    )
+    let mut lines = vec![fit(
+        &format!(
+            "{:>4}  {state:<9} {:<20} {:<15}  {}",
+            r.card,
+            cell(r.iccid.as_ref()),
+            cell(r.imsi.as_ref()),
+            cell(r.atr.as_ref()),
+        ),
+        width,
+    )];
+    if let Some(h) = &r.holder {
+        lines.extend(wrap(
+            "      ",
+            &format!("(held by {h}: as last read, not touched)"),
+            width,
+        ));
+    }
+    lines
 }
 
-pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
+/// The cards of `--card LIST`.
+fn card_list(list: &str) -> Result<Vec<CardNo>, CliError> {
+    let set = simpool::gsmtap::CardFilter::parse(list)
+        .map_err(|e| CliError::Usage(format!("--card {list}: {e}")))?;
+    Ok(CardNo::all().filter(|n| set.contains(n.get())).collect())
+}
+
+pub async fn run(
+    pool: PoolArgs,
+    json_out: bool,
+    card: Option<String>,
+    free: bool,
+) -> Result<ExitCode, CliError> {
+    let scope = ops::ScanScope {
+        cards: card.as_deref().map(card_list).transpose()?,
+        free,
+    };
     let mut view = View::new(json_out);
     let mut interrupt = Interrupt::new();
     match pool.via().await? {
         Via::Daemon(c) => {
             // The daemon reads each card under a lease and stops it again itself; an
             // interrupted request changes nothing there, so there is nothing to clean up here.
+            let body = ScanRequest {
+                cards: scope.cards,
+                free: scope.free,
+            };
             let call = c.call::<Vec<ScanRow>>(
                 Method::POST,
                 "/api/v1/scan",
-                None::<&()>,
+                Some(&body),
                 Duration::from_secs(300),
             );
             let Some(rows) = interruptible(&mut interrupt, call).await else {
@@ -146,7 +184,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
         }
         Via::Pool(p) => {
             let deadline = Duration::from_millis(pool.reply_timeout_ms * 5);
-            let interrupted = scan_own(&p, deadline, &mut view, &mut interrupt).await?;
+            let interrupted = scan_own(&p, scope, deadline, &mut view, &mut interrupt).await?;
             view.finish(interrupted)
         }
     }
@@ -161,11 +199,12 @@ enum Cut {
 /// Scans over this command's own connection; answers whether it was interrupted.
 async fn scan_own(
     p: &OwnPool,
+    scope: ops::ScanScope,
     deadline: Duration,
     view: &mut View,
     interrupt: &mut Interrupt,
 ) -> Result<bool, CliError> {
-    let mut scan = ops::scan(&p.cards, deadline).await?;
+    let mut scan = ops::scan_scoped(&p.cards, scope, deadline).await?;
     view.start(scan.total())?;
     let cut = loop {
         tokio::select! {

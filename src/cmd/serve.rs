@@ -195,6 +195,7 @@ fn start_error(e: ServeError) -> CliError {
             | ControlError::NeedsToken(_)
             | ControlError::Token(..)),
         ) => CliError::Usage(format!("control API: {e}")),
+        ServeError::State(e) => CliError::Usage(e),
         ServeError::Sim(e) => CliError::Sim(e),
         e => CliError::Failed(e.to_string()),
     }
@@ -250,6 +251,22 @@ fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliErr
             "pool not configured: set pool in {} (the pool's HOST:PORT, or \"sim\")",
             p.display()
         )));
+    }
+    if let (false, Some(f)) = (cfg.pool.is_sim(), &cfg.cards) {
+        // A cards file only shapes the simulated pool: with a real one it would do nothing.
+        if args.cards.is_some() {
+            return Err(CliError::Usage(format!(
+                "--cards {} is for the simulated pool (--pool sim); pool {} is a real pool, \
+                 whose cards are the ones inserted",
+                f.display(),
+                cfg.pool
+            )));
+        }
+        log::warn!(
+            "cards = {:?} (configuration file) is for the simulated pool; ignored: the pool is {}",
+            f.display().to_string(),
+            cfg.pool
+        );
     }
     if cfg.pool.is_sim() {
         let cards = match &cfg.cards {

@@ -68,12 +68,16 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
 
 /// A 16×16 grid like the front panel: one character per slot.
 pub fn grid(states: &[SlotState]) -> String {
-    let mut s = String::from("card  +0 +1 +2 +3 +4 +5 +6 +7 +8 +9 10 11 12 13 14 15\n");
+    // Columns 4 wide, so that "+9 +10 +11" stay apart: a card is its row's number plus its column's.
+    let mut s = String::from("card");
+    for col in 0..16 {
+        s.push_str(&format!("{:>4}", format!("+{col}")));
+    }
+    s.push('\n');
     for (row, chunk) in states.chunks(16).enumerate() {
         s.push_str(&format!("{:>4}", row * 16 + 1));
         for st in chunk {
-            s.push_str("  ");
-            s.push(symbol(*st));
+            s.push_str(&format!("{:>4}", symbol(*st)));
         }
         s.push('\n');
     }
@@ -97,5 +101,32 @@ fn symbol(s: SlotState) -> char {
         SlotState::Working => '*',
         SlotState::Abnormal => '!',
         SlotState::Unknown(_) => '?',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_s_column_headers_stand_apart_over_their_columns() {
+        let mut states = vec![SlotState::Empty; 256];
+        states[9] = SlotState::Inserted; // card 10: row 1, column +9
+        states[26] = SlotState::Working; // card 27: row 17, column +10
+        let g = grid(&states);
+        let lines: Vec<&str> = g.lines().collect();
+        let head = lines[0];
+        // Every header is a word of its own.
+        let words: Vec<&str> = head.split_whitespace().collect();
+        assert_eq!(words.len(), 17, "{head}");
+        assert_eq!(words[10], "+9");
+        assert_eq!(words[11], "+10");
+        // Each symbol sits under the last character of its column's header.
+        let under = |line: &str, h: &str| {
+            let end = head.find(&format!(" {h}")).unwrap() + h.len();
+            line.as_bytes()[end] as char
+        };
+        assert_eq!(under(lines[1], "+9"), 'o', "{g}");
+        assert_eq!(under(lines[2], "+10"), '*', "{g}");
     }
 }

@@ -415,12 +415,16 @@ async fn apdu(
     let n = card_number(&n)?;
     let body: ApduRequest = parse_json(
         &read_body(req).await?,
-        "{\"tpdus\":[\"A0A40000023F00\",…],\"keep\":false}",
+        "{\"tpdus\":[\"A0A40000023F00\",…],\"keep\":false,\"auto\":false}",
     )?;
     let cmds = ops::parse_commands(&body.tpdus)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let holder = Holder::Api(peer.to_string());
-    let reply = ops::apdu(&d.cards, n, holder, &cmds, body.keep, d.command_timeout)
+    let mode = ops::ApduMode {
+        keep: body.keep,
+        auto: body.auto,
+    };
+    let reply = ops::apdu_with(&d.cards, n, holder, &cmds, mode, d.command_timeout)
         .await
         .map_err(apdu_error)?;
     for (cmd, e) in cmds.iter().zip(&reply.errors) {
@@ -434,9 +438,15 @@ async fn apdu(
     Ok(Json(reply))
 }
 
-async fn scan(State(d): State<Arc<Daemon>>) -> ApiResult<Vec<crate::rows::ScanRow>> {
+async fn scan(State(d): State<Arc<Daemon>>, req: Request) -> ApiResult<Vec<crate::rows::ScanRow>> {
+    let body: crate::rows::ScanRequest =
+        optional_json(req, "{\"cards\":[18,256],\"free\":true}").await?;
+    let scope = ops::ScanScope {
+        cards: body.cards,
+        free: body.free,
+    };
     d.cards
-        .scan(d.command_timeout)
+        .scan_in(scope, d.command_timeout)
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
