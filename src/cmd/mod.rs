@@ -2,7 +2,9 @@
 
 pub mod apdu;
 pub mod daemon;
+pub mod history;
 pub mod info;
+pub mod label;
 pub mod read;
 pub mod scan;
 pub mod serve;

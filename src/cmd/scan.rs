@@ -109,11 +109,12 @@ fn text_row(r: &ScanRow) -> String {
         None => String::new(),
     };
     format!(
-        "{:>4}  {state:<9} {:<20} {:<15}  {}{held}",
+        "{:>4}  {state:<9} {:<20} {:<15}  {}{held}{}",
         r.card,
         cell(r.iccid.as_ref()),
         cell(r.imsi.as_ref()),
         cell(r.atr.as_ref()),
+        super::label::suffix(&r.labels),
     )
 }
 
