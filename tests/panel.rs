@@ -348,7 +348,7 @@ fn panel_in_headless_chromium() {
         "card 5's last holders",
         Duration::from_secs(10),
         "const li = document.querySelector('#d-history-box[data-card=\"5\"] li[data-why=\"released\"]'); \
-         return !!li && li.textContent",
+         return !!li && !document.getElementById('d-history-box').hidden && li.textContent",
     );
     assert!(li.as_str().unwrap().contains("reader 3"), "{li}");
     b.wait_for(
@@ -361,7 +361,7 @@ fn panel_in_headless_chromium() {
         "card 18's open lease",
         Duration::from_secs(10),
         "const li = document.querySelector('#d-history-box[data-card=\"18\"] li[data-why=\"\"]'); \
-         return !!li && li.textContent",
+         return !!li && !document.getElementById('d-history-box').hidden && li.textContent",
     );
     let li = li.as_str().unwrap();
     assert!(li.contains("reader 0") && li.contains("held"), "{li}");

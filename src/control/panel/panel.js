@@ -171,7 +171,8 @@
       const span = `${when(l.start)} – ${l.end ? when(l.end) : l.why ? "?" : "now"}`;
       const li = el("li", { "data-lease": String(l.id), "data-why": l.why || "" },
                     el("span", { text: `${span} · ${who} · ` }),
-                    el("span", { class: "why", text: (l.why || "held") + ` · ${l.exchanges} exchanges` }));
+                    // A lease's counters are written when it ends (the card's own are above).
+                    el("span", { class: "why", text: l.why ? `${l.why} · ${l.exchanges} exchanges` : "held" }));
       li.title = [l.iccid && "ICCID " + l.iccid, l.errors && l.errors + " errors",
                   l.authentications && l.authentications + " authentications",
                   l.pin_failures && l.pin_failures + " failed PINs",
