@@ -10,6 +10,8 @@
 //!   and `bind --label` binds a reader to a card that has them.
 //! - A corrupt history file: moved aside with a warning, a new one started, the daemon serves
 //!   and records.
+//! - Card events: a mute card a reader tries is marked bad and the error indication sent; a
+//!   card pulled out and put back is removed and inserted.
 //!
 //! Run it in a private network namespace:
 //! `unshare -n sh -c 'ip link set lo up && cargo test --test history_daemon'`.
@@ -383,4 +385,83 @@ fn without_a_history_labels_and_history_say_what_they_need() {
     let (status, v) = api(&control, "GET", "/api/v1/cards/7", None);
     assert_eq!(status, 200);
     assert_eq!(v["labels"], json!({}));
+}
+
+fn event_kinds(control: &str, card: u16) -> Vec<Value> {
+    let (status, v) = api(
+        control,
+        "GET",
+        &format!("/api/v1/history?card={card}"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v["events"].as_array().unwrap().clone()
+}
+
+fn wait_event(control: &str, card: u16, kind: &str) -> Value {
+    let mut found = None;
+    common::wait_for(
+        &format!("card {card} {kind}"),
+        Duration::from_secs(20),
+        || {
+            found = event_kinds(control, card)
+                .into_iter()
+                .find(|e| e["kind"] == kind);
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+#[test]
+fn card_events_marked_bad_error_indication_removed_and_inserted() {
+    let pcscd = stack::pcscd(BASE_PORT);
+    let sim = common::sim_pool(
+        CardsFile::default_set(),
+        Faults {
+            mute: [7].into(),
+            ..Faults::default()
+        },
+    );
+    let dir = Dir::new("events");
+    let db = dir.0.join("history.sqlite");
+    let control = format!("127.0.0.1:{}", common::free_port());
+    let _daemon = Serve::start(
+        &[
+            "--pool",
+            &sim.addr().to_string(),
+            "--vpcd",
+            &pcscd.vpcd_addr(12),
+            "--card",
+            "7",
+            "--control",
+            &control,
+            "--history",
+            db.to_str().unwrap(),
+        ],
+        "hd-events",
+    );
+    common::wait_for("the control API", Duration::from_secs(15), || {
+        api(&control, "GET", "/healthz", None).0 == 200
+    });
+    // Reader 0 tries the mute card 7 until the card layer marks it bad.
+    let bad = wait_event(&control, 7, "marked-bad");
+    assert!(
+        bad["detail"].as_str().unwrap().contains("did not start"),
+        "{bad}"
+    );
+    let ind = wait_event(&control, 7, "error-indication");
+    assert_eq!(ind["detail"], bad["detail"]);
+    assert_eq!(sim.error_indications(7), 1);
+    // Card 9 pulled out, then put back: the slot watcher sees both.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(sim.pull(9));
+    let removed = wait_event(&control, 9, "removed");
+    assert!(sim.push(9));
+    let inserted = wait_event(&control, 9, "inserted");
+    assert!(inserted["time"].as_str() > removed["time"].as_str());
+    // The command line lists them.
+    let (code, out, err) = simpool(&control, &["history", "--card", "9"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("removed") && out.contains("inserted"), "{out}");
 }
