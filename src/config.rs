@@ -498,6 +498,37 @@ mod tests {
     }
 
     #[test]
+    fn history_file_off_and_days() {
+        let file: FileConfig = toml::from_str(
+            "pool = \"sim\"\nhistory = \"/var/lib/simpool/h.sqlite\"\nhistory_days = 7\n[[reader]]\ncard = 1\n",
+        )
+        .unwrap();
+        let c = resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(c.history, Some(PathBuf::from("/var/lib/simpool/h.sqlite")));
+        assert_eq!(c.history_days, 7);
+        let off = FileConfig {
+            history: Some("off".into()),
+            ..Default::default()
+        };
+        let c = resolve(file.clone(), off).unwrap();
+        assert_eq!((c.history, c.history_days), (None, 7));
+        let c = resolve(
+            FileConfig {
+                reader: file.reader.clone(),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!((c.history, c.history_days), (None, 90));
+        let empty = FileConfig {
+            history: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(resolve(file, empty).is_err());
+    }
+
+    #[test]
     fn file_and_flags() {
         let file: FileConfig = toml::from_str(
             "pool = \"10.0.0.9:6666\"\nreset = \"cached\"\n[[reader]]\ncard = 18\n[[reader]]\nimsi = \"460019894013615\"\n",
