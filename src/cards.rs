@@ -16,7 +16,9 @@
 //!   the card is taken from its holder ([`Lease::ended`]: `stop --force` today; an expired
 //!   reservation is the same revocation);
 //! - the operations the API and the command line offer ([`ops`]) are the same code whether
-//!   they run in the daemon or over a command's own pool connection.
+//!   they run in the daemon or over a command's own pool connection;
+//! - what each lease did and what happened to each card go to the history, and the cards'
+//!   labels come from it ([`record`]).
 //!
 //! [`Lease::transmit`] is the single place where an exchange happens, so counters, the latency
 //! histogram and observers (GSMTAP) are hooked in once. It adds no lock, no allocation and no
