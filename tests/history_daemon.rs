@@ -170,6 +170,17 @@ fn history_rows_survive_a_restart_and_kill_9_and_labels_select_cards() {
     assert_eq!(row["pin_failures"], 1, "{row}");
     assert_eq!(row["user"], Value::Null);
     let id18 = row["id"].clone();
+    // The history's own counters in the metrics.
+    let (_, _, metrics) = http(&control, "GET", "/metrics", &[], None);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    assert!(value("simpool_history_records_written_total ") >= 2.0);
+    assert_eq!(value("simpool_history_records_dropped_total "), 0.0);
+    assert_eq!(value("simpool_history_records_failed_total "), 0.0);
 
     // The command line reads the same rows.
     let (code, out, err) = simpool(&control, &["history", "--card", "18", "--json"]);
