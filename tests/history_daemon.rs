@@ -12,6 +12,8 @@
 //!   and records.
 //! - Card events: a mute card a reader tries is marked bad and the error indication sent; a
 //!   card pulled out and put back is removed and inserted.
+//! - A reader keeps its lease across sessions: its row ends `stopped-by-admin` on a forced
+//!   stop and `link-lost` when the pool goes away, and a new row begins each time.
 //!
 //! Run it in a private network namespace:
 //! `unshare -n sh -c 'ip link set lo up && cargo test --test history_daemon'`.
@@ -475,4 +477,56 @@ fn card_events_marked_bad_error_indication_removed_and_inserted() {
     let (code, out, err) = simpool(&control, &["history", "--card", "9"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("removed") && out.contains("inserted"), "{out}");
+}
+
+#[test]
+fn a_readers_rows_end_stopped_by_an_admin_and_link_lost_and_it_goes_on() {
+    let pcscd = stack::pcscd(BASE_PORT);
+    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let dir = Dir::new("reasons");
+    let db = dir.0.join("history.sqlite");
+    let control = format!("127.0.0.1:{}", common::free_port());
+    let _daemon = serve(
+        &sim.addr().to_string(),
+        &pcscd.vpcd_addr(14),
+        &control,
+        &db,
+        "hd-reasons",
+    );
+    let ctx = stack::context();
+    let r = pcscd.reader_name(14);
+    let present = |what: &str| {
+        assert!(
+            stack::wait_card(&ctx, &r, true, Duration::from_secs(20)),
+            "{what}"
+        );
+        common::wait_for(what, Duration::from_secs(10), || {
+            api(&control, "GET", "/api/v1/readers/0", None).1["state"] == "present"
+        });
+    };
+    present("card 18 in reader 0");
+    // An admin stops the card under its reader: the row ends so, the reader starts it again.
+    let (status, v) = api(
+        &control,
+        "POST",
+        "/api/v1/cards/18/stop",
+        Some(r#"{"force":true}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    let stopped = wait_lease(&control, 18, "a stopped-by-admin row", |l| {
+        l["why"] == "stopped-by-admin"
+    });
+    assert_eq!(stopped["front_end"], "reader 0");
+    present("card 18 back in reader 0");
+    let next = wait_lease(&control, 18, "the reader's next row", |l| {
+        l["why"].is_null() && l["id"].as_i64() > stopped["id"].as_i64()
+    });
+    // The pool goes away for a moment: that row ends link-lost, and another begins.
+    sim.restart(Duration::from_millis(1500));
+    let lost = wait_lease(&control, 18, "a link-lost row", |l| l["why"] == "link-lost");
+    assert_eq!(lost["id"], next["id"]);
+    present("card 18 in reader 0 after the pool came back");
+    wait_lease(&control, 18, "a row after the link came back", |l| {
+        l["why"].is_null() && l["id"].as_i64() > lost["id"].as_i64()
+    });
 }
