@@ -530,3 +530,88 @@ fn a_readers_rows_end_stopped_by_an_admin_and_link_lost_and_it_goes_on() {
         l["why"].is_null() && l["id"].as_i64() > lost["id"].as_i64()
     });
 }
+
+/// The user and reservation a holder acts for (issue 19 §2, §3) go into its lease's row,
+/// open and ended; a lease without them has none.
+#[tokio::test(flavor = "current_thread")]
+async fn a_leases_owner_is_recorded_when_it_has_one() {
+    use simpool::cards::{Cards, Front, Holder, Owner, ReservationRef};
+    use simpool::history::{EndReason, History, Options, Query};
+    use simpool::pool::{Link, LinkOptions};
+    use simpool::values::CardNo;
+
+    let sim =
+        simpool::sim::SimPool::start("127.0.0.1:0", CardsFile::default_set(), Faults::default())
+            .await
+            .unwrap();
+    let link = Link::spawn(&sim.addr().to_string(), LinkOptions::default());
+    assert!(link.wait_up(Duration::from_secs(5)).await);
+    let dir = Dir::new("owner");
+    let h = History::open(Options::new(dir.0.join("history.sqlite"))).unwrap();
+    let cards = Cards::new(link, Vec::new());
+    cards.set_history(h.clone());
+    let by_card = |card: u16| Query {
+        card: Some(card),
+        ..Query::default()
+    };
+
+    let mut lease = cards
+        .lease(CardNo::of(3), Holder::Api("test".into()))
+        .unwrap();
+    lease.set_owner(Owner {
+        user: Some("alice".into()),
+        reservation: Some(ReservationRef {
+            id: 17,
+            note: Some("nightly CI".into()),
+        }),
+    });
+    lease.start().await.unwrap();
+    h.flush().await;
+    let open = h.leases(by_card(3)).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].why, None);
+    assert_eq!(open[0].began.user.as_deref(), Some("alice"));
+    assert_eq!(open[0].began.reservation, Some(17));
+    lease
+        .transmit(
+            &common::hex("A0A4000002 3F00"),
+            Duration::from_secs(2),
+            Front::Api,
+        )
+        .await
+        .unwrap();
+    lease.release().await;
+    h.flush().await;
+    let rows = h
+        .leases(Query {
+            user: Some("alice".into()),
+            ..Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r.why, Some(EndReason::Released));
+    assert_eq!(r.began.note.as_deref(), Some("nightly CI"));
+    assert_eq!(r.began.front_end, "API request from test");
+    assert_eq!(r.counters.exchanges, 1);
+
+    // No owner: no user, no reservation. A lease that never started its card: no row.
+    let mut plain = cards
+        .lease(CardNo::of(4), Holder::Api("test".into()))
+        .unwrap();
+    plain.start().await.unwrap();
+    plain.release().await;
+    let idle = cards
+        .lease(CardNo::of(5), Holder::Api("test".into()))
+        .unwrap();
+    idle.release().await;
+    h.flush().await;
+    let four = h.leases(by_card(4)).await.unwrap();
+    assert_eq!(
+        (four[0].began.user.clone(), four[0].began.reservation),
+        (None, None)
+    );
+    assert!(h.leases(by_card(5)).await.unwrap().is_empty());
+    h.close().await;
+}

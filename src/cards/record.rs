@@ -171,6 +171,13 @@ impl From<HistoryError> for LabelsError {
     }
 }
 
+/// The owner's user, reservation and note into a row.
+fn owner_into(owner: &Owner, b: &mut LeaseBegan) {
+    b.user.clone_from(&owner.user);
+    b.reservation = owner.reservation.as_ref().map(|r| r.id);
+    b.note = owner.reservation.as_ref().and_then(|r| r.note.clone());
+}
+
 fn holder_kind(h: &Holder) -> HolderKind {
     match h {
         Holder::Reader(_) => HolderKind::Reader,
@@ -285,14 +292,13 @@ impl Cards {
     ) -> Option<Box<LeaseBegan>> {
         self.history()?;
         let known = self.known(n);
-        Some(Box::new(LeaseBegan {
+        let mut began = LeaseBegan {
             iccid: known.iccid,
             imsi: known.imsi,
-            user: owner.user.clone(),
-            reservation: owner.reservation.as_ref().map(|r| r.id),
-            note: owner.reservation.as_ref().and_then(|r| r.note.clone()),
             ..LeaseBegan::now(n.get(), holder_kind(holder), holder.to_string())
-        }))
+        };
+        owner_into(owner, &mut began);
+        Some(Box::new(began))
     }
 
     /// Watches the pool's slot states and records cards inserted and removed, until the link
@@ -370,9 +376,11 @@ impl Lease {
         if self.rec.row.is_some() {
             return;
         }
-        let (Some(began), Some(h)) = (self.rec.pending.take(), self.cards.history()) else {
+        let (Some(mut began), Some(h)) = (self.rec.pending.take(), self.cards.history()) else {
             return;
         };
+        // Whom the holder acts for may have been set since the lease was taken.
+        owner_into(&self.rec.owner, &mut began);
         let row = h.lease_began(*began);
         self.cards.records().open[self.number.index()].store(row.id.0, Ordering::Relaxed);
         self.rec.row = Some(Box::new(row));
@@ -414,14 +422,7 @@ impl Lease {
         if b.imsi.is_none() {
             b.imsi = known.imsi;
         }
-        b.user.clone_from(&self.rec.owner.user);
-        b.reservation = self.rec.owner.reservation.as_ref().map(|r| r.id);
-        b.note = self
-            .rec
-            .owner
-            .reservation
-            .as_ref()
-            .and_then(|r| r.note.clone());
+        owner_into(&self.rec.owner, b);
         let _ = self.cards.records().open[self.number.index()].compare_exchange(
             row.id.0,
             0,
