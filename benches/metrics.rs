@@ -72,6 +72,8 @@ fn main() {
             control: None,
             control_token: None,
             state: None,
+            history: None,
+            history_days: 90,
             gsmtap: None,
             health: Default::default(),
             remsim: None,
@@ -171,6 +173,6 @@ fn main() {
             );
         }
         println!("  ({scraped} scrapes in all)");
-        running.shutdown();
+        running.shutdown().await;
     });
 }

@@ -139,6 +139,8 @@ fn main() {
         control: None,
         control_token: None,
         state: None,
+        history: None,
+        history_days: 90,
         remsim: None,
         // `SIMPOOL_BENCH_GSMTAP=HOST:PORT` measures with GSMTAP tracing on.
         gsmtap: std::env::var("SIMPOOL_BENCH_GSMTAP")

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cards::{Cards, FindError, Front, Holder, Lease, LeaseError, StartError, Wanted};
+use crate::history::EndReason;
 use crate::log_once::LogOnce;
 use crate::pool::{LinkState, PoolError};
 use crate::t0;
@@ -590,8 +591,10 @@ impl Reader {
                     // Cards move: look for it again.
                     if let Some(l) = self.lease.take() {
                         self.cards.forget(l.number());
-                        l.release().await;
+                        l.release_for(EndReason::CardRemoved).await;
                     }
+                } else if let Some(l) = self.lease.as_mut() {
+                    l.close_row(EndReason::CardRemoved);
                 }
                 REMOVAL_GRACE
             }
@@ -601,6 +604,9 @@ impl Reader {
             }
             Finish::Session(End::LinkDown) => {
                 log::warn!("{}: pool link down: card shown as removed", self.name);
+                if let Some(l) = self.lease.as_mut() {
+                    l.close_row(EndReason::LinkLost);
+                }
                 REMOVAL_GRACE
             }
             Finish::Rebound(r) => {
@@ -656,11 +662,17 @@ impl Reader {
             // Pulled, or no longer answering: what was read from it may be stale.
             self.cards.forget(n);
         }
+        let why = match &error {
+            StartError::Empty(_) => EndReason::CardRemoved,
+            _ => EndReason::Released,
+        };
         if binding.wanted().is_some() {
             // Cards move: look for it again next time.
             if let Some(l) = self.lease.take() {
-                l.release().await;
+                l.release_for(why).await;
             }
+        } else if let Some(l) = self.lease.as_mut() {
+            l.close_row(why);
         }
         Err(match error {
             StartError::Pool(error) => Unavailable::Start { card: n, error },

@@ -16,7 +16,9 @@
 //!   the card is taken from its holder ([`Lease::ended`]: `stop --force` today; an expired
 //!   reservation is the same revocation);
 //! - the operations the API and the command line offer ([`ops`]) are the same code whether
-//!   they run in the daemon or over a command's own pool connection.
+//!   they run in the daemon or over a command's own pool connection;
+//! - what each lease did and what happened to each card go to the history, and the cards'
+//!   labels come from it ([`record`]).
 //!
 //! [`Lease::transmit`] is the single place where an exchange happens, so counters, the latency
 //! histogram and observers (GSMTAP) are hooked in once. It adds no lock, no allocation and no
@@ -26,6 +28,7 @@
 pub mod auto;
 pub mod ops;
 pub mod policy;
+pub mod record;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +43,9 @@ use crate::pool::{Card, ExchangeError, Link, LinkState, PoolError, SlotState};
 use crate::values::{Atr, CardNo};
 
 use policy::CardHealth;
+pub use record::{LabelsError, Owner, ReservationRef};
+
+use crate::history::EndReason;
 
 /// Who holds a card. (A holder that names a person and a lease with an expiry fit here: the
 /// card layer revokes a lease whose time is up as it does a forced stop, see [`Cards::revoke`].)
@@ -235,7 +241,7 @@ struct Entry {
     health: Mutex<CardHealth>,
     /// Counts revocations of the card's lease; the last one's reason beside it.
     revoked: watch::Sender<u64>,
-    revoked_why: Mutex<String>,
+    revoked_why: Mutex<(String, EndReason)>,
 }
 
 struct Inner {
@@ -247,6 +253,8 @@ struct Inner {
     search: tokio::sync::Mutex<()>,
     /// Bumped on every lease change; readers waiting for a card and pages watch it.
     changes: watch::Sender<u64>,
+    /// The history and the labels (see [`record`]).
+    records: record::Records,
 }
 
 /// The registry of the pool's 256 cards. Cheap to clone.
@@ -280,13 +288,14 @@ impl Cards {
                         stats: CardStats::default(),
                         health: Mutex::new(CardHealth::default()),
                         revoked: watch::channel(0).0,
-                        revoked_why: Mutex::new(String::new()),
+                        revoked_why: Mutex::new((String::new(), EndReason::StoppedByAdmin)),
                     })
                     .collect(),
                 fronts: Default::default(),
                 observers,
                 search: tokio::sync::Mutex::new(()),
                 changes: watch::channel(0).0,
+                records: record::Records::new(),
             }),
         }
     }
@@ -314,6 +323,7 @@ impl Cards {
         }
         self.changed();
         log::debug!("card {n}: leased to {holder}");
+        let pending = self.begin_row(n, &holder, &Owner::default());
         Ok(Lease {
             cards: self.clone(),
             card: self.inner.link.card(n.slot()),
@@ -325,6 +335,7 @@ impl Cards {
             started_on: None,
             revocations_seen: AtomicU64::new(*entry.revoked.borrow()),
             judges: false,
+            rec: Box::new(record::LeaseRecord::new(pending)),
         })
     }
 
@@ -352,6 +363,7 @@ impl Cards {
     pub fn clear_bad(&self, n: CardNo) {
         if self.entry(n).health.lock().unwrap().clear() {
             log::info!("card {n}: no longer marked bad; trying it again");
+            self.event(n, crate::history::EventKind::BadCleared, None);
         }
     }
 
@@ -431,8 +443,14 @@ impl Cards {
     /// Takes card `n` from its holder, whose session ends ([`Lease::ended`] answers
     /// [`Ended::Revoked`] with `why`). The holder keeps the lease until it lets go.
     pub fn revoke(&self, n: CardNo, why: String) {
+        self.revoke_for(n, why, EndReason::StoppedByAdmin);
+    }
+
+    /// [`Cards::revoke`], the holder's history row ending for `reason` (an expired reservation:
+    /// [`EndReason::Expired`]).
+    pub fn revoke_for(&self, n: CardNo, why: String, reason: EndReason) {
         let e = self.entry(n);
-        *e.revoked_why.lock().unwrap() = why;
+        *e.revoked_why.lock().unwrap() = (why, reason);
         e.revoked.send_modify(|c| *c += 1);
     }
 
@@ -476,8 +494,10 @@ impl Cards {
             return false;
         }
         log::warn!("card {n}: marked bad on the pool (its LED blinks slowly): {why}");
-        if let Err(e) = self.inner.link.card(n.slot()).error_indication().await {
-            log::warn!("card {n}: error indication not sent: {e}");
+        self.event(n, crate::history::EventKind::MarkedBad, Some(why.clone()));
+        match self.inner.link.card(n.slot()).error_indication().await {
+            Ok(()) => self.event(n, crate::history::EventKind::ErrorIndication, Some(why)),
+            Err(e) => log::warn!("card {n}: error indication not sent: {e}"),
         }
         true
     }
@@ -600,6 +620,8 @@ pub struct Lease {
     revocations_seen: AtomicU64,
     /// What this lease sees of the card counts towards marking it bad ([`Lease::in_session`]).
     judges: bool,
+    /// Whom the holder acts for, its history row and the row's counters ([`record`]).
+    rec: Box<record::LeaseRecord>,
 }
 
 impl fmt::Debug for Lease {
@@ -629,6 +651,9 @@ impl Lease {
     /// Passes the lease to another holder without freeing the card in between.
     pub fn handover(&mut self, holder: Holder) {
         *self.entry().holder.lock().unwrap() = Some(holder.clone());
+        // The old holder's row ends, the new one's begins.
+        self.end_row(EndReason::Released);
+        self.rec.pending = self.cards.begin_row(self.number, &holder, &self.rec.owner);
         self.holder = holder;
         self.cards.changed();
     }
@@ -672,6 +697,7 @@ impl Lease {
         match self.card.start().await {
             Ok(atr) => {
                 stats.starts.fetch_add(1, Ordering::Relaxed);
+                self.open_row();
                 self.entry().health.lock().unwrap().started();
                 self.entry().known.lock().unwrap().atr = Some(Atr::from(&atr[..]));
                 for o in &self.cards.inner.observers {
@@ -740,7 +766,9 @@ impl Lease {
             let count = *revoked.borrow_and_update();
             if count > self.revocations_seen.load(Ordering::Relaxed) {
                 self.revocations_seen.store(count, Ordering::Relaxed);
-                return Ended::Revoked(self.entry().revoked_why.lock().unwrap().clone());
+                let (why, reason) = self.entry().revoked_why.lock().unwrap().clone();
+                self.note_revoked(reason);
+                return Ended::Revoked(why);
             }
             let now = *link.borrow_and_update();
             if self.started_on.is_some_and(|on| on != now) {
@@ -776,6 +804,7 @@ impl Lease {
         let fs = &self.cards.inner.fronts[front.index()];
         stats.exchanges.fetch_add(1, Ordering::Relaxed);
         stats.exchanges_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
+        self.rec.tally.count(cmd, &result);
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
@@ -828,6 +857,7 @@ impl Lease {
             }
         }
         self.released = true;
+        self.finish_row();
         self.cards.free(self.number);
     }
 }
@@ -860,6 +890,7 @@ impl Drop for Lease {
         if self.released {
             return;
         }
+        self.finish_row();
         let n = self.number;
         if !self.is_started() || self.keep {
             self.cards.free(n);

@@ -13,6 +13,8 @@
 //! control = "127.0.0.1:6680"    # the control API ("off" to disable)
 //! control_token = "/etc/simpool/token"  # needed to listen on a non-loopback address
 //! state = "/var/lib/simpool/state.json" # runtime bindings, kept across restarts
+//! history = "/var/lib/simpool/history.sqlite" # every card's history and labels ("off": none)
+//! history_days = 90             # history rows kept this many days (0: for ever)
 //!
 //! [[reader]]
 //! card = 18                     # bind by front-panel number …
@@ -69,6 +71,10 @@ pub struct FileConfig {
     pub control_token: Option<PathBuf>,
     /// State file for runtime bindings.
     pub state: Option<PathBuf>,
+    /// The history database (SQLite), or "off".
+    pub history: Option<String>,
+    /// Days the history keeps rows; 0: for ever.
+    pub history_days: Option<u32>,
     /// Pool link health (see README "Pool link health").
     pub frame_timeout_ms: Option<u64>,
     pub health_window_ms: Option<u64>,
@@ -180,6 +186,10 @@ pub struct ServeConfig {
     pub control: Option<String>,
     pub control_token: Option<PathBuf>,
     pub state: Option<PathBuf>,
+    /// The history database; `None`: off.
+    pub history: Option<PathBuf>,
+    /// Days the history keeps rows; 0: for ever.
+    pub history_days: u32,
     /// Be an osmo-remsim bank.
     pub remsim: Option<RemsimSpec>,
     /// GSMTAP tracing; `None`: off.
@@ -246,6 +256,19 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         control,
         control_token: flags.control_token.clone().or(file.control_token.clone()),
         state: flags.state.clone().or(file.state.clone()),
+        history: match flags.history.clone().or(file.history.clone()) {
+            Some(s) if s == "off" => None,
+            Some(s) if s.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "history: give a file, or \"off\"".into(),
+                ))
+            }
+            s => s.map(PathBuf::from),
+        },
+        history_days: flags
+            .history_days
+            .or(file.history_days)
+            .unwrap_or(crate::history::DEFAULT_RETENTION_DAYS),
         remsim,
         gsmtap: resolve_gsmtap(&file, &flags)?,
     })
@@ -472,6 +495,37 @@ mod tests {
             assert!(resolve(f, FileConfig::default()).is_err(), "{bad}");
         }
         assert!(toml::from_str::<FileConfig>("[remsim]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn history_file_off_and_days() {
+        let file: FileConfig = toml::from_str(
+            "pool = \"sim\"\nhistory = \"/var/lib/simpool/h.sqlite\"\nhistory_days = 7\n[[reader]]\ncard = 1\n",
+        )
+        .unwrap();
+        let c = resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(c.history, Some(PathBuf::from("/var/lib/simpool/h.sqlite")));
+        assert_eq!(c.history_days, 7);
+        let off = FileConfig {
+            history: Some("off".into()),
+            ..Default::default()
+        };
+        let c = resolve(file.clone(), off).unwrap();
+        assert_eq!((c.history, c.history_days), (None, 7));
+        let c = resolve(
+            FileConfig {
+                reader: file.reader.clone(),
+                ..Default::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap();
+        assert_eq!((c.history, c.history_days), (None, 90));
+        let empty = FileConfig {
+            history: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(resolve(file, empty).is_err());
     }
 
     #[test]

@@ -61,7 +61,7 @@ enum Command {
     },
     /// The 256 slot states (through the daemon: and who holds which card).
     Status {
-        /// Print JSON instead of the grid: [{"card","state","holder"}, ...] (256 entries).
+        /// Print JSON instead of the grid: [{"card","state","holder","labels"}, ...] (256 entries).
         #[arg(long)]
         json: bool,
         /// Instead: each local instance (the NAME.toml files of /etc/simpool, or of
@@ -74,7 +74,7 @@ enum Command {
     },
     /// Number, state, ATR, ICCID and IMSI of every inserted card (starts each free card).
     Scan {
-        /// Print JSON instead of a table: [{"card","state","atr","iccid","imsi","holder","error"}, ...].
+        /// Print JSON instead of a table: [{"card","state","atr","iccid","imsi","holder","error","labels"}, ...].
         #[arg(long)]
         json: bool,
         /// Only these cards: `18,256` or `1-16,18`.
@@ -119,7 +119,7 @@ enum Command {
     },
     /// Bind a reader of the running daemon to a card (pcscd sees the old card removed first).
     #[command(
-        override_usage = "simpool bind [OPTIONS] <READER> (--card <N> | --iccid <ICCID> | --imsi <IMSI>)"
+        override_usage = "simpool bind [OPTIONS] <READER> (--card <N> | --iccid <ICCID> | --imsi <IMSI> | --label <KEY=VALUE>...)"
     )]
     Bind {
         /// Reader index (0-based, as `simpool readers` shows).
@@ -142,6 +142,10 @@ enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// What happened to the cards: leases (holder, user, start, end, why, counters) and events.
+    History(cmd::history::HistoryArgs),
+    /// Show, set or remove a card's labels (KEY=VALUE; `--label` selects cards by them).
+    Label(cmd::label::LabelArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -318,6 +322,8 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             control,
             json,
         } => cmd::daemon::unbind(control, reader, json).await,
+        Command::History(args) => cmd::history::run(args).await,
+        Command::Label(args) => cmd::label::run(args).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), "simpool", &mut buf);

@@ -200,6 +200,34 @@ impl Collector for Scrape {
             )?;
         }
 
+        if let Some(h) = d.cards.history() {
+            let s = h.stats();
+            counters(
+                &mut enc,
+                "simpool_history_records_written",
+                "History records (lease rows, events) written to the database.",
+                &one(s.written),
+            )?;
+            counters(
+                &mut enc,
+                "simpool_history_records_dropped",
+                "History records dropped because the writer's queue was full.",
+                &one(s.dropped),
+            )?;
+            counters(
+                &mut enc,
+                "simpool_history_records_failed",
+                "History records lost to a write error (disk full, I/O error).",
+                &one(s.failed),
+            )?;
+            counters(
+                &mut enc,
+                "simpool_history_files_moved_aside",
+                "Corrupt history files moved aside while running.",
+                &one(s.moved_aside),
+            )?;
+        }
+
         let mut m = enc.encode_descriptor(
             "simpool_build",
             "The simpool version.",

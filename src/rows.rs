@@ -14,6 +14,7 @@ use crate::values::{Atr, CardNo};
 
 pub use crate::bridge::{ReaderCounts, ReaderRow};
 pub use crate::cards::ops::{ApduReply, ScanRow, StopRow};
+pub use crate::history::{EventRow, Labels, LeaseRow};
 
 /// The body of a stop: `{"force": bool}`; an empty body means no force.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +65,9 @@ pub struct CardRow {
     pub errors: u64,
     /// Why simpool marked the card bad on the pool, if it did.
     pub bad: Option<String>,
+    /// The card's labels (`{}` without any, or without a history).
+    #[serde(default)]
+    pub labels: Labels,
 }
 
 /// One slot of `simpool status --json`.
@@ -72,6 +76,30 @@ pub struct StatusRow {
     pub card: CardNo,
     pub state: SlotState,
     pub holder: Option<String>,
+    /// The card's labels (through the daemon; `{}` otherwise).
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// `GET /api/v1/history` and `simpool history --json`: the leases and the card events that
+/// match, each newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    pub leases: Vec<LeaseRow>,
+    pub events: Vec<EventRow>,
+}
+
+/// The body of `PUT /api/v1/cards/{n}/labels`: `remove` these keys, then `set` these labels;
+/// with `replace`, the card's labels become exactly `set`. Answered with the card's labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsRequest {
+    #[serde(default)]
+    pub set: Labels,
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// The pool link as a word.
@@ -201,12 +229,13 @@ mod tests {
             imsi: None,
             holder: None,
             error: Some("start failed".into()),
+            labels: [("site".to_string(), "lab".to_string())].into(),
         };
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(
             v,
             json!({"card": 7, "state": "inserted", "atr": null, "iccid": null, "imsi": null,
-                   "holder": null, "error": "start failed"})
+                   "holder": null, "error": "start failed", "labels": {"site": "lab"}})
         );
         assert_eq!(serde_json::from_value::<ScanRow>(v).unwrap(), row);
         let unknown = serde_json::to_value(SlotState::Unknown(0x12)).unwrap();

@@ -9,6 +9,7 @@ use crate::bridge::{Binding, Reader, ReaderConfig, ReaderHandle};
 use crate::cards::{Cards, Observer};
 use crate::config::ServeConfig;
 use crate::daemon::{initial_bindings, load_state, Daemon};
+use crate::history::{History, Options as HistoryOptions};
 use crate::pool::{Link, LinkOptions};
 use crate::sim::profile::CardsFile;
 use crate::sim::SimPool;
@@ -45,13 +46,23 @@ impl Running {
         &self.daemon.link
     }
 
-    /// Stops every reader (their vpcd connections close: pcscd sees the cards removed).
-    pub fn shutdown(self) {
+    /// Stops every reader (their vpcd connections close: pcscd sees the cards removed); the
+    /// leases still held end in the history as `daemon-stopped`, and the history is closed.
+    pub async fn shutdown(self) {
+        let cards = self.daemon.cards.clone();
+        cards.set_stopping();
         if let Some(b) = self.bank {
             b.shutdown();
         }
         for t in &self.tasks {
             t.abort();
+        }
+        // The aborted tasks drop their leases, which ends their history rows.
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(h) = cards.history() {
+            h.close().await;
         }
         self.daemon.link.close();
     }
@@ -94,6 +105,9 @@ pub async fn start_with(
     );
     let (observers, gsmtap) = with_tracer(&cfg, observers)?;
     let cards = Cards::new(link, observers);
+    if let Some(h) = open_history(&cfg).await {
+        cards.set_history(h);
+    }
     // The bank's listener before the readers: a bank that cannot listen should not half-start.
     let bank = match &cfg.remsim {
         Some(r) => Some(start_bank(&cfg, r, &cards).await?),
@@ -102,6 +116,9 @@ pub async fn start_with(
     let startup: Vec<Option<Binding>> = cfg.readers.iter().map(|r| r.binding.clone()).collect();
     let bindings = initial_bindings(&startup, cfg.state.as_deref().and_then(load_state));
     let (readers, mut tasks) = start_readers(&cfg, &cards, bindings);
+    if cards.history().is_some() {
+        tasks.push(tokio::spawn(cards.clone().watch_slots(SLOT_WATCH)));
+    }
     let daemon = Arc::new(Daemon::new(
         cfg.pool.clone(),
         cards,
@@ -124,6 +141,39 @@ pub async fn start_with(
         bank,
         tasks,
     })
+}
+
+/// How often the slot states are read for the history's inserted/removed events.
+const SLOT_WATCH: Duration = Duration::from_secs(2);
+
+/// Opens the history (`--history`), if on. A corrupt file is moved aside and a new one begun
+/// (by [`History::open`]); one that cannot be taken at all (in use by another daemon, a newer
+/// schema, a directory that cannot be made) is logged and the daemon serves without history.
+async fn open_history(cfg: &ServeConfig) -> Option<History> {
+    let path = cfg.history.clone()?;
+    let mut opts = HistoryOptions::new(&path);
+    opts.retention_days = cfg.history_days;
+    match tokio::task::spawn_blocking(move || History::open(opts)).await {
+        Ok(Ok(h)) => {
+            log::info!(
+                "history in {} (rows kept {})",
+                path.display(),
+                match cfg.history_days {
+                    0 => "for ever".to_string(),
+                    d => format!("{d} days"),
+                }
+            );
+            Some(h)
+        }
+        Ok(Err(e)) => {
+            log::error!("{e}: serving without history (and without labels)");
+            None
+        }
+        Err(e) => {
+            log::error!("history {}: {e}: serving without history", path.display());
+            None
+        }
+    }
 }
 
 fn load_cards(p: &std::path::Path) -> Result<CardsFile, ServeError> {

@@ -678,7 +678,9 @@ fn json_shapes_have_stable_keys() {
     let (code, out, _) = simpool(&["scan", "--pool", &addr, "--json"]);
     assert_eq!(code, Some(3), "a failed card makes the scan partial");
     let rows = json(&out);
-    let keys = ["card", "state", "atr", "iccid", "imsi", "holder", "error"];
+    let keys = [
+        "card", "state", "atr", "iccid", "imsi", "holder", "error", "labels",
+    ];
     for r in rows.as_array().unwrap() {
         let mut got: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
         got.sort_unstable();
@@ -702,7 +704,7 @@ fn json_shapes_have_stable_keys() {
     assert_eq!(v.as_array().unwrap().len(), 256);
     assert_eq!(
         v[6],
-        serde_json::json!({"card": 7, "state": "inserted", "holder": null})
+        serde_json::json!({"card": 7, "state": "inserted", "holder": null, "labels": {}})
     );
     let (code, out, _) = simpool(&["info", "--pool", &addr, "--json"]);
     assert_eq!(code, Some(0));

@@ -152,7 +152,7 @@ fn synopsis_shows_the_values() {
 fn global_options_come_after_a_commands_own() {
     for sub in [
         "info", "status", "scan", "serve", "trace", "read", "apdu", "stop", "readers", "bind",
-        "unbind", "sim", "man",
+        "history", "label", "unbind", "sim", "man",
     ] {
         let help = simpool(&[sub, "--help"]);
         let own = help

@@ -247,7 +247,8 @@ fn template_unit_keeps_each_instance_apart() {
     };
     assert_eq!(
         key(&template, "ExecStart"),
-        ["/usr/bin/simpool serve --config /etc/simpool/%i.toml --state ${STATE_DIRECTORY}/state.json"]
+        ["/usr/bin/simpool serve --config /etc/simpool/%i.toml --state ${STATE_DIRECTORY}/state.json \
+          --history ${STATE_DIRECTORY}/history.sqlite"]
     );
     assert_eq!(key(&template, "StateDirectory"), ["simpool/%i"]);
     assert_eq!(key(&template, "RuntimeDirectory"), ["simpool/%i"]);

@@ -464,6 +464,16 @@ fn package_installs_runs_under_systemd_upgrades_removes_and_purges() {
          [ \"$(stat -c %U /var/lib/simpool/state.json)\" = simpool ]",
         Duration::from_secs(5),
     );
+    // The history in the state directory, under the hardening: the read's lease is recorded.
+    c.ok("simpool unbind 0 >/dev/null");
+    let h = c.until(
+        "card 18's lease in the service's history",
+        "simpool history --card 18 --json | grep -q '\"why\": \"released\"' && \
+         stat -c %U /var/lib/simpool/history.sqlite",
+        Duration::from_secs(10),
+    );
+    assert!(h.contains("simpool"), "{h}");
+    c.ok("simpool bind 0 --card 18 >/dev/null");
 
     // A second pool on the same host: simpool@pool-a, from the example instance config.
     c.ok(

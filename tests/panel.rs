@@ -6,7 +6,8 @@
 //! The layout is measured: on a 1280×900 desktop the whole page fits, footer included; the
 //! legend's "working" and "exchanging" differ; on a 390×844 phone every slot is a tap target of
 //! 32 px or more with its number, and the reader tags are readable. A daemon whose pool refuses
-//! shows the cause on the page. Screenshots go to target/screenshots/ (with
+//! shows the cause on the page. A click on a slot shows the card's labels and last holders
+//! (the daemon keeps a history). Screenshots go to target/screenshots/ (with
 //! SIMPOOL_UPDATE_DOCS=1 the 1280×900 one also to docs/panel.png).
 
 mod common;
@@ -41,6 +42,7 @@ fn panel_in_headless_chromium() {
     let vpcd = FakeVpcd::start(4);
     let control = format!("127.0.0.1:{}", common::free_port());
     let token_path = token_file.display().to_string();
+    let history = dir.join("history.sqlite").display().to_string();
     let serve = Serve::start(
         &[
             "--pool",
@@ -57,6 +59,8 @@ fn panel_in_headless_chromium() {
             &control,
             "--control-token",
             &token_path,
+            "--history",
+            &history,
         ],
         "panel",
     );
@@ -329,6 +333,38 @@ fn panel_in_headless_chromium() {
         Duration::from_secs(15),
         || api(&control, "GET", "/api/v1/readers/3", None).1["binding"].is_null(),
     );
+
+    // A card's last holders and labels when its slot is clicked: card 5's lease by reader 3,
+    // ended by that unbind; card 18's, still held by reader 0.
+    let (status, v) = api(
+        &control,
+        "PUT",
+        "/api/v1/cards/5/labels",
+        Some(r#"{"set":{"site":"lab"}}"#),
+    );
+    assert_eq!(status, 200, "{v}");
+    b.find("#slot-5").click();
+    let li = b.wait_for(
+        "card 5's last holders",
+        Duration::from_secs(10),
+        "const li = document.querySelector('#d-history-box[data-card=\"5\"] li[data-why=\"released\"]'); \
+         return !!li && !document.getElementById('d-history-box').hidden && li.textContent",
+    );
+    assert!(li.as_str().unwrap().contains("reader 3"), "{li}");
+    b.wait_for(
+        "card 5's labels",
+        Duration::from_secs(5),
+        "return document.getElementById('d-labels').textContent === 'site=lab'",
+    );
+    b.find("#slot-18").click();
+    let li = b.wait_for(
+        "card 18's open lease",
+        Duration::from_secs(10),
+        "const li = document.querySelector('#d-history-box[data-card=\"18\"] li[data-why=\"\"]'); \
+         return !!li && !document.getElementById('d-history-box').hidden && li.textContent",
+    );
+    let li = li.as_str().unwrap();
+    assert!(li.contains("reader 0") && li.contains("held"), "{li}");
 
     // A phone, 390×844: no sideways scrolling; slots one can tap (≥ 32 px), each with its
     // number; holder tags one can read.

@@ -31,6 +31,9 @@ pub struct ScanRow {
     /// Who holds the card (then it was reported from what is known, not read).
     pub holder: Option<String>,
     pub error: Option<String>,
+    /// The card's labels (`{}` without any, or without a history).
+    #[serde(default)]
+    pub labels: crate::history::Labels,
 }
 
 /// One card a stop dealt with (`POST /api/v1/cards/{n}/stop`, `/api/v1/stop-all`,
@@ -156,6 +159,7 @@ async fn scan_one(
                 imsi: k.imsi,
                 holder: Some(holder.to_string()),
                 error: None,
+                labels: cards.labels_of(n),
             });
             return Outcome::default();
         }
@@ -181,7 +185,9 @@ async fn scan_one(
     }
     lease.release().await;
     if let Some(r) = read {
-        let _ = tx.send(scan_row(n, state, r));
+        let mut row = scan_row(n, state, r);
+        row.labels = cards.labels_of(n);
+        let _ = tx.send(row);
     }
     outcome
 }
@@ -195,6 +201,7 @@ fn scan_row(n: CardNo, state: SlotState, r: Result<super::Identity, ReadError>) 
         imsi: None,
         holder: None,
         error: None,
+        labels: Default::default(),
     };
     match r {
         Ok(id) => {

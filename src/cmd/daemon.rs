@@ -7,7 +7,9 @@ use clap::Args;
 use hyper::Method;
 
 use simpool::bridge::{Binding, Presence};
-use simpool::rows::ReaderRow;
+use simpool::control::client::{Control, ControlClientError};
+use simpool::history::Label;
+use simpool::rows::{CardRow, ReaderRow};
 use simpool::values::{check_iccid, check_imsi, CardNo};
 
 use super::{cell, out, out_json, CliError, ControlArgs};
@@ -27,6 +29,10 @@ pub struct Target {
     /// The card with this IMSI.
     #[arg(long, value_parser = check_imsi)]
     pub imsi: Option<String>,
+    /// A free inserted card with this label (repeatable: all of them); it is bound by its
+    /// number. Labels are set with `simpool label`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<Label>,
 }
 
 pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, CliError> {
@@ -119,21 +125,18 @@ pub async fn bind(
     target: Target,
     json_out: bool,
 ) -> Result<ExitCode, CliError> {
-    let binding = match (target.card, target.iccid, target.imsi) {
-        (Some(n), _, _) => Binding::Card(n),
-        (_, Some(s), _) => Binding::Iccid(s),
-        (_, _, Some(s)) => Binding::Imsi(s),
-        _ => return Err(CliError::Usage("give --card, --iccid or --imsi".into())),
-    };
     let c = control.client()?;
-    let row: ReaderRow = c
-        .call(
-            Method::PUT,
-            &format!("/api/v1/readers/{reader}"),
-            Some(&binding),
-            CALL_TIMEOUT,
-        )
-        .await?;
+    let (binding, row) = match (target.card, target.iccid, target.imsi) {
+        (Some(n), _, _) => bind_to(&c, &reader, Binding::Card(n)).await?,
+        (_, Some(s), _) => bind_to(&c, &reader, Binding::Iccid(s)).await?,
+        (_, _, Some(s)) => bind_to(&c, &reader, Binding::Imsi(s)).await?,
+        _ if !target.label.is_empty() => bind_labelled(&c, &reader, &target.label).await?,
+        _ => {
+            return Err(CliError::Usage(
+                "give --card, --iccid, --imsi or --label".into(),
+            ))
+        }
+    };
     show(&row, json_out)?;
     if row.state != Presence::Present {
         // The binding stays: the reader shows the card once it can.
@@ -146,6 +149,72 @@ pub async fn bind(
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bind_to(
+    c: &Control,
+    reader: &str,
+    binding: Binding,
+) -> Result<(Binding, ReaderRow), ControlClientError> {
+    let row = c
+        .call(
+            Method::PUT,
+            &format!("/api/v1/readers/{reader}"),
+            Some(&binding),
+            CALL_TIMEOUT,
+        )
+        .await?;
+    Ok((binding, row))
+}
+
+/// Binds `reader` to the first free inserted card carrying every one of `labels`; a card taken
+/// meanwhile (409) makes it try the next.
+async fn bind_labelled(
+    c: &Control,
+    reader: &str,
+    labels: &[Label],
+) -> Result<(Binding, ReaderRow), CliError> {
+    let cards: Vec<CardRow> = c
+        .call(Method::GET, "/api/v1/cards", None::<&()>, CALL_TIMEOUT)
+        .await?;
+    let wanted = |r: &CardRow| {
+        labels
+            .iter()
+            .all(|l| r.labels.get(l.key()).is_some_and(|v| v == l.value()))
+    };
+    let named: Vec<String> = labels.iter().map(Label::to_string).collect();
+    let matching: Vec<&CardRow> = cards.iter().filter(|r| wanted(r)).collect();
+    if matching.is_empty() {
+        return Err(CliError::Card(format!(
+            "no card has the labels {}",
+            named.join(", ")
+        )));
+    }
+    let mut busy = Vec::new();
+    for r in &matching {
+        let inserted = r.state.is_some_and(|s| s.has_card());
+        if !inserted || r.holder.is_some() {
+            busy.push(match &r.holder {
+                Some(h) => format!("card {} held by {h}", r.card),
+                None => format!("card {} not inserted", r.card),
+            });
+            continue;
+        }
+        match bind_to(c, reader, Binding::Card(r.card)).await {
+            Ok(done) => return Ok(done),
+            Err(ControlClientError::Refused {
+                status: 409,
+                message,
+                ..
+            }) => busy.push(message),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CliError::Card(format!(
+        "no free inserted card has the labels {}: {}",
+        named.join(", "),
+        busy.join("; ")
+    )))
 }
 
 pub async fn unbind(

@@ -2,8 +2,10 @@
 
 pub mod apdu;
 pub mod daemon;
+pub mod history;
 pub mod info;
 pub mod instance;
+pub mod label;
 pub mod read;
 pub mod scan;
 pub mod serve;

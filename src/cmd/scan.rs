@@ -117,11 +117,12 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
     }
     let mut lines = vec![fit(
         &format!(
-            "{:>4}  {state:<9} {:<20} {:<15}  {}",
+            "{:>4}  {state:<9} {:<20} {:<15}  {}{}",
             r.card,
             cell(r.iccid.as_ref()),
             cell(r.imsi.as_ref()),
             cell(r.atr.as_ref()),
+            super::label::suffix(&r.labels),
         ),
         width,
     )];

@@ -63,6 +63,12 @@ pub struct ServeArgs {
     /// Keep runtime bindings in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
+    /// Keep every card's history and labels in this SQLite database, or `off` [default: off].
+    #[arg(long, value_name = "FILE")]
+    history: Option<String>,
+    /// Delete history rows that ended more than this many days ago (0: keep them) [default: 90].
+    #[arg(long, value_name = "DAYS")]
+    history_days: Option<u32>,
     /// Be an osmo-remsim bank: the osmo-remsim-server, HOST[:PORT] [default port: 9998].
     #[arg(long, value_name = "SERVER")]
     remsim: Option<String>,
@@ -182,7 +188,7 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<ExitCode, CliError> 
     // A daemon's normal end is a signal (systemd stops it with SIGTERM): exit 0.
     wait_for_signal().await;
     log::info!("stopping");
-    running.shutdown();
+    running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -228,6 +234,8 @@ fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliErr
         control,
         control_token,
         state: args.state.clone(),
+        history: args.history.clone(),
+        history_days: args.history_days,
         gsmtap: args.gsmtap.clone(),
         gsmtap_cards: args.gsmtap_cards.clone(),
         reader: bindings_in_order(args, m),

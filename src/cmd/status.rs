@@ -29,6 +29,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                         card: c.card,
                         state,
                         holder: c.holder,
+                        labels: c.labels,
                     }),
                     None => Err(CliError::Card(
                         "the daemon cannot read the slot states: its pool link is down".into(),
@@ -46,6 +47,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                 card,
                 state,
                 holder: None,
+                labels: Default::default(),
             })
             .collect(),
     };
@@ -61,6 +63,14 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
             .collect();
         if !held.is_empty() {
             out(format!("held: {}", held.join(", ")))?;
+        }
+        let labelled: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.labels.is_empty())
+            .map(|r| format!("{} {}", r.card, super::label::text(&r.labels)))
+            .collect();
+        if !labelled.is_empty() {
+            out(format!("labels: {}", labelled.join("; ")))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@
 //! - `GET /api/v1/cards`, `GET /api/v1/cards/{n}`, `POST /api/v1/cards/{n}/apdu`
 //! - `POST /api/v1/scan`
 //! - `POST /api/v1/cards/{n}/stop`, `POST /api/v1/stop-all` with optional `{"force":true}`
+//! - `GET /api/v1/history`, `GET|PUT /api/v1/cards/{n}/labels` (see [`super::records`])
 //! - `GET /metrics` — Prometheus metrics (see [`crate::metrics`])
 //! - `GET /`, `GET /ui/…` — the front-panel page (static, served without the token: it holds no
 //!   data, and reads everything through the endpoints above)
@@ -61,7 +62,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn new(status: StatusCode, msg: impl std::fmt::Display) -> ApiError {
         ApiError {
             status,
             body: ErrorBody {
@@ -104,6 +105,11 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
         .route("/api/v1/scan", post(scan))
         .route("/api/v1/cards/{n}/stop", post(stop_card))
         .route("/api/v1/stop-all", post(stop_all))
+        .route("/api/v1/history", get(super::records::history))
+        .route(
+            "/api/v1/cards/{n}/labels",
+            get(super::records::get_labels).put(super::records::put_labels),
+        )
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(
@@ -168,7 +174,7 @@ fn too_big() -> ApiError {
 
 /// Reads a request's body: bounded in size (a declared length over the bound is refused
 /// before reading; a body that grows past it is recognised by its error type) and in time.
-async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -194,7 +200,7 @@ async fn read_body(req: Request) -> Result<Bytes, ApiError> {
 
 /// Parses a JSON body: not JSON at all (cut short, a typo) is 400 with the parser's reason;
 /// JSON of the wrong shape or with values out of range is 422.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8], want: &str) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], want: &str) -> Result<T, ApiError> {
     // In two steps, so that JSON of the wrong shape is never taken for a syntax error.
     let v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
@@ -362,6 +368,7 @@ fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
         exchanges: v.exchanges,
         errors: v.errors,
         bad: v.bad,
+        labels: d.cards.labels_of(n),
     }
 }
 
@@ -374,7 +381,7 @@ async fn cards(State(d): State<Arc<Daemon>>) -> Json<Vec<CardRow>> {
     )
 }
 
-fn card_number(n: &str) -> Result<CardNo, ApiError> {
+pub(crate) fn card_number(n: &str) -> Result<CardNo, ApiError> {
     n.parse::<CardNo>()
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
 }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod client;
 pub mod panel;
+pub mod records;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -73,6 +73,8 @@ struct SlotSim {
     state: SlotState,
     /// Error indications (`04`) received for this slot.
     indications: u32,
+    /// The card pulled out of the slot ([`SimPool::pull`]), to be put back.
+    pulled: Option<SimCard>,
 }
 
 struct Pool {
@@ -110,6 +112,7 @@ impl SimPool {
                 card: None,
                 state: SlotState::Empty,
                 indications: 0,
+                pulled: None,
             })
             .collect();
         let mut faults = faults;
@@ -132,6 +135,7 @@ impl SimPool {
                 card: Some(SimCard::new(p)),
                 state: SlotState::Inserted,
                 indications: 0,
+                pulled: None,
             };
         }
         if cards.pool.latency_ms > 0 && faults.latency_max.is_zero() {
@@ -216,6 +220,36 @@ impl SimPool {
                 s.state = SlotState::Inserted;
             }
         }
+    }
+
+    /// Simulates pulling card `card` (1–256) out: the slot reads empty until [`SimPool::push`]
+    /// puts it back. False if there was no card.
+    pub fn pull(&self, card: u16) -> bool {
+        let mut pool = self.shared.pool.lock().unwrap();
+        let Some(s) = pool.slots.get_mut(usize::from(card.saturating_sub(1))) else {
+            return false;
+        };
+        let Some(mut c) = s.card.take() else {
+            return false;
+        };
+        c.power_off();
+        s.pulled = Some(c);
+        s.state = SlotState::Empty;
+        true
+    }
+
+    /// Puts a card [`SimPool::pull`] took back into its slot (inserted, powered off).
+    pub fn push(&self, card: u16) -> bool {
+        let mut pool = self.shared.pool.lock().unwrap();
+        let Some(s) = pool.slots.get_mut(usize::from(card.saturating_sub(1))) else {
+            return false;
+        };
+        let Some(c) = s.pulled.take() else {
+            return false;
+        };
+        s.card = Some(c);
+        s.state = SlotState::Inserted;
+        true
     }
 
     /// The state byte the pool reports for `card` (1–256).

@@ -1,5 +1,6 @@
 // simpool front panel: a plain client of the control API. Polls /healthz, /api/v1/cards and
-// /api/v1/readers every second; binds readers with PUT/DELETE /api/v1/readers/{i}.
+// /api/v1/readers every second; binds readers with PUT/DELETE /api/v1/readers/{i}; shows the
+// selected card's last holders from /api/v1/history?card=N (when the daemon keeps a history).
 "use strict";
 (() => {
   const POLL_MS = 1000;
@@ -16,6 +17,9 @@
   const readerRate = new Map();   // reader -> commands per second
   let poolKnown = false;          // /api/v1/pool read since the link came up
   let bannerTimer = null;
+  const HISTORY_ROWS = 5;
+  const HISTORY_EVERY_MS = 5000;
+  let historyAt = 0;              // when the selected card's history was last asked for
 
   // ---- the API -----------------------------------------------------------------------------
   class ApiError extends Error {
@@ -130,6 +134,8 @@
       if (c.imsi) tip.push("IMSI " + c.imsi);
       if (r.perSec > 0) tip.push(fmtRate(r.perSec) + " exchanges/s");
       if (c.errors) tip.push(c.errors + " errors");
+      const lt = labelsText(c.labels);
+      if (lt) tip.push(lt);
       b.title = tip.join(" · ");
     }
     const known = cards.some((c) => c.state != null);
@@ -138,8 +144,51 @@
   }
 
   // ---- the detail pane of the selected card ------------------------------------------------
+  function labelsText(labels) {
+    return Object.entries(labels || {}).map(([k, v]) => k + "=" + v).join(", ");
+  }
+
+  /// `12-02 06:41:13` of an RFC 3339 time (UTC, as the history keeps it).
+  const when = (t) => (t ? t.slice(5, 19).replace("T", " ") : "?");
+
+  async function loadHistory(n) {
+    historyAt = performance.now();
+    const box = $("d-history-box");
+    let h;
+    try {
+      h = await api("GET", `/api/v1/history?card=${n}&limit=${HISTORY_ROWS}`);
+    } catch (e) {
+      if (selected !== n) return;
+      box.dataset.card = String(n);
+      box.hidden = false;
+      $("d-history").replaceChildren(el("li", { class: "muted",
+        text: e.status === 409 ? "this daemon keeps no history" : "history: " + e.message }));
+      return;
+    }
+    if (selected !== n) return;
+    const items = h.leases.map((l) => {
+      let who = l.front_end + (l.user ? ` (${l.user})` : "");
+      const span = `${when(l.start)} – ${l.end ? when(l.end) : l.why ? "?" : "now"}`;
+      const li = el("li", { "data-lease": String(l.id), "data-why": l.why || "" },
+                    el("span", { text: `${span} · ${who} · ` }),
+                    // A lease's counters are written when it ends (the card's own are above).
+                    el("span", { class: "why", text: l.why ? `${l.why} · ${l.exchanges} exchanges` : "held" }));
+      li.title = [l.iccid && "ICCID " + l.iccid, l.errors && l.errors + " errors",
+                  l.authentications && l.authentications + " authentications",
+                  l.pin_failures && l.pin_failures + " failed PINs",
+                  l.note && "note: " + l.note].filter(Boolean).join(" · ");
+      return li;
+    });
+    $("d-history").replaceChildren(...(items.length ? items
+      : [el("li", { class: "muted", text: "no leases recorded" })]));
+    box.dataset.card = String(n);
+    box.hidden = false;
+  }
+
   function select(n) {
     selected = n;
+    $("d-history-box").hidden = true;
+    loadHistory(n);
     renderCards();
     renderDetail();
     $("detail").scrollIntoView({ block: "nearest", behavior: "smooth" });
@@ -161,6 +210,8 @@
     const r = rate.get(c.card);
     setText($("d-exchanges"), c.exchanges + (r && r.perSec > 0 ? ` (${fmtRate(r.perSec)}/s)` : ""));
     setText($("d-errors"), String(c.errors));
+    setText($("d-labels"), labelsText(c.labels) || "–");
+    if (performance.now() - historyAt > HISTORY_EVERY_MS) loadHistory(c.card);
     const sel = $("d-reader");
     const want = readers.map((x) => `${x.reader}|reader ${x.reader} — ${describeBinding(x.binding)}`);
     const have = [...sel.options].map((o) => `${o.value}|${o.textContent}`);
