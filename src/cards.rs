@@ -26,6 +26,7 @@
 //! fixed slice.
 
 pub mod auto;
+pub mod changes;
 pub mod ops;
 pub mod policy;
 pub mod record;
@@ -188,6 +189,10 @@ pub struct Known {
 }
 
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
+/// Each exchange of reading a card's identity again at its start, after a change
+/// ([`Lease::start`]): what a slow card's SELECT or READ BINARY takes at most.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(2);
+
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5,
 ];
@@ -242,6 +247,9 @@ struct Entry {
     /// Counts revocations of the card's lease; the last one's reason beside it.
     revoked: watch::Sender<u64>,
     revoked_why: Mutex<(String, EndReason)>,
+    /// The card accepted a command that can change its ICCID or IMSI ([`changes`]): read
+    /// them again at its next start.
+    identity_stale: AtomicBool,
 }
 
 struct Inner {
@@ -289,6 +297,7 @@ impl Cards {
                         health: Mutex::new(CardHealth::default()),
                         revoked: watch::channel(0).0,
                         revoked_why: Mutex::new((String::new(), EndReason::StoppedByAdmin)),
+                        identity_stale: AtomicBool::new(false),
                     })
                     .collect(),
                 fronts: Default::default(),
@@ -684,7 +693,39 @@ impl Lease {
     }
 
     /// Powers up and resets the card; answers its ATR. A card marked bad is refused at once.
+    /// After a command that changed the card's identity (an eUICC's profile switched, a file
+    /// written), the card's ICCID and IMSI are read again first and the card restarted, so
+    /// that every front end shows the card as it now is and the holder gets it fresh.
     pub async fn start(&mut self) -> Result<Vec<u8>, StartError> {
+        let atr = self.start_once().await?;
+        if !self.entry().identity_stale.swap(false, Ordering::Relaxed) {
+            return Ok(atr);
+        }
+        let n = self.number;
+        let before = self.cards.known(n);
+        match self.read_files(&atr, REFRESH_DEADLINE).await {
+            Ok(files) => {
+                if files.iccid != before.iccid || files.imsi != before.imsi {
+                    log::info!(
+                        "card {n}: after a change of its profile or files: ICCID {}, IMSI {} \
+                         (were {}, {})",
+                        files.iccid.as_deref().unwrap_or("none"),
+                        files.imsi.as_deref().unwrap_or("none"),
+                        before.iccid.as_deref().unwrap_or("unknown"),
+                        before.imsi.as_deref().unwrap_or("unknown"),
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!("card {n}: reading its identity again after a change failed: {e}");
+                self.cards.record(n, &atr, &Files::default());
+            }
+        }
+        self.stop().await?;
+        self.start_once().await
+    }
+
+    async fn start_once(&mut self) -> Result<Vec<u8>, StartError> {
         let n = self.number;
         if let Some(why) = self.cards.bad(n) {
             return Err(StartError::Bad { card: n, why });
@@ -808,6 +849,9 @@ impl Lease {
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
+                if changes::changes_identity(cmd, resp) {
+                    self.entry().identity_stale.store(true, Ordering::Relaxed);
+                }
                 for o in &self.cards.inner.observers {
                     o.exchange(self.number.get(), front, cmd, resp);
                 }
@@ -831,7 +875,19 @@ impl Lease {
     /// Starts the card and reads ATR, ICCID and IMSI (the manual's sequences); records them.
     /// The card is left running, with files selected: restart it before handing it on.
     pub async fn read_identity(&mut self, deadline: Duration) -> Result<Identity, ReadError> {
-        let atr = self.start().await?;
+        // Read here anyway: no second reading at this start.
+        self.entry().identity_stale.store(false, Ordering::Relaxed);
+        let atr = self.start_once().await?;
+        let files = self.read_files(&atr, deadline).await?;
+        Ok(Identity {
+            atr: Atr::from(atr),
+            iccid: files.iccid,
+            imsi: files.imsi,
+        })
+    }
+
+    /// ICCID and IMSI of the card just started (ATR `atr`), recorded as what is known of it.
+    async fn read_files(&mut self, atr: &[u8], deadline: Duration) -> Result<Files, ReadError> {
         let mut r = identity::Reading::new();
         while let Some((what, cmd)) = r.command() {
             let resp = self
@@ -841,12 +897,8 @@ impl Lease {
             r.answer(&resp)?;
         }
         let files = r.files();
-        self.cards.record(self.number, &atr, &files);
-        Ok(Identity {
-            atr: Atr::from(atr),
-            iccid: files.iccid,
-            imsi: files.imsi,
-        })
+        self.cards.record(self.number, atr, &files);
+        Ok(files)
     }
 
     /// Stops the card if this lease started it (unless it is to keep running), then frees it.

@@ -220,7 +220,18 @@ fn a_3_s_profile_enable_through_pcscd_and_vpcd_succeeds_and_a_reset_shows_the_ne
     let text = "[[card]]\nslot = 50\nprofile = \"euicc\"\nenable_ms = 3000\n\
                 [[card.profiles]]\nenabled = true\n[[card.profiles]]\n";
     let sim = common::sim_pool(CardsFile::from_toml(text).unwrap(), Faults::default());
-    let (serve, ctx, name) = serve(&sim, 2, 50, &LONG_COMMANDS);
+    let control = "127.0.0.1:28581";
+    let mut extra = LONG_COMMANDS.to_vec();
+    extra.extend(["--control", control]);
+    let (serve, ctx, name) = serve(&sim, 2, 50, &extra);
+    let known = |key: &str| {
+        let (status, out) = http(control, "GET", "/api/v1/cards/50", "");
+        assert_eq!(status, 200, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[key].as_str().map(String::from)
+    };
+    let p0 = generated_euicc_profile(50, 0).card;
+    assert_eq!(known("iccid").as_deref(), Some(p0.iccid.as_str()));
     let mut card = connect(&ctx, &name);
     let p1 = generated_euicc_profile(50, 1).card;
     let iccid = hx(&simpool::sim::profile::encode_iccid(&p1.iccid));
@@ -252,6 +263,10 @@ fn a_3_s_profile_enable_through_pcscd_and_vpcd_succeeds_and_a_reset_shows_the_ne
     tx4(&card, "00A40004026F07");
     let imsi = tx(&card, "00B0000009");
     assert_eq!(decode_imsi(&imsi[..9]).as_deref(), Some(p1.imsi.as_str()));
+    // What the daemon knows of the card (the API, status, scan of a held card) followed the
+    // switch: read again at the start the reset caused.
+    assert_eq!(known("iccid").as_deref(), Some(p1.iccid.as_str()));
+    assert_eq!(known("imsi").as_deref(), Some(p1.imsi.as_str()));
     // The reset reached the pool as stop + start.
     let log = serve.log_text();
     assert!(
