@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod exec;
 pub mod gsmtap;
 pub mod history;
 pub mod identity;
