@@ -18,6 +18,7 @@ pub mod pcap;
 pub mod pool;
 pub mod remsim;
 pub mod rows;
+pub mod selection;
 pub mod serve;
 pub mod sim;
 pub mod t0;
