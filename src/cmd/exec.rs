@@ -9,20 +9,20 @@ use std::time::Duration;
 use clap::Args;
 use hyper::Method;
 
-use simpool::bridge::Binding;
+use simpool::control::client::Control;
 use simpool::exec::guard::Guard;
 use simpool::exec::hold::Hold;
 use simpool::exec::schedule::Verdict;
 use simpool::exec::{self, Event, Options};
-use simpool::pool::SlotState;
-use simpool::rows::{CardRow, ExecRow};
+use simpool::rows::{CardRow, ExecRow, ScanRow};
+use simpool::selection::{Candidate, SelectionArgs};
 
 use super::{out, out_json, CliError, ControlArgs, Interrupt, EXIT_INTERRUPTED, EXIT_PARTIAL};
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
     #[command(flatten)]
-    pub selection: Selection,
+    pub selection: SelectionArgs,
     /// At most K runs at once [default: every free reader of the daemon].
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: Option<u16>,
@@ -47,87 +47,26 @@ pub struct ExecArgs {
     pub control: ControlArgs,
 }
 
+/// A scan of every free card through the daemon.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn card_rows(control: &Control) -> Result<Vec<CardRow>, CliError> {
+    Ok(control
+        .call(
+            Method::GET,
+            "/api/v1/cards",
+            None::<&()>,
+            Duration::from_secs(15),
+        )
+        .await?)
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = simpool::history::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() {
         return Err("a timeout of 0 would kill every run at once".into());
     }
     Ok(d)
-}
-
-// TEMPORARY until branch share's selection (src/selection.rs) is merged.
-#[derive(Args, Debug)]
-#[group(required = true, multiple = true)]
-pub struct Selection {
-    /// Cards by number: 18, 1-32,40.
-    #[arg(long, value_name = "LIST")]
-    pub card: Vec<String>,
-    /// The card with this ICCID (repeatable).
-    #[arg(long, value_parser = simpool::values::check_iccid)]
-    pub iccid: Vec<String>,
-    /// The card with this IMSI (repeatable).
-    #[arg(long, value_parser = simpool::values::check_imsi)]
-    pub imsi: Vec<String>,
-    /// Every inserted card that is free.
-    #[arg(long)]
-    pub all: bool,
-}
-
-fn parse_list(s: &str) -> Result<Vec<simpool::values::CardNo>, CliError> {
-    let mut v = Vec::new();
-    for part in s.split(',') {
-        let bad = || CliError::Usage(format!("bad card list {s:?}: say 18 or 1-32,40"));
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let a: u16 = a.trim().parse().map_err(|_| bad())?;
-        let b: u16 = b.trim().parse().map_err(|_| bad())?;
-        for n in a..=b {
-            v.push(simpool::values::CardNo::new(n).map_err(|e| CliError::Usage(e.to_string()))?);
-        }
-    }
-    Ok(v)
-}
-
-/// The cards to run on, in card order: by number; by ICCID/IMSI a card the daemon knows to
-/// have it, else the identity (the reader finds the card); `--all`: every inserted, free card
-/// that is not marked bad.
-fn targets(sel: &Selection, cards: &[CardRow]) -> Result<Vec<Binding>, CliError> {
-    let mut numbers = Vec::new();
-    for l in &sel.card {
-        numbers.extend(parse_list(l)?);
-    }
-    if sel.all {
-        numbers.extend(
-            cards
-                .iter()
-                .filter(|c| {
-                    matches!(c.state, Some(SlotState::Inserted | SlotState::Working))
-                        && c.holder.is_none()
-                        && c.bad.is_none()
-                })
-                .map(|c| c.card),
-        );
-    }
-    let mut idents = Vec::new();
-    for i in &sel.iccid {
-        match cards
-            .iter()
-            .find(|c| c.iccid.as_deref() == Some(i.as_str()))
-        {
-            Some(c) => numbers.push(c.card),
-            None => idents.push(Binding::Iccid(i.clone())),
-        }
-    }
-    for i in &sel.imsi {
-        match cards.iter().find(|c| c.imsi.as_deref() == Some(i.as_str())) {
-            Some(c) => numbers.push(c.card),
-            None => idents.push(Binding::Imsi(i.clone())),
-        }
-    }
-    numbers.sort_unstable();
-    numbers.dedup();
-    let mut t: Vec<Binding> = numbers.into_iter().map(Binding::Card).collect();
-    t.extend(idents);
-    Ok(t)
 }
 
 /// The progress line on a terminal's stderr.
@@ -181,17 +120,22 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
     // First: an interruption at any later point is seen (and the readers restored).
     let mut interrupt = Interrupt::new();
     let control = args.control.client()?;
-    let cards: Vec<CardRow> = control
-        .call(
-            Method::GET,
-            "/api/v1/cards",
-            None::<&()>,
-            Duration::from_secs(15),
-        )
-        .await?;
-    let targets = targets(&args.selection, &cards)?;
-    if targets.is_empty() {
-        return Err(CliError::Card("no card matches the selection".into()));
+    let sel = args
+        .selection
+        .selection()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut cards = card_rows(&control).await?;
+    if exec::needs_scan(&sel, &cards) {
+        // An ICCID or IMSI of a card never read: the daemon's scan reads the free cards.
+        let _: Vec<ScanRow> = control
+            .call(Method::POST, "/api/v1/scan", None::<&()>, SCAN_TIMEOUT)
+            .await?;
+        cards = card_rows(&control).await?;
+    }
+    let plan = exec::plan(&sel, &cards);
+    if plan.run.is_empty() && plan.refused.is_empty() {
+        let why = sel.resolve(cards.iter().map(Candidate::from)).blocked_by();
+        return Err(CliError::Card(format!("no card matches {sel}: {why}")));
     }
     let opts = Options {
         parallel: args.parallel.map(usize::from),
@@ -218,7 +162,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
         .ok();
     let outcome = exec::exec(
         Hold::new(control),
-        targets,
+        plan,
         opts,
         guard,
         interrupt.recv(),

@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 
 use crate::bridge::{Binding, ReaderRow};
 use crate::control::client::ControlClientError;
-use crate::rows::ExecRow;
+use crate::rows::{CardRow, ExecRow};
+use crate::selection::{Candidate, Selection};
+use crate::values::CardNo;
 
 use guard::Guard;
 use hold::{Hold, HoldError};
@@ -161,6 +163,75 @@ pub fn slots(readers: &[ReaderRow], pcsc: &[String]) -> Result<Vec<Slot>, ExecEr
     Err(ExecError::NoReader(format!("no free reader: {why}")))
 }
 
+/// What an exec is to do: the cards to run on, and the selected cards that cannot run (held
+/// by someone, an empty slot named, an identity no inserted card has), each with why.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub run: Vec<Binding>,
+    pub refused: Vec<ExecRow>,
+}
+
+/// The plan for `sel` over the daemon's card rows. A card named (by number, ICCID, IMSI, EID)
+/// that someone holds is refused, naming the holder; `--all` means the free ones, so there a
+/// held card is simply not selected, nor one simpool marked bad.
+pub fn plan(sel: &Selection, cards: &[CardRow]) -> Plan {
+    let r = sel.resolve(cards.iter().map(Candidate::from));
+    let bad = |n: CardNo| cards.iter().any(|c| c.card == n && c.bad.is_some());
+    let mut p = Plan::default();
+    for n in r.free {
+        if sel.all && bad(n) {
+            log::info!("card {n} is marked bad: not selected by --all");
+            continue;
+        }
+        p.run.push(Binding::Card(n));
+    }
+    if !sel.all {
+        for (n, holder) in r.held {
+            p.refused.push(not_run(
+                &Binding::Card(n),
+                format!("card {n} is held by {holder}"),
+            ));
+        }
+    }
+    for n in r.missing {
+        p.refused
+            .push(not_run(&Binding::Card(n), format!("no card in slot {n}")));
+    }
+    // An ICCID or IMSI asked for that no inserted card is known to have.
+    let known = |f: &dyn Fn(&CardRow) -> Option<&str>, want: &str| {
+        cards
+            .iter()
+            .any(|c| c.state.is_some_and(|s| s.has_card()) && f(c) == Some(want))
+    };
+    for i in &sel.iccids {
+        if !known(&|c| c.iccid.as_deref(), i) {
+            p.refused.push(not_run(
+                &Binding::Iccid(i.clone()),
+                format!("no inserted card is known to have ICCID {i}"),
+            ));
+        }
+    }
+    for i in &sel.imsis {
+        if !known(&|c| c.imsi.as_deref(), i) {
+            p.refused.push(not_run(
+                &Binding::Imsi(i.clone()),
+                format!("no inserted card is known to have IMSI {i}"),
+            ));
+        }
+    }
+    p
+}
+
+/// Whether `sel` asks for an ICCID or IMSI the daemon does not know of any card yet (then a
+/// scan reads the free cards first).
+pub fn needs_scan(sel: &Selection, cards: &[CardRow]) -> bool {
+    let unknown = |want: &[String], f: &dyn Fn(&CardRow) -> Option<&str>| {
+        want.iter()
+            .any(|w| !cards.iter().any(|c| f(c) == Some(w.as_str())))
+    };
+    unknown(&sel.iccids, &|c| c.iccid.as_deref()) || unknown(&sel.imsis, &|c| c.imsi.as_deref())
+}
+
 /// A row for a card whose program did not run.
 fn not_run(target: &Binding, error: String) -> ExecRow {
     let (card, iccid, imsi) = match target {
@@ -289,13 +360,32 @@ pub fn row_ok(r: &ExecRow) -> bool {
 /// it was bound to before, whichever way it ends.
 pub async fn exec(
     mut hold: Hold,
-    targets: Vec<Binding>,
+    plan: Plan,
     opts: Options,
     guard: Option<Guard>,
     interrupt: impl Future<Output = ()>,
     mut on: impl FnMut(Event<'_>),
 ) -> Result<Outcome, ExecError> {
     let started = Instant::now();
+    let Plan {
+        run: targets,
+        refused,
+    } = plan;
+    for r in &refused {
+        on(Event::Finished(r));
+    }
+    if targets.is_empty() {
+        return Ok(Outcome {
+            verdict: if refused.is_empty() {
+                Verdict::AllOk
+            } else {
+                Verdict::SomeFailed
+            },
+            rows: refused,
+            unrestored: Vec::new(),
+            elapsed: started.elapsed(),
+        });
+    }
     if let Some(d) = &opts.output_dir {
         std::fs::create_dir_all(d)
             .map_err(|e| ExecError::OutputDir(format!("{}: {e}", d.display())))?;
@@ -391,10 +481,15 @@ pub async fn exec(
         .zip(&targets)
         .map(|(r, t)| r.unwrap_or_else(|| not_run(t, "not run".into())))
         .collect();
+    let verdict = match sched.verdict() {
+        Verdict::AllOk if !refused.is_empty() => Verdict::SomeFailed,
+        v => v,
+    };
+    rows.extend(refused);
     rows.sort_by(|a, b| (a.card, &a.iccid, &a.imsi).cmp(&(b.card, &b.iccid, &b.imsi)));
     Ok(Outcome {
         rows,
-        verdict: sched.verdict(),
+        verdict,
         unrestored,
         elapsed: started.elapsed(),
     })
@@ -426,6 +521,7 @@ pub fn summary(rows: &[ExecRow]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::bridge::{Presence, ReaderCounts};
+    use crate::pool::SlotState;
     use crate::values::CardNo;
 
     fn reader(i: u16, binding: Option<Binding>) -> ReaderRow {
@@ -442,6 +538,82 @@ mod tests {
             imsi: None,
             stats: ReaderCounts::default(),
         }
+    }
+
+    fn card_row(n: u16, state: SlotState, holder: Option<&str>) -> CardRow {
+        CardRow {
+            card: CardNo::of(n),
+            state: Some(state),
+            holder: holder.map(String::from),
+            atr: None,
+            iccid: Some(format!("8949440000000000{n:03}1")),
+            imsi: None,
+            exchanges: 0,
+            errors: 0,
+            bad: None,
+        }
+    }
+
+    fn sel(args: &[&str]) -> Selection {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sel: crate::selection::SelectionArgs,
+        }
+        let mut argv = vec!["x"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().sel.selection().unwrap()
+    }
+
+    #[test]
+    fn the_plan_runs_free_cards_and_refuses_the_others_saying_why() {
+        let mut rows: Vec<CardRow> = (1..=6)
+            .map(|n| card_row(n, SlotState::Inserted, None))
+            .collect();
+        rows[1].holder = Some("reader 0".into());
+        rows[2].state = Some(SlotState::Empty);
+        rows[3].bad = Some("no ATR".into());
+        rows[4].state = Some(SlotState::Working);
+        let p = plan(&sel(&["--card", "1-5"]), &rows);
+        let run: Vec<Binding> = [1, 4, 5].map(|n| Binding::Card(CardNo::of(n))).into();
+        assert_eq!(
+            p.run, run,
+            "a bad card named is tried (and fails, saying why)"
+        );
+        let why: Vec<(Option<CardNo>, &str)> = p
+            .refused
+            .iter()
+            .map(|r| (r.card, r.error.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (Some(CardNo::of(2)), "card 2 is held by reader 0"),
+                (Some(CardNo::of(3)), "no card in slot 3")
+            ]
+        );
+        // --all: the free ones only; held, empty and bad cards are not selected.
+        let p = plan(&sel(&["--all"]), &rows);
+        let run: Vec<Binding> = [1, 5, 6].map(|n| Binding::Card(CardNo::of(n))).into();
+        assert_eq!(p.run, run);
+        assert!(p.refused.is_empty());
+        // An ICCID nobody is known to have: refused, and a scan is due first.
+        let s = sel(&[
+            "--iccid",
+            "89494400000000000061",
+            "--iccid",
+            "89494400000000000999",
+        ]);
+        assert!(needs_scan(&s, &rows));
+        let p = plan(&s, &rows);
+        assert_eq!(p.run, [Binding::Card(CardNo::of(6))]);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].iccid.as_deref(), Some("89494400000000000999"));
+        assert!(!needs_scan(
+            &sel(&["--iccid", "89494400000000000061"]),
+            &rows
+        ));
     }
 
     #[test]
