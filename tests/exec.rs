@@ -17,6 +17,14 @@ use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 29300;
 
+/// The daemon's readers are named by their index (reader 0 is pcscd's "Virtual PCD 00 00"):
+/// every test's daemon starts at vpcd reader 0, so the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A daemon on vpcd readers 0.. of the binary's pcscd, its control API on a port of its own.
 struct Daemon {
     _serve: Serve,
@@ -24,11 +32,16 @@ struct Daemon {
 }
 
 fn daemon(sim: &SimPool, readers: u16, extra: &[&str], log: &str) -> Daemon {
+    daemon_at(sim, 0, readers, extra, log)
+}
+
+/// [`daemon`] on vpcd readers `first`.. (its readers still named 0..: see [`ONE_AT_A_TIME`]).
+fn daemon_at(sim: &SimPool, first: u16, readers: u16, extra: &[&str], log: &str) -> Daemon {
     let pcscd = stack::pcscd(BASE_PORT);
     let control = format!("127.0.0.1:{}", common::free_port());
     let (pool, vpcd, n) = (
         sim.addr().to_string(),
-        pcscd.vpcd_addr(0),
+        pcscd.vpcd_addr(first),
         readers.to_string(),
     );
     let mut args = vec![
@@ -142,6 +155,7 @@ const READ_ICCID: &str = "echo \"card={card} env=$SIMPOOL_CARD reader={reader} \
 
 #[test]
 fn exec_runs_a_pcsc_program_on_24_cards_over_4_readers_each_row_its_own_cards_iccid() {
+    let _turn = turn();
     let sim = pool();
     // Reader 4 is bound by hand: exec leaves it alone and uses the four free ones.
     let d = daemon(&sim, 5, &["--card", "30"], "exec-24");
@@ -245,6 +259,7 @@ fn exec_runs_a_pcsc_program_on_24_cards_over_4_readers_each_row_its_own_cards_ic
 
 #[test]
 fn failures_timeouts_and_the_summary_table() {
+    let _turn = turn();
     let sim = pool();
     let d = daemon(&sim, 2, &[], "exec-fail");
     let dir = scratch("fail");
@@ -272,7 +287,7 @@ fn failures_timeouts_and_the_summary_table() {
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     // The timed-out run's whole process group was killed, its background child too.
     let pid: u32 = std::fs::read_to_string(&child)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("card 3 ran no child ({e}):\n{out}\n{err}"))
         .trim()
         .parse()
         .unwrap();
@@ -283,8 +298,8 @@ fn failures_timeouts_and_the_summary_table() {
     );
     // Each run's output, then the summary table.
     for n in [1, 2, 4] {
-        assert!(out.contains(&format!("out {n}\n")), "{out}");
-        assert!(out.contains(&format!("err {n}\n")), "{out}");
+        assert!(out.contains(&format!("out {n}\n")), "{out}{err}");
+        assert!(out.contains(&format!("err {n}\n")), "{out}{err}");
     }
     let table = &out[out.find("card  ICCID").expect("a summary table")..];
     let line = |card: u16| {
@@ -353,6 +368,7 @@ fn wait_files(dir: &Path, n: usize, within: Duration) {
 
 #[test]
 fn ctrl_c_in_the_middle_kills_the_runs_and_restores_every_reader() {
+    let _turn = turn();
     let sim = pool();
     // Reader 0 bound by hand to card 30; readers 1-3 free.
     let d = daemon(&sim, 4, &["--card", "30"], "exec-int");
@@ -438,6 +454,7 @@ fn pysim() -> Option<PathBuf> {
 
 #[test]
 fn exec_with_pysim_read_by_reader_index() {
+    let _turn = turn();
     let Some(src) = pysim() else { return };
     let sim = pool();
     let d = daemon(&sim, 3, &["--card", "30"], "exec-pysim");
@@ -475,6 +492,7 @@ fn exec_with_pysim_read_by_reader_index() {
 
 #[test]
 fn a_killed_exec_leaves_no_reader_bound_and_no_program_running() {
+    let _turn = turn();
     let sim = pool();
     let d = daemon(&sim, 3, &["--card", "30"], "exec-kill");
     let before = bindings(&d);
@@ -510,5 +528,29 @@ fn a_killed_exec_leaves_no_reader_bound_and_no_program_running() {
     }
     common::wait_for("exec's cards stopped", Duration::from_secs(5), || {
         working_cards(&d).iter().all(|c| *c == 30)
+    });
+}
+
+#[test]
+fn readers_pcscd_does_not_show_are_retired_and_their_cards_given_up_saying_why() {
+    let _turn = turn();
+    let sim = pool();
+    // The daemon's readers 0 and 1 sit on pcscd's vpcd readers 8 and 9: pcscd's "Virtual PCD
+    // 00 00" and "00 01", which exec waits on, never show its cards.
+    let d = daemon_at(&sim, 8, 2, &[], "exec-faults");
+    let (code, out, err) = exec(&d, &["--card", "1-3", "--json", "--", "true"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let e = r["error"].as_str().unwrap_or_default();
+        assert!(e.starts_with("no reader left to run it"), "{r}");
+        assert!(e.contains("pcscd does not show the card in"), "{r}");
+        assert!(r["exit"].is_null(), "{r}");
+    }
+    assert!(err.contains("reader not used again"), "{err}");
+    assert!(bindings(&d).iter().all(serde_json::Value::is_null));
+    common::wait_for("cards stopped", Duration::from_secs(5), || {
+        working_cards(&d).is_empty()
     });
 }

@@ -136,28 +136,47 @@ impl Hold {
         let before = std::mem::take(&mut *self.before.lock().await);
         let mut failed = Vec::new();
         for (reader, binding) in before {
-            let path = format!("/api/v1/readers/{reader}");
-            let r: Result<ReaderRow, _> = match &binding {
-                None => {
-                    self.control
-                        .call(Method::DELETE, &path, None::<&()>, CALL_TIMEOUT)
-                        .await
-                }
-                Some(b) => {
-                    self.control
-                        .call(Method::PUT, &path, Some(b), CALL_TIMEOUT)
-                        .await
-                }
-            };
-            match r {
-                Ok(_) => log::debug!(
-                    "reader {reader}: restored to {}",
-                    binding.map_or("no binding".into(), |b| b.to_string())
-                ),
-                Err(e) => failed.push((reader, e.to_string())),
+            if let Err(e) = self.put_back(reader, &binding).await {
+                failed.push((reader, e));
             }
         }
         failed
+    }
+
+    /// Puts one reader back now (exec no longer uses it): its card is free for another reader.
+    pub async fn give_back(&self, reader: u16) -> Result<(), String> {
+        let Some(binding) = self.before.lock().await.remove(&reader) else {
+            return Ok(());
+        };
+        self.put_back(reader, &binding).await
+    }
+
+    async fn put_back(&self, reader: u16, binding: &Option<Binding>) -> Result<(), String> {
+        let path = format!("/api/v1/readers/{reader}");
+        let r: Result<ReaderRow, _> = match binding {
+            None => {
+                self.control
+                    .call(Method::DELETE, &path, None::<&()>, CALL_TIMEOUT)
+                    .await
+            }
+            Some(b) => {
+                self.control
+                    .call(Method::PUT, &path, Some(b), CALL_TIMEOUT)
+                    .await
+            }
+        };
+        match r {
+            Ok(_) => {
+                log::debug!(
+                    "reader {reader}: restored to {}",
+                    binding
+                        .as_ref()
+                        .map_or("no binding".into(), |b| b.to_string())
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

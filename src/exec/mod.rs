@@ -302,16 +302,15 @@ async fn run_one(
         stderr: String::new(),
         error: None,
     };
-    let (name, atr, c) = (
-        slot.name.clone(),
-        row.atr.as_ref().map(|a| a.as_bytes().to_vec()),
-        cancel.clone(),
-    );
-    let shown = tokio::task::spawn_blocking(move || {
-        presence::wait_present(&name, atr.as_deref(), PCSC_SHOW, &c)
-    })
-    .await
-    .unwrap_or_else(|e| Err(NotShown::Reader(format!("waiting for pcscd: {e}"))));
+    let want = presence::Expect {
+        atr: row.atr.as_ref().map(|a| a.as_bytes().to_vec()),
+        iccid: row.iccid.clone(),
+    };
+    let (name, c) = (slot.name.clone(), cancel.clone());
+    let shown =
+        tokio::task::spawn_blocking(move || presence::wait_present(&name, &want, PCSC_SHOW, &c))
+            .await
+            .unwrap_or_else(|e| Err(NotShown::Reader(format!("waiting for pcscd: {e}"))));
     match shown {
         Ok(()) => {}
         Err(NotShown::Cancelled) => {
@@ -319,7 +318,11 @@ async fn run_one(
             return RunEnd::Ran(Box::new(out));
         }
         Err(NotShown::Reader(e)) => {
-            return RunEnd::ReaderFault(format!("card {card} on reader {}: {e}", slot.daemon))
+            // Not used again: its card goes back to the pool for another reader.
+            if let Err(why) = hold.give_back(slot.daemon).await {
+                log::warn!("reader {} not restored: {why}", slot.daemon);
+            }
+            return RunEnd::ReaderFault(format!("card {card} on reader {}: {e}", slot.daemon));
         }
     }
     let vars = program::Vars {
