@@ -326,6 +326,27 @@ fn failures_timeouts_and_the_summary_table() {
         working_cards(&d).is_empty()
     });
 
+    // On a terminal (script(1) gives it one): the live progress line, then the table.
+    let cmd = format!(
+        "{} exec --card 5-6 -- sleep 0.6",
+        env!("CARGO_BIN_EXE_simpool")
+    );
+    let o = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("SIMPOOL_CONTROL", &d.control)
+        .env("PCSCLITE_CSOCK_NAME", stack::pcscd(BASE_PORT).socket())
+        .env_remove("RUST_LOG")
+        .output_tied()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{tty}");
+    assert!(tty.contains("running 2 of 2"), "{tty:?}");
+    assert!(
+        tty.contains("\r\x1b[Kdone 2, failed 0, running 0 of 2"),
+        "{tty:?}"
+    );
+    assert!(tty.contains("2 cards, 0 failed"), "{tty:?}");
+
     // A card held elsewhere is that card's failure, named; the others run.
     let (code, out, _) = exec(&d, &["--card", "30", "--json", "--", "true"]);
     assert_eq!(code, Some(0), "{out}");
