@@ -146,6 +146,11 @@ enum Command {
     History(cmd::history::HistoryArgs),
     /// Show, set or remove a card's labels (KEY=VALUE; `--label` selects cards by them).
     Label(cmd::label::LabelArgs),
+    /// Run a PC/SC program once per selected card, each on a free reader of the running daemon.
+    Exec(cmd::exec::ExecArgs),
+    /// exec's keeper: cleans up after an exec that was killed (started by exec itself).
+    #[command(name = "exec-guard", hide = true)]
+    ExecGuard,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -324,6 +329,11 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
         } => cmd::daemon::unbind(control, reader, json).await,
         Command::History(args) => cmd::history::run(args).await,
         Command::Label(args) => cmd::label::run(args).await,
+        Command::Exec(args) => cmd::exec::run(args).await,
+        Command::ExecGuard => {
+            simpool::exec::guard::run().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), "simpool", &mut buf);

@@ -203,6 +203,26 @@ pub struct InstanceRow {
     pub error: Option<String>,
 }
 
+/// One run of `simpool exec --json` (one card): sorted by card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRow {
+    pub card: Option<CardNo>,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    /// The reader's index in pcscd's reader list (what the program got as `{reader}`).
+    pub reader: Option<usize>,
+    /// Its PC/SC name (`{reader_name}`).
+    pub reader_name: Option<String>,
+    /// The program's exit code; `null` when it did not run or was killed.
+    pub exit: Option<i32>,
+    /// How long the program ran.
+    pub seconds: Option<f64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Why the run failed other than by its exit code (card refused, timed out, killed, …).
+    pub error: Option<String>,
+}
+
 /// Every error answer of the API: `{"error": "…"}`, with the card and its holder when a card
 /// is held elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

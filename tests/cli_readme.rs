@@ -112,6 +112,21 @@ const SKIP: &[(&str, &str, Option<&str>)] = &[
     ),
     ("editor /etc/simpool/simpool.toml", PACKAGE, None),
     (
+        "simpool exec --all --parallel 4 --output-dir runs -- pySim-read.py -p {reader}",
+        EXEC,
+        None,
+    ),
+    (
+        "simpool exec --card 1-32,40 --timeout 2m --json -- pySim-read.py -p {reader} > runs.json",
+        EXEC,
+        None,
+    ),
+    (
+        "simpool exec --imsi 001010000000018 -- sh -c 'scriptor -r \"$SIMPOOL_READER_NAME\" < cmds.txt'",
+        EXEC,
+        None,
+    ),
+    (
         "simpool serve --config /etc/simpool/simpool.toml --check",
         PACKAGE,
         None,
@@ -125,6 +140,8 @@ const SKIP: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
 ];
+
+const EXEC: &str = "needs a pcscd with the daemon's vpcd readers (and pySim, scriptor): tests/exec.rs runs exec through the real pcscd with scriptor reading each card's ICCID, and with pySim-read -p {reader}";
 
 const PACKAGE: &str = "installs the Debian package and runs its service: tests/package.rs does these steps in a container under a real systemd";
 

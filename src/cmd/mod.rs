@@ -2,6 +2,7 @@
 
 pub mod apdu;
 pub mod daemon;
+pub mod exec;
 pub mod history;
 pub mod info;
 pub mod instance;
