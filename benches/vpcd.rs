@@ -138,6 +138,10 @@ fn main() {
         health: Default::default(),
         control: None,
         control_token: None,
+        control_tokens: None,
+        control_socket: None,
+        control_socket_mode: 0o660,
+        control_socket_group: None,
         state: None,
         remsim: None,
         // `SIMPOOL_BENCH_GSMTAP=HOST:PORT` measures with GSMTAP tracing on.

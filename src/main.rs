@@ -21,7 +21,8 @@ Exit status (every command):
        the daemons (serve, sim) end with 0 on SIGINT/SIGTERM, their normal way to stop
 A closed standard output (e.g. `| head`) ends a command quietly with 0.
 
-Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN) > configuration
+Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN,
+SIMPOOL_CONTROL_SOCKET) > configuration
 file (serve --config) > default. RUST_LOG, if set, wins over -v/-q.";
 
 #[derive(Parser)]
@@ -126,6 +127,41 @@ enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Reserve a card of the running daemon for you until a time (SELECTION: --card, --iccid,
+    /// --imsi, --label, --eid, --all; the first free one is taken).
+    Reserve(cmd::reserve::ReserveArgs),
+    /// Renew a reservation: it ends DUR from now.
+    Renew {
+        /// The reservation's id (as `reserve` printed it).
+        id: simpool::reservations::ReservationId,
+        /// How long from now (90s, 15m, 2h, 1d; at most 7d).
+        #[arg(long = "for", value_name = "DUR", value_parser = cmd::reserve::duration)]
+        for_: std::time::Duration,
+        /// Print JSON: the reservation, as `reserve --json` shows it.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// End a reservation (yours, or anyone's as an admin): its reader is unbound, its card
+    /// stopped and freed.
+    Release {
+        /// The reservation's id.
+        id: simpool::reservations::ReservationId,
+        /// Print JSON: the reservation that ended.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// The running daemon's reservations: card, user, reader, expiry, note.
+    Reservations {
+        /// Print JSON: [{"id","card","iccid","imsi","reader","reader_name","user","note","since","expires"}, ...].
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -216,6 +252,15 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             control,
             json,
         } => cmd::daemon::unbind(control, reader, json).await,
+        Command::Reserve(args) => cmd::reserve::reserve(args).await,
+        Command::Renew {
+            id,
+            for_,
+            json,
+            control,
+        } => cmd::reserve::renew(control, id, for_, json).await,
+        Command::Release { id, json, control } => cmd::reserve::release(control, id, json).await,
+        Command::Reservations { json, control } => cmd::reserve::list(control, json).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), "simpool", &mut buf);

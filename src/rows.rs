@@ -136,6 +136,48 @@ pub struct ReadRow {
     pub error: Option<String>,
 }
 
+/// The body of `POST /api/v1/reservations`: a selection (see [`crate::selection`]) and
+/// `for_s` (default 1 h), `wait_s` (default 0: answer at once), `reader` (bind a free reader
+/// to the card), `note`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    #[serde(flatten)]
+    pub selection: crate::selection::Selection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
+    #[serde(default)]
+    pub reader: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The body of `POST /api/v1/reservations/{id}/renew`: the reservation now ends `for_s`
+/// seconds from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub for_s: u64,
+}
+
+/// A reservation as the API and `simpool reserve --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRow {
+    pub id: crate::reservations::ReservationId,
+    pub card: CardNo,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    /// The reader bound to the card for it (`--reader`), its index in pcscd's list of this
+    /// daemon's readers, and its PC/SC name.
+    pub reader: Option<u16>,
+    pub reader_name: Option<String>,
+    pub user: String,
+    pub note: Option<String>,
+    pub since: crate::history::Timestamp,
+    pub expires: crate::history::Timestamp,
+}
+
 /// Every error answer of the API: `{"error": "…"}`, with the card and its holder when a card
 /// is held elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,11 @@ fn print_reader(r: &ReaderRow) -> Result<(), CliError> {
     if let Some(d) = &r.detail {
         out(format!("{:>6}  ({d})", ""))?;
     }
+    match (&r.user, r.reservation) {
+        (Some(u), Some(id)) => out(format!("{:>6}  (for {u}, reservation {id})", ""))?,
+        (Some(u), None) => out(format!("{:>6}  (for {u})", ""))?,
+        _ => {}
+    }
     Ok(())
 }
 

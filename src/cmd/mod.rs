@@ -4,6 +4,7 @@ pub mod apdu;
 pub mod daemon;
 pub mod info;
 pub mod read;
+pub mod reserve;
 pub mod scan;
 pub mod serve;
 pub mod sim;
@@ -135,15 +136,30 @@ impl Interrupt {
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Daemon")]
 pub struct ControlArgs {
-    /// The daemon's control API, HOST:PORT.
-    #[arg(long, env = "SIMPOOL_CONTROL", default_value = simpool::config::DEFAULT_CONTROL)]
-    pub control: String,
+    /// The daemon's control API, HOST:PORT [default: 127.0.0.1:6680].
+    #[arg(long, env = "SIMPOOL_CONTROL")]
+    pub control: Option<String>,
     /// File with the bearer token the daemon's control API requires.
     #[arg(long, env = "SIMPOOL_CONTROL_TOKEN")]
     pub control_token: Option<std::path::PathBuf>,
+    /// The daemon's Unix control socket (the kernel names you: no token needed) [default:
+    /// /run/simpool/control.sock when it is there and neither --control nor a token is given].
+    #[arg(long, env = "SIMPOOL_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 impl ControlArgs {
+    /// The Unix socket to use, if any: the one given, else the service's when it is there
+    /// and no TCP address or token was given.
+    fn socket(&self) -> Option<std::path::PathBuf> {
+        if let Some(p) = &self.control_socket {
+            return (p.as_os_str() != "off").then(|| p.clone());
+        }
+        let service = std::path::Path::new(simpool::control::client::SERVICE_SOCKET);
+        (self.control.is_none() && self.control_token.is_none() && service.exists())
+            .then(|| service.to_path_buf())
+    }
+
     pub fn client(&self) -> Result<Control, CliError> {
         let token = match &self.control_token {
             Some(p) => Some(
@@ -154,9 +170,17 @@ impl ControlArgs {
             ),
             None => None,
         };
+        let socket = self.socket();
         Ok(Control {
-            addr: self.control.clone(),
+            addr: match &socket {
+                Some(p) => format!("unix:{}", p.display()),
+                None => self
+                    .control
+                    .clone()
+                    .unwrap_or_else(|| simpool::config::DEFAULT_CONTROL.into()),
+            },
             token,
+            socket,
         })
     }
 }
