@@ -65,10 +65,10 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// How the card's holder column shows it: `alice (reservation 17) until …`.
+    /// How the card's holder column shows it: `reserved by alice (reservation 17) until …`.
     pub fn shown(&self) -> String {
         format!(
-            "{} (reservation {}) until {}",
+            "reserved by {} (reservation {}) until {}",
             self.user, self.id, self.expires
         )
     }

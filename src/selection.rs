@@ -273,7 +273,13 @@ impl Resolved {
             .held
             .iter()
             .take(8)
-            .map(|(n, h)| format!("card {n} is held by {h}"))
+            .map(|(n, h)| {
+                if h.starts_with("reserved by ") {
+                    format!("card {n} is {h}")
+                } else {
+                    format!("card {n} is held by {h}")
+                }
+            })
             .collect();
         if self.held.len() > 8 {
             parts.push(format!("{} more held", self.held.len() - 8));

@@ -499,7 +499,7 @@ fn a_second_unix_user_is_named_by_its_peer_credentials() {
         c["holder"]
             .as_str()
             .unwrap()
-            .starts_with("nobody (reservation"),
+            .starts_with("reserved by nobody (reservation"),
         "{c}"
     );
     // Another uid, outside the group: it reads, and may not reserve.

@@ -82,7 +82,8 @@ impl Cards {
     }
 
     /// Who has card `n`, as people read it: `reader 3 (alice, reservation 17)`,
-    /// `API request from bob`, or, reserved and not in use, `alice (reservation 17) until …`.
+    /// `API request from bob`, or, reserved and not in use,
+    /// `reserved by alice (reservation 17) until …`.
     pub fn holder_text(&self, n: CardNo) -> Option<String> {
         let reservation = self.reservation_of(n);
         let e = self.entry(n);
