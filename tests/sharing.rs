@@ -295,6 +295,47 @@ fn token_users_are_refused_on_each_others_reservations() {
         Some(json!({"force": true})),
     );
     assert_eq!(st, 403);
+    // Waiting: a wait that runs out is 408, saying what blocks it.
+    let (st, v) = d.call(
+        Some(BOB),
+        "POST",
+        "/api/v1/reservations",
+        Some(json!({"card": 5, "wait_s": 1})),
+    );
+    assert_eq!(st, 408, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("card 5 is reserved by alice"),
+        "{v}"
+    );
+    // First come, first served: bob queues for card 5, then root; alice's reservation ends
+    // (an admin ends it): bob is served, root's wait runs out.
+    let waiter = |token: &'static str, wait: u64| {
+        let control = d.control.clone();
+        std::thread::spawn(move || {
+            let h = [("Authorization", format!("Bearer {token}"))];
+            let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let body = json!({"card": 5, "wait_s": wait, "for_s": 600}).to_string();
+            let r = request(
+                &control,
+                "POST",
+                "/api/v1/reservations",
+                &headers,
+                Some(&body),
+            )
+            .unwrap();
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        })
+    };
+    let first = waiter(BOB, 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = waiter(ROOT, 3);
+    std::thread::sleep(Duration::from_millis(300));
     let (st, v) = d.call(
         Some(ROOT),
         "DELETE",
@@ -302,13 +343,25 @@ fn token_users_are_refused_on_each_others_reservations() {
         None,
     );
     assert_eq!(st, 200, "{v}");
+    let (st, v) = first.join().unwrap();
+    assert_eq!(st, 201, "the first waiter: {v}");
+    assert_eq!(
+        (v["card"].as_u64(), v["user"].as_str()),
+        (Some(5), Some("bob"))
+    );
+    let (st, v) = second.join().unwrap();
+    assert_eq!(st, 408, "the second waiter: {v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("reserved by bob"),
+        "{v}"
+    );
     let (st, _) = d.call(
         Some(BOB),
         "POST",
         "/api/v1/cards/5/apdu",
         Some(apdu.clone()),
     );
-    assert_eq!(st, 200, "card 5 free again for bob");
+    assert_eq!(st, 200, "card 5 bob's now");
     // Its user renews and releases its own.
     let (st, v) = d.call(
         Some(BOB),
