@@ -113,7 +113,7 @@ impl Daemon {
             readers: statuses.iter().map(|s| s.binding.clone()).collect(),
             reader_users: statuses.iter().map(|s| s.user.clone()).collect(),
             reservations: self.cards.reservations(),
-            next_reservation: self.cards.with_book(|b| b.next_id()),
+            next_reservation: self.cards.read_book(|b| b.next_id()),
         };
         match write_atomically(path, &st) {
             Ok(()) => log::debug!("state saved to {}", path.display()),

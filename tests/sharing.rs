@@ -44,11 +44,11 @@ struct Daemon {
 
 /// A daemon on `sim` with `readers` readers from vpcd reader `first` (no pcscd needed when
 /// `pcscd` is false: the readers then wait for vpcd), its control API on a free port.
-fn daemon(sim: &SimPool, vpcd: &str, readers: u16, extra: &[&str], name: &str) -> Daemon {
+fn daemon(pool: &str, vpcd: &str, readers: u16, extra: &[&str], name: &str) -> Daemon {
     let control = format!("127.0.0.1:{}", common::free_port());
     let mut args: Vec<String> = vec![
         "--pool".into(),
-        sim.addr().to_string(),
+        pool.into(),
         "--vpcd".into(),
         vpcd.into(),
         "--readers".into(),
@@ -134,12 +134,12 @@ fn tokens_file(dir: &std::path::Path) -> std::path::PathBuf {
 /// admin ends another's reservation. The tokens file is re-read on SIGHUP.
 #[test]
 fn token_users_are_refused_on_each_others_reservations() {
-    let sim = sim();
     let dir = tmp("tokens");
     let tokens = tokens_file(&dir);
     let vpcd = format!("127.0.0.1:{}", common::free_port());
+    // The simulated pool inside the daemon: its CPU time is the daemon's (measured below).
     let d = daemon(
-        &sim,
+        "sim",
         &vpcd,
         2,
         &["--control-tokens", tokens.to_str().unwrap()],
@@ -295,14 +295,33 @@ fn token_users_are_refused_on_each_others_reservations() {
         Some(json!({"force": true})),
     );
     assert_eq!(st, 403);
-    // Waiting: a wait that runs out is 408, saying what blocks it.
+    // Waiting: a wait that runs out is 408, saying what blocks it; the daemon sleeps while
+    // it waits (measured: 1 tick of CPU in 4 s; a loop that woke itself took 292).
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.serve.child.id())).unwrap();
+        // The fields after the command name: state, ppid, …; utime and stime are the 14th
+        // and 15th of the line (tpgid may be -1: every field is taken, as text).
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = cpu();
     let (st, v) = d.call(
         Some(BOB),
         "POST",
         "/api/v1/reservations",
-        Some(json!({"card": 5, "wait_s": 1})),
+        Some(json!({"card": 5, "wait_s": 2})),
     );
     assert_eq!(st, 408, "{v}");
+    let ticks = cpu() - before;
+    assert!(
+        ticks < 30,
+        "the daemon spun while a reservation waited: {ticks} ticks in 2 s"
+    );
     assert!(
         v["error"]
             .as_str()
@@ -411,7 +430,13 @@ fn token_users_are_refused_on_each_others_reservations() {
 fn a_reservation_expires_under_a_pcsc_client() {
     let sim = sim();
     let pcscd = stack::pcscd(BASE_PORT);
-    let d = daemon(&sim, &pcscd.vpcd_addr(0), 1, &[], "sharing-expiry");
+    let d = daemon(
+        &sim.addr().to_string(),
+        &pcscd.vpcd_addr(0),
+        1,
+        &[],
+        "sharing-expiry",
+    );
     let out = d.cli(
         None,
         &[
@@ -511,7 +536,7 @@ fn a_second_unix_user_is_named_by_its_peer_credentials() {
             .name;
     let vpcd = format!("127.0.0.1:{}", common::free_port());
     let d = daemon(
-        &sim,
+        &sim.addr().to_string(),
         &vpcd,
         1,
         &[
@@ -601,7 +626,7 @@ fn reservations_survive_a_restart() {
         "--state",
         state.to_str().unwrap(),
     ];
-    let d = daemon(&sim, &vpcd, 1, &args, "sharing-restart1");
+    let d = daemon(&sim.addr().to_string(), &vpcd, 1, &args, "sharing-restart1");
     let (st, a) = d.call(
         Some(ALICE),
         "POST",
@@ -618,7 +643,7 @@ fn reservations_survive_a_restart() {
     assert_eq!(st, 201, "{short}");
     drop(d);
     std::thread::sleep(Duration::from_millis(2500));
-    let d = daemon(&sim, &vpcd, 1, &args, "sharing-restart2");
+    let d = daemon(&sim.addr().to_string(), &vpcd, 1, &args, "sharing-restart2");
     let (_, list) = d.call(Some(CAROL), "GET", "/api/v1/reservations", None);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], a["id"]);

@@ -61,6 +61,11 @@ impl Cards {
         self.inner.book.lock().unwrap().due(now)
     }
 
+    /// Reads the book (no change, so nobody watching the cards is woken).
+    pub fn read_book<R>(&self, f: impl FnOnce(&Book) -> R) -> R {
+        f(&self.inner.book.lock().unwrap())
+    }
+
     pub fn reservations(&self) -> Vec<Reservation> {
         self.inner.book.lock().unwrap().list()
     }

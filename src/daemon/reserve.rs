@@ -179,7 +179,8 @@ impl Daemon {
             };
             let rows = self.candidates(&states);
             let resolved = resolve(sel, &rows);
-            let pick = self.cards.with_book(|b| {
+            // Read only: a change would wake this loop (and every other waiter) at once.
+            let pick = self.cards.read_book(|b| {
                 b.first_claim(ticket, &resolved.free, |s, n| {
                     let r = &rows[n.index()];
                     s.matches(
@@ -289,7 +290,7 @@ impl Daemon {
 
     /// Ends reservation `id` for `who` (its user or an admin).
     pub async fn release(&self, id: ReservationId, who: &Who) -> Result<ReservationRow, BookError> {
-        let r = self.cards.with_book(|b| b.may_end(id, who))?;
+        let r = self.cards.read_book(|b| b.may_end(id, who))?;
         let row = self.reservation_row(&r);
         let why = if r.user == who.user {
             "released".to_string()
