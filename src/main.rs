@@ -12,11 +12,13 @@ use cmd::{CliError, ControlArgs, PoolArgs};
 const AFTER_HELP: &str = "\
 Exit status (every command):
   0    done
-  1    error: one line on stderr (pool or daemon unreachable, card refused or mute, ...)
+  1    error: one line on stderr (pool or daemon unreachable, card refused or mute, held
+       or reserved by another user, a reserve that found no free card in time, ...)
   2    usage: a wrong command line or configuration file
   3    partial: some cards or readers failed; each is reported in the output
-  4    waiting: taken, but the card cannot show yet (bind: an empty slot, a card held
-       elsewhere or marked bad, no free card with that ICCID/IMSI); the binding stays
+  4    waiting: taken, but the card cannot show yet (bind, reserve --reader: an empty slot,
+       a card held elsewhere or marked bad, no free card with that ICCID/IMSI); the
+       binding (and the reservation) stays
   130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started;
        the daemons (serve, sim) end with 0 on SIGINT/SIGTERM, their normal way to stop
 A closed standard output (e.g. `| head`) ends a command quietly with 0.

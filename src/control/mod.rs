@@ -156,13 +156,20 @@ pub fn bind_unix(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| err(format!("mode {mode:o}: {e}")))?;
     if let Some(g) = group {
+        use std::os::unix::fs::MetadataExt;
         let gid = nix::unistd::Group::from_name(g)
             .ok()
             .flatten()
             .ok_or_else(|| err(format!("no group {g:?}")))?
-            .gid;
-        std::os::unix::fs::chown(path, None, Some(gid.as_raw()))
-            .map_err(|e| err(format!("group {g}: {e}")))?;
+            .gid
+            .as_raw();
+        // The service runs in that group already (and may not chown: its system call
+        // filter forbids it): only a different group needs the call.
+        let has = std::fs::metadata(path).map(|m| m.gid()).unwrap_or(u32::MAX);
+        if has != gid {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(|e| err(format!("group {g}: {e}")))?;
+        }
     }
     Ok(UnixControl {
         listener,
