@@ -70,6 +70,9 @@ impl Role {
     }
 }
 
+/// The user of TCP callers of a daemon without tokens.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// A caller: a user name and its role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Who {
@@ -87,7 +90,7 @@ impl Who {
 
     /// A TCP caller of a daemon without tokens (loopback only): everything, as before users.
     pub fn anonymous() -> Who {
-        Who::new("anonymous", Role::Admin)
+        Who::new(ANONYMOUS, Role::Admin)
     }
 
     /// The daemon itself (start-up bindings, the expiry of reservations).
@@ -226,8 +229,14 @@ impl Tokens {
 
     /// The single `--control-token`: an admin named `admin`.
     pub fn single(token: &str) -> Tokens {
+        Tokens::single_as(token, "admin")
+    }
+
+    /// The single token as the admin `name` (`anonymous` on a daemon with no other user:
+    /// one token for everyone names nobody).
+    pub fn single_as(token: &str, name: &str) -> Tokens {
         Tokens {
-            entries: vec![(Who::new("admin", Role::Admin), token.as_bytes().to_vec())],
+            entries: vec![(Who::new(name, Role::Admin), token.as_bytes().to_vec())],
         }
     }
 

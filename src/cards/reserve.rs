@@ -108,11 +108,11 @@ impl Cards {
 }
 
 /// A holder with its user and reservation: `reader 3 (alice, reservation 17)`. An API
-/// request already names its user.
+/// request already names its user; `anonymous` (a daemon without users) goes unsaid.
 fn shown(h: &Holder, user: Option<&str>, res: Option<ReservationId>) -> String {
     let user = match h {
         Holder::Api(name) if Some(name.as_str()) == user => None,
-        _ => user,
+        _ => user.filter(|u| *u != crate::users::ANONYMOUS),
     };
     match (user, res) {
         (Some(u), Some(id)) => format!("{h} ({u}, reservation {id})"),

@@ -52,7 +52,14 @@ impl Auth {
         file: Option<&Path>,
         use_group: Option<String>,
     ) -> Result<Auth, TokensError> {
-        let single = single.map(Tokens::single);
+        // Alone, the single token is everyone's: its callers are as anonymous as those of a
+        // daemon without tokens. Beside named users it is the admin named `admin`.
+        let name = if file.is_some() {
+            "admin"
+        } else {
+            crate::users::ANONYMOUS
+        };
+        let single = single.map(|t| Tokens::single_as(t, name));
         let named = match file {
             Some(f) => Tokens::load(f)?,
             None => Tokens::default(),
