@@ -49,6 +49,22 @@ pub struct CardRow {
     pub bad: Option<String>,
 }
 
+/// A card row as a selection looks at it (`simpool exec` resolves its selection over
+/// `GET /api/v1/cards`). (Here, not in `selection`: that would make an import circle.)
+impl<'a> From<&'a CardRow> for crate::selection::Candidate<'a> {
+    fn from(r: &'a CardRow) -> crate::selection::Candidate<'a> {
+        crate::selection::Candidate {
+            card: r.card,
+            inserted: r.state.is_some_and(|s| s.has_card()),
+            holder: r.holder.as_deref(),
+            iccid: r.iccid.as_deref(),
+            imsi: r.imsi.as_deref(),
+            eid: None,
+            labels: None,
+        }
+    }
+}
+
 /// One slot of `simpool status --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRow {

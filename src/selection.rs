@@ -238,20 +238,6 @@ pub struct Candidate<'a> {
     pub labels: Option<&'a BTreeMap<String, String>>,
 }
 
-impl<'a> From<&'a crate::rows::CardRow> for Candidate<'a> {
-    fn from(r: &'a crate::rows::CardRow) -> Candidate<'a> {
-        Candidate {
-            card: r.card,
-            inserted: r.state.is_some_and(|s| s.has_card()),
-            holder: r.holder.as_deref(),
-            iccid: r.iccid.as_deref(),
-            imsi: r.imsi.as_deref(),
-            eid: None,
-            labels: None,
-        }
-    }
-}
-
 /// What a selection found among the cards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
