@@ -631,9 +631,10 @@ fn reservations_survive_a_restart() {
         Some(ALICE),
         "POST",
         "/api/v1/reservations",
-        Some(json!({"card": 3, "for_s": 3600})),
+        Some(json!({"card": 3, "for_s": 3600, "reader": true})),
     );
     assert_eq!(st, 201, "{a}");
+    assert_eq!(a["reader"], 0, "{a}");
     let (st, short) = d.call(
         Some(BOB),
         "POST",
@@ -642,6 +643,7 @@ fn reservations_survive_a_restart() {
     );
     assert_eq!(st, 201, "{short}");
     drop(d);
+    // Killed (SIGKILL): the state file was written at each change.
     std::thread::sleep(Duration::from_millis(2500));
     let d = daemon(&sim.addr().to_string(), &vpcd, 1, &args, "sharing-restart2");
     let (_, list) = d.call(Some(CAROL), "GET", "/api/v1/reservations", None);
@@ -655,6 +657,19 @@ fn reservations_survive_a_restart() {
         Some(json!({"tpdus": ["A0A40000023F00"]})),
     );
     assert_eq!(st, 409, "{v}");
+    // Its reader is bound again for alice, and holds the card for her reservation.
+    let (_, r) = d.call(Some(CAROL), "GET", "/api/v1/readers/0", None);
+    assert_eq!(r["binding"], json!({"card": 3}), "{r}");
+    assert_eq!(r["user"], "alice", "{r}");
+    let want = format!("reader 0 (alice, reservation {})", a["id"]);
+    common::wait_for(
+        "reader 0 holding card 3 for alice",
+        Duration::from_secs(5),
+        || {
+            let (_, c) = d.call(Some(CAROL), "GET", "/api/v1/cards/3", None);
+            c["holder"] == json!(want)
+        },
+    );
     // A new reservation does not reuse an id.
     let (_, n) = d.call(
         Some(BOB),
