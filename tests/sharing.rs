@@ -351,6 +351,22 @@ fn token_users_are_refused_on_each_others_reservations() {
             )
         })
     };
+    // A waiter that goes away (its connection closed mid-wait) leaves the queue: it would
+    // hold up those queued after it.
+    {
+        use std::io::Write;
+        let mut gone = std::net::TcpStream::connect(&d.control).unwrap();
+        let body = json!({"card": 5, "wait_s": 60}).to_string();
+        write!(
+            gone,
+            "POST /api/v1/reservations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     let first = waiter(BOB, 20);
     std::thread::sleep(Duration::from_millis(300));
     let second = waiter(ROOT, 3);

@@ -131,11 +131,17 @@ impl Daemon {
                     .unwrap_or(CardNo::FIRST),
             ));
         }
-        let ticket = self.cards.with_book(|b| b.wait(sel.clone()));
+        // Leaves the queue however this ends: also when the caller goes away mid-wait (its
+        // HTTP request dropped), or it would hold up everyone queued after it.
+        let queued = Queued {
+            cards: &self.cards,
+            ticket: self.cards.with_book(|b| b.wait(sel.clone())),
+        };
+        let ticket = queued.ticket;
         let r = self
             .reserve_queued(&sel, who, dur, note, wait, ticket)
             .await;
-        self.cards.with_book(|b| b.leave(ticket));
+        drop(queued);
         let r = r?;
         let r = if req.reader {
             match self.bind_reader(&r, who).await {
@@ -217,7 +223,15 @@ impl Daemon {
                 } else {
                     ReserveFailure::Timeout {
                         secs: wait.as_secs(),
-                        why: resolved.blocked_by(),
+                        why: if resolved.free.is_empty() {
+                            resolved.blocked_by()
+                        } else {
+                            // Free, but promised to callers that queued first.
+                            format!(
+                                "card {} is free but wanted by callers queued before this one",
+                                crate::selection::CardList::new(resolved.free.clone())
+                            )
+                        },
                     }
                 });
             }
@@ -366,6 +380,19 @@ impl Daemon {
                 self.end_reservation(r, &why).await;
             }
         }
+    }
+}
+
+/// A place in the queue of waiting reservations, left when dropped.
+struct Queued<'a> {
+    cards: &'a crate::cards::Cards,
+    ticket: u64,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let t = self.ticket;
+        self.cards.with_book(|b| b.leave(t));
     }
 }
 
