@@ -29,6 +29,7 @@ use crate::history::EndReason;
 use crate::log_once::LogOnce;
 use crate::pool::{LinkState, PoolError};
 use crate::t0;
+use crate::users::Who;
 use crate::values::{Atr, CardNo};
 use crate::vpcd::Connection;
 
@@ -150,6 +151,11 @@ pub struct ReaderRow {
     pub iccid: Option<String>,
     pub imsi: Option<String>,
     pub stats: ReaderCounts,
+    /// The user the binding was made for, and the reservation the card is under, if any.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub reservation: Option<crate::reservations::ReservationId>,
 }
 
 /// What pcscd sees in a reader.
@@ -174,6 +180,8 @@ pub struct ReaderStatus {
     pub detail: Option<String>,
     /// Counts binding changes, so a caller can wait for the one it asked for.
     pub generation: u64,
+    /// The user the binding was made for (its lease works for that user), if any.
+    pub user: Option<String>,
     /// The reader has done what it can for its binding for now: the card shows, there is
     /// none to show, or it waits for something outside it (an empty slot, a card held
     /// elsewhere or marked bad, no card with that identity, the pool or vpcd away).
@@ -213,6 +221,8 @@ pub enum BindError {
 #[derive(Debug)]
 struct Rebind {
     binding: Option<Binding>,
+    /// Whom the binding is for.
+    who: Option<Who>,
     /// The new card's lease, taken by the caller so a refusal is immediate.
     lease: Option<Lease>,
     done: oneshot::Sender<()>,
@@ -284,13 +294,25 @@ impl ReaderHandle {
     /// is refused at once, naming it. Answers once the reader has taken the change; then
     /// [`ReaderHandle::wait_settled`] waits for the card to show.
     pub async fn bind(&self, binding: Option<Binding>) -> Result<(), BindError> {
+        self.bind_as(binding, None).await
+    }
+
+    /// [`ReaderHandle::bind`] for `who`: the reader's lease works for that user, so it may
+    /// show a card reserved by `who` (and no other user's).
+    pub async fn bind_as(
+        &self,
+        binding: Option<Binding>,
+        who: Option<Who>,
+    ) -> Result<(), BindError> {
         let _one = self.binding_lock.lock().await;
         let me = Holder::Reader(self.index);
-        if self.status().binding == binding {
+        let st = self.status();
+        let user = who.as_ref().map(|w| w.user.clone());
+        if st.binding == binding && (binding.is_none() || st.user == user) {
             return Ok(());
         }
         let lease = match &binding {
-            Some(Binding::Card(n)) => match self.cards.lease(*n, me.clone()) {
+            Some(Binding::Card(n)) => match self.cards.lease_as(*n, me.clone(), who.as_ref()) {
                 Ok(l) => Some(l),
                 Err(LeaseError::Held { holder, .. }) if holder == me => None,
                 Err(e) => return Err(e.into()),
@@ -314,6 +336,7 @@ impl ReaderHandle {
         self.control
             .send(Rebind {
                 binding,
+                who,
                 lease,
                 done,
             })
@@ -346,6 +369,8 @@ pub struct Reader {
     cards: Cards,
     cfg: ReaderConfig,
     binding: Option<Binding>,
+    /// Whom the binding is for (see [`ReaderHandle::bind_as`]).
+    who: Option<Who>,
     lease: Option<Lease>,
     control: mpsc::Receiver<Rebind>,
     control_open: bool,
@@ -382,6 +407,7 @@ impl Reader {
             },
             detail: None,
             generation: 0,
+            user: None,
             settled: false,
         });
         let stats = Arc::new(ReaderStats::default());
@@ -400,6 +426,7 @@ impl Reader {
             cards,
             cfg,
             binding,
+            who: None,
             lease: None,
             control: ctl_rx,
             control_open: true,
@@ -409,6 +436,13 @@ impl Reader {
             vpcd_problem: LogOnce::default(),
         };
         (reader, handle)
+    }
+
+    /// The start-up binding is for `who` (restored from the state file).
+    pub fn for_user(&mut self, who: Option<Who>) {
+        self.status
+            .send_modify(|s| s.user = who.as_ref().map(|w| w.user.clone()));
+        self.who = who;
     }
 
     fn link(&self) -> &crate::pool::Link {
@@ -448,9 +482,11 @@ impl Reader {
         }
         self.problem.clear();
         self.binding = r.binding;
+        self.who = r.who;
         self.lease = r.lease;
         self.status.send_modify(|s| {
             s.binding.clone_from(&self.binding);
+            s.user = self.who.as_ref().map(|w| w.user.clone());
             s.card = self.lease.as_ref().map(Lease::number);
             (s.state, s.settled) = if self.binding.is_some() {
                 (Presence::Waiting, false)
@@ -628,7 +664,7 @@ impl Reader {
                     let Binding::Card(n) = binding else {
                         unreachable!("a card binding")
                     };
-                    self.cards.lease(*n, me)?
+                    self.cards.lease_as(*n, me, self.who.as_ref())?
                 }
                 Some(want) => self.find(want, me).await?,
             };
@@ -682,7 +718,7 @@ impl Reader {
 
     async fn find(&self, want: Wanted<'_>, me: Holder) -> Result<Lease, Unavailable> {
         self.cards
-            .find(&want, me, self.cfg.command_timeout)
+            .find_as(&want, me, self.who.as_ref(), self.cfg.command_timeout)
             .await
             .map_err(|error| Unavailable::Find {
                 want: want.to_string(),

@@ -30,6 +30,7 @@ pub mod changes;
 pub mod ops;
 pub mod policy;
 pub mod record;
+mod reserve;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,10 @@ use tokio::sync::watch;
 use crate::identity::{self, Files};
 use crate::pool::{Card, ExchangeError, Link, LinkState, PoolError, SlotState};
 use crate::values::{Atr, CardNo};
+
+use crate::history::Timestamp;
+use crate::reservations::{Book, BookError, Reservation, ReservationId, Reserved};
+use crate::users::Who;
 
 use policy::CardHealth;
 pub use record::{LabelsError, Owner, ReservationRef};
@@ -60,6 +65,8 @@ pub enum Holder {
     Command(&'static str),
     /// A scan, or an ICCID/IMSI search on behalf of a reader.
     Scan,
+    /// The end of a reservation, stopping its card.
+    Reservation(ReservationId),
     /// A remote osmo-remsim client through the bank: bank id, bank slot, client id and slot.
     Bank {
         bank: u16,
@@ -75,6 +82,7 @@ impl fmt::Display for Holder {
             Holder::Api(peer) => write!(f, "API request from {peer}"),
             Holder::Command(c) => write!(f, "simpool {c}"),
             Holder::Scan => write!(f, "scan"),
+            Holder::Reservation(id) => write!(f, "the end of reservation {id}"),
             Holder::Bank {
                 bank,
                 slot,
@@ -126,6 +134,37 @@ impl Front {
 pub enum LeaseError {
     #[error("card {card} is held by {holder}")]
     Held { card: CardNo, holder: Holder },
+    /// Reserved by another user ([`crate::reservations`]): names the user and the expiry.
+    #[error(transparent)]
+    Reserved(#[from] Reserved),
+}
+
+impl LeaseError {
+    pub fn card(&self) -> CardNo {
+        match self {
+            LeaseError::Held { card, .. } => *card,
+            LeaseError::Reserved(r) => r.card,
+        }
+    }
+
+    /// Who has the card, as people read it.
+    pub fn holder_text(&self) -> String {
+        match self {
+            LeaseError::Held { holder, .. } => holder.to_string(),
+            LeaseError::Reserved(r) => {
+                format!("{} (reservation {}) until {}", r.user, r.id, r.expires)
+            }
+        }
+    }
+}
+
+/// Why a card was not reserved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error(transparent)]
+    Book(#[from] BookError),
+    #[error("card {card} is held by {holder}")]
+    Held { card: CardNo, holder: String },
 }
 
 /// Why a card was not started.
@@ -241,6 +280,8 @@ pub struct FrontStats {
 
 struct Entry {
     holder: Mutex<Option<Holder>>,
+    /// The user the holder works for (locked after `holder`), if it has one.
+    user: Mutex<Option<String>>,
     known: Mutex<Known>,
     stats: CardStats,
     health: Mutex<CardHealth>,
@@ -263,6 +304,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// The history and the labels (see [`record`]).
     records: record::Records,
+    /// The reservations: whose each reserved card is, until when (locked before any entry).
+    book: Mutex<Book>,
 }
 
 /// The registry of the pool's 256 cards. Cheap to clone.
@@ -292,6 +335,7 @@ impl Cards {
                 entries: CardNo::all()
                     .map(|_| Entry {
                         holder: Mutex::new(None),
+                        user: Mutex::new(None),
                         known: Mutex::new(Known::default()),
                         stats: CardStats::default(),
                         health: Mutex::new(CardHealth::default()),
@@ -305,6 +349,7 @@ impl Cards {
                 search: tokio::sync::Mutex::new(()),
                 changes: watch::channel(0).0,
                 records: record::Records::new(),
+                book: Mutex::new(Book::new()),
             }),
         }
     }
@@ -317,10 +362,37 @@ impl Cards {
         &self.inner.entries[n.index()]
     }
 
-    /// Takes card `n` for `holder`, or says who has it.
+    /// Takes card `n` for `holder`, a holder that works for no user (a scan, a remote bank
+    /// client, the daemon's start-up bindings): a reserved card is refused to it.
     pub fn lease(&self, n: CardNo, holder: Holder) -> Result<Lease, LeaseError> {
+        self.lease_as(n, holder, None)
+    }
+
+    /// Takes card `n` for `holder` working for `who`, or says who has it. A card reserved by
+    /// another user is refused ([`Book::may_use`]): the one place that rule lives.
+    pub fn lease_as(
+        &self,
+        n: CardNo,
+        holder: Holder,
+        who: Option<&Who>,
+    ) -> Result<Lease, LeaseError> {
         let entry = self.entry(n);
+        let owner;
         {
+            let book = self.inner.book.lock().unwrap();
+            book.may_use(n, who)?;
+            owner = Owner {
+                user: who
+                    .filter(|w| w.user != crate::users::ANONYMOUS)
+                    .map(|w| w.user.clone()),
+                reservation: book
+                    .of_card(n)
+                    .filter(|r| who.is_some_and(|w| w.user == r.user))
+                    .map(|r| ReservationRef {
+                        id: r.id.0,
+                        note: r.note.clone(),
+                    }),
+            };
             let mut h = entry.holder.lock().unwrap();
             if let Some(other) = h.as_ref() {
                 return Err(LeaseError::Held {
@@ -329,10 +401,11 @@ impl Cards {
                 });
             }
             *h = Some(holder.clone());
+            *entry.user.lock().unwrap() = who.map(|w| w.user.clone());
         }
         self.changed();
         log::debug!("card {n}: leased to {holder}");
-        let pending = self.begin_row(n, &holder, &Owner::default());
+        let pending = self.begin_row(n, &holder, &owner);
         Ok(Lease {
             cards: self.clone(),
             card: self.inner.link.card(n.slot()),
@@ -437,7 +510,11 @@ impl Cards {
     }
 
     fn free(&self, n: CardNo) {
-        self.entry(n).holder.lock().unwrap().take();
+        {
+            let mut h = self.entry(n).holder.lock().unwrap();
+            h.take();
+            self.entry(n).user.lock().unwrap().take();
+        }
         self.changed();
         log::debug!("card {n}: free");
     }
@@ -471,7 +548,18 @@ impl Cards {
         n: CardNo,
         by: &Holder,
     ) -> (Option<Holder>, Result<(), PoolError>) {
-        match self.lease(n, by.clone()) {
+        self.force_stop_as(n, by, Some(&Who::daemon())).await
+    }
+
+    /// [`Cards::force_stop`] on behalf of `who` (an admin: a forced stop also stops a card
+    /// reserved by another user).
+    pub async fn force_stop_as(
+        &self,
+        n: CardNo,
+        by: &Holder,
+        who: Option<&Who>,
+    ) -> (Option<Holder>, Result<(), PoolError>) {
+        match self.lease_as(n, by.clone(), who) {
             Ok(mut lease) => {
                 let r = lease.stop().await;
                 lease.release().await;
@@ -482,6 +570,13 @@ impl Cards {
                 let r = self.stop_card(n).await;
                 self.revoke(n, format!("stopped by {by} (forced)"));
                 (Some(holder), r)
+            }
+            Err(LeaseError::Reserved(res)) => {
+                log::warn!(
+                    "card {n}, reserved by {}, stopped by {by} (forced)",
+                    res.user
+                );
+                (None, self.stop_card(n).await)
             }
         }
     }
@@ -529,9 +624,21 @@ impl Cards {
         holder: Holder,
         deadline: Duration,
     ) -> Result<Lease, FindError> {
+        self.find_as(want, holder, None, deadline).await
+    }
+
+    /// [`Cards::find`] for a holder working for `who`: cards reserved by others are skipped.
+    pub async fn find_as(
+        &self,
+        want: &Wanted<'_>,
+        holder: Holder,
+        who: Option<&Who>,
+        deadline: Duration,
+    ) -> Result<Lease, FindError> {
         let _one_at_a_time = self.inner.search.lock().await;
         let states = self.link().states().await.map_err(FindError::Pool)?;
         let mut held_by: Option<(CardNo, Holder)> = None;
+        let mut reserved: Option<Reserved> = None;
         for n in CardNo::all() {
             let state = states[n.index()];
             if !state.has_card() {
@@ -548,8 +655,15 @@ impl Cards {
                 continue;
             }
             // Unknown, or known to match (cards move: read it again to be sure).
-            let Ok(mut lease) = self.lease(n, Holder::Scan) else {
-                continue;
+            let mut lease = match self.lease_as(n, Holder::Scan, who) {
+                Ok(l) => l,
+                Err(LeaseError::Reserved(r)) => {
+                    if want.matches(&known) {
+                        reserved = Some(r);
+                    }
+                    continue;
+                }
+                Err(_) => continue,
             };
             if let Err(e) = lease.admit_in(state) {
                 log::debug!("search: {e}");
@@ -565,13 +679,15 @@ impl Cards {
             let stopped = lease.stop().await;
             if ok && stopped.is_ok() {
                 lease.handover(holder);
+                *self.entry(n).user.lock().unwrap() = who.map(|w| w.user.clone());
                 return Ok(lease);
             }
             lease.release().await;
         }
-        Err(match held_by {
-            Some((card, holder)) => FindError::Held { card, holder },
-            None => FindError::NotFound,
+        Err(match (held_by, reserved) {
+            (Some((card, holder)), _) => FindError::Held { card, holder },
+            (None, Some(r)) => FindError::Reserved(r),
+            (None, None) => FindError::NotFound,
         })
     }
 }
@@ -607,6 +723,8 @@ pub enum FindError {
     NotFound,
     #[error("it is card {card}, held by {holder}")]
     Held { card: CardNo, holder: Holder },
+    #[error("it is {0}")]
+    Reserved(Reserved),
     #[error(transparent)]
     Pool(PoolError),
 }

@@ -12,6 +12,10 @@
 //! readers = 4                   # readers on the vpcd ports; those without [[reader]] start unbound
 //! control = "127.0.0.1:6680"    # the control API ("off" to disable)
 //! control_token = "/etc/simpool/token"  # needed to listen on a non-loopback address
+//! control_tokens = "/etc/simpool/tokens" # named users: lines `NAME TOKEN ROLE` (read/use/admin)
+//! control_socket = "/run/simpool/control.sock" # the control API for local users ("off")
+//! control_socket_mode = "0660"  # the socket file's mode
+//! control_socket_group = "simpool" # its group; members get the `use` role (root: admin)
 //! state = "/var/lib/simpool/state.json" # runtime bindings, kept across restarts
 //! history = "/var/lib/simpool/history.sqlite" # every card's history and labels ("off": none)
 //! history_days = 90             # history rows kept this many days (0: for ever)
@@ -69,6 +73,14 @@ pub struct FileConfig {
     pub control: Option<String>,
     /// File holding the bearer token the control API requires.
     pub control_token: Option<PathBuf>,
+    /// Named users' tokens: lines `NAME TOKEN ROLE`.
+    pub control_tokens: Option<PathBuf>,
+    /// The control API's Unix socket, or "off".
+    pub control_socket: Option<String>,
+    /// Its file mode, octal (`"0660"`).
+    pub control_socket_mode: Option<String>,
+    /// Its group; members get the `use` role.
+    pub control_socket_group: Option<String>,
     /// State file for runtime bindings.
     pub state: Option<PathBuf>,
     /// The history database (SQLite), or "off".
@@ -185,6 +197,11 @@ pub struct ServeConfig {
     /// Control API address; `None`: off.
     pub control: Option<String>,
     pub control_token: Option<PathBuf>,
+    pub control_tokens: Option<PathBuf>,
+    /// The control API's Unix socket; `None`: off.
+    pub control_socket: Option<PathBuf>,
+    pub control_socket_mode: u32,
+    pub control_socket_group: Option<String>,
     pub state: Option<PathBuf>,
     /// The history database; `None`: off.
     pub history: Option<PathBuf>,
@@ -255,6 +272,30 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         health: resolve_health(&file, &flags)?,
         control,
         control_token: flags.control_token.clone().or(file.control_token.clone()),
+        control_tokens: flags.control_tokens.clone().or(file.control_tokens.clone()),
+        control_socket: match flags.control_socket.clone().or(file.control_socket.clone()) {
+            Some(s) if s == "off" || s.is_empty() => None,
+            s => s.map(PathBuf::from),
+        },
+        control_socket_mode: match flags
+            .control_socket_mode
+            .clone()
+            .or(file.control_socket_mode.clone())
+        {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "control_socket_mode {m:?}: want an octal file mode such as 0660"
+                    ))
+                })?,
+        },
+        control_socket_group: flags
+            .control_socket_group
+            .clone()
+            .or(file.control_socket_group.clone()),
         state: flags.state.clone().or(file.state.clone()),
         history: match flags.history.clone().or(file.history.clone()) {
             Some(s) if s == "off" => None,

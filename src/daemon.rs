@@ -5,6 +5,10 @@
 //! `serve` builds a [`Daemon`] and starts the tasks around it; `control` and `metrics` only
 //! take an `Arc<Daemon>`. Nothing here imports `serve` or `control`, so there is no circle.
 
+mod reserve;
+
+pub use reserve::{ReserveFailure, EXPIRY_TICK};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +38,19 @@ pub struct Daemon {
 }
 
 /// The state file's content.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SavedState {
     pub version: u32,
     pub startup: Vec<Option<Binding>>,
     pub readers: Vec<Option<Binding>>,
+    /// The user each reader's binding was made for (as `readers`).
+    #[serde(default)]
+    pub reader_users: Vec<Option<String>>,
+    /// The reservations, and the next id to give.
+    #[serde(default)]
+    pub reservations: Vec<crate::reservations::Reservation>,
+    #[serde(default)]
+    pub next_reservation: u64,
 }
 
 impl Daemon {
@@ -94,10 +106,14 @@ impl Daemon {
     async fn save_state(&self) {
         let Some(path) = &self.state else { return };
         let _one = self.save.lock().await;
+        let statuses = self.reader_statuses();
         let st = SavedState {
             version: 1,
             startup: self.startup.clone(),
-            readers: self.readers.iter().map(|r| r.status().binding).collect(),
+            readers: statuses.iter().map(|s| s.binding.clone()).collect(),
+            reader_users: statuses.iter().map(|s| s.user.clone()).collect(),
+            reservations: self.cards.reservations(),
+            next_reservation: self.cards.read_book(|b| b.next_id()),
         };
         match write_atomically(path, &st) {
             Ok(()) => log::debug!("state saved to {}", path.display()),
@@ -228,6 +244,7 @@ mod tests {
                 Some(Binding::Card(CardNo::of(18))),
                 Some(Binding::Iccid("89".into())),
             ],
+            ..SavedState::default()
         };
         write_atomically(&path, &st).unwrap();
         assert_eq!(load_state(&path), Some(st));

@@ -12,11 +12,13 @@ use cmd::{CliError, ControlArgs, PoolArgs};
 const AFTER_HELP: &str = "\
 Exit status (every command):
   0    done
-  1    error: one line on stderr (pool or daemon unreachable, card refused or mute, ...)
+  1    error: one line on stderr (pool or daemon unreachable, card refused or mute, held
+       or reserved by another user, a reserve that found no free card in time, ...)
   2    usage: a wrong command line or configuration file
   3    partial: some cards or readers failed; each is reported in the output
-  4    waiting: taken, but the card cannot show yet (bind: an empty slot, a card held
-       elsewhere or marked bad, no free card with that ICCID/IMSI); the binding stays
+  4    waiting: taken, but the card cannot show yet (bind, reserve --reader: an empty slot,
+       a card held elsewhere or marked bad, no free card with that ICCID/IMSI); the
+       binding (and the reservation) stays
   130  interrupted (Ctrl-C, SIGTERM) after stopping the cards the command had started;
        the daemons (serve, sim) end with 0 on SIGINT/SIGTERM, their normal way to stop
 A closed standard output (e.g. `| head`) ends a command quietly with 0.
@@ -25,7 +27,8 @@ JSON output (--json) is one row per line: a list is `[`, one compact row per lin
 The daemon and pool options may come before the command too: simpool --control HOST:PORT readers
 (--control, --control-token, --instance, --pool, --reply-timeout-ms, --cards, --force, --json).
 
-Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN) > configuration
+Settings: flag > environment (SIMPOOL_POOL, SIMPOOL_CONTROL, SIMPOOL_CONTROL_TOKEN,
+SIMPOOL_CONTROL_SOCKET, SIMPOOL_INSTANCE) > configuration
 file (serve --config) > default. RUST_LOG, if set, wins over -v/-q.";
 
 #[derive(Parser)]
@@ -151,6 +154,41 @@ enum Command {
     /// exec's keeper: cleans up after an exec that was killed (started by exec itself).
     #[command(name = "exec-guard", hide = true)]
     ExecGuard,
+    /// Reserve a card of the running daemon for you until a time (SELECTION: --card, --iccid,
+    /// --imsi, --label, --eid, --all; the first free one is taken).
+    Reserve(cmd::reserve::ReserveArgs),
+    /// Renew a reservation: it ends DUR from now.
+    Renew {
+        /// The reservation's id (as `reserve` printed it).
+        id: simpool::reservations::ReservationId,
+        /// How long from now (90s, 15m, 2h, 1d; at most 7d).
+        #[arg(long = "for", value_name = "DUR", value_parser = cmd::reserve::duration)]
+        for_: std::time::Duration,
+        /// Print JSON: the reservation, as `reserve --json` shows it.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// End a reservation (yours, or anyone's as an admin): its reader is unbound, its card
+    /// stopped and freed.
+    Release {
+        /// The reservation's id.
+        id: simpool::reservations::ReservationId,
+        /// Print JSON: the reservation that ended.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// The running daemon's reservations: card, user, reader, expiry, note.
+    Reservations {
+        /// Print JSON: [{"id","card","iccid","imsi","reader","reader_name","user","note","since","expires"}, ...].
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -334,6 +372,15 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             simpool::exec::guard::run().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reserve(args) => cmd::reserve::reserve(args).await,
+        Command::Renew {
+            id,
+            for_,
+            json,
+            control,
+        } => cmd::reserve::renew(control, id, for_, json).await,
+        Command::Release { id, json, control } => cmd::reserve::release(control, id, json).await,
+        Command::Reservations { json, control } => cmd::reserve::list(control, json).await,
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), "simpool", &mut buf);

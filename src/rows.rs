@@ -70,6 +70,22 @@ pub struct CardRow {
     pub labels: Labels,
 }
 
+/// A card row as a selection looks at it (`simpool exec` resolves its selection over
+/// `GET /api/v1/cards`). (Here, not in `selection`: that would make an import circle.)
+impl<'a> From<&'a CardRow> for crate::selection::Candidate<'a> {
+    fn from(r: &'a CardRow) -> crate::selection::Candidate<'a> {
+        crate::selection::Candidate {
+            card: r.card,
+            inserted: r.state.is_some_and(|s| s.has_card()),
+            holder: r.holder.as_deref(),
+            iccid: r.iccid.as_deref(),
+            imsi: r.imsi.as_deref(),
+            eid: None,
+            labels: Some(&r.labels),
+        }
+    }
+}
+
 /// One slot of `simpool status --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRow {
@@ -223,6 +239,48 @@ pub struct ExecRow {
     pub error: Option<String>,
 }
 
+/// The body of `POST /api/v1/reservations`: a selection (see [`crate::selection`]) and
+/// `for_s` (default 1 h), `wait_s` (default 0: answer at once), `reader` (bind a free reader
+/// to the card), `note`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    #[serde(flatten)]
+    pub selection: crate::selection::Selection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
+    #[serde(default)]
+    pub reader: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The body of `POST /api/v1/reservations/{id}/renew`: the reservation now ends `for_s`
+/// seconds from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub for_s: u64,
+}
+
+/// A reservation as the API and `simpool reserve --json` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRow {
+    pub id: crate::reservations::ReservationId,
+    pub card: CardNo,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+    /// The reader bound to the card for it (`--reader`), its index in pcscd's list of this
+    /// daemon's readers, and its PC/SC name.
+    pub reader: Option<u16>,
+    pub reader_name: Option<String>,
+    pub user: String,
+    pub note: Option<String>,
+    pub since: crate::history::Timestamp,
+    pub expires: crate::history::Timestamp,
+}
+
 /// Every error answer of the API: `{"error": "…"}`, with the card and its holder when a card
 /// is held elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +296,49 @@ pub struct ErrorBody {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_daemons_card_rows_carry_their_labels_into_the_selection() {
+        let row = |n: u16, labels: &[(&str, &str)]| CardRow {
+            card: CardNo::of(n),
+            state: Some(crate::pool::SlotState::Inserted),
+            holder: None,
+            atr: None,
+            iccid: None,
+            imsi: None,
+            exchanges: 0,
+            errors: 0,
+            bad: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let rows = [
+            row(3, &[("rack", "a1")]),
+            row(4, &[("rack", "b2")]),
+            row(5, &[]),
+        ];
+        let s = crate::selection::Selection {
+            labels: vec![("rack".into(), "a1".into())],
+            ..Default::default()
+        };
+        let found: Vec<CardNo> = rows
+            .iter()
+            .map(crate::selection::Candidate::from)
+            .filter(|k| {
+                s.matches(
+                    k.card,
+                    k.iccid,
+                    k.imsi,
+                    k.eid,
+                    k.labels.unwrap_or(&std::collections::BTreeMap::new()),
+                )
+            })
+            .map(|k| k.card)
+            .collect();
+        assert_eq!(found, [CardNo::of(3)]);
+    }
 
     #[test]
     fn rows_keep_every_key_and_read_back() {

@@ -238,20 +238,6 @@ pub struct Candidate<'a> {
     pub labels: Option<&'a BTreeMap<String, String>>,
 }
 
-impl<'a> From<&'a crate::rows::CardRow> for Candidate<'a> {
-    fn from(r: &'a crate::rows::CardRow) -> Candidate<'a> {
-        Candidate {
-            card: r.card,
-            inserted: r.state.is_some_and(|s| s.has_card()),
-            holder: r.holder.as_deref(),
-            iccid: r.iccid.as_deref(),
-            imsi: r.imsi.as_deref(),
-            eid: None,
-            labels: Some(&r.labels),
-        }
-    }
-}
-
 /// What a selection found among the cards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
@@ -273,7 +259,13 @@ impl Resolved {
             .held
             .iter()
             .take(8)
-            .map(|(n, h)| format!("card {n} is held by {h}"))
+            .map(|(n, h)| {
+                if h.starts_with("reserved by ") {
+                    format!("card {n} is {h}")
+                } else {
+                    format!("card {n} is held by {h}")
+                }
+            })
             .collect();
         if self.held.len() > 8 {
             parts.push(format!("{} more held", self.held.len() - 8));
@@ -541,49 +533,6 @@ mod tests {
         }
         let e = "3-1".parse::<CardList>().unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-    }
-
-    #[test]
-    fn the_daemons_card_rows_carry_their_labels_into_the_selection() {
-        let row = |n: u16, labels: &[(&str, &str)]| crate::rows::CardRow {
-            card: c(n),
-            state: Some(crate::pool::SlotState::Inserted),
-            holder: None,
-            atr: None,
-            iccid: None,
-            imsi: None,
-            exchanges: 0,
-            errors: 0,
-            bad: None,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        let rows = [
-            row(3, &[("rack", "a1")]),
-            row(4, &[("rack", "b2")]),
-            row(5, &[]),
-        ];
-        let s = Selection {
-            labels: vec![("rack".into(), "a1".into())],
-            ..Default::default()
-        };
-        let found: Vec<CardNo> = rows
-            .iter()
-            .map(Candidate::from)
-            .filter(|k| {
-                s.matches(
-                    k.card,
-                    k.iccid,
-                    k.imsi,
-                    k.eid,
-                    k.labels.unwrap_or(&BTreeMap::new()),
-                )
-            })
-            .map(|k| k.card)
-            .collect();
-        assert_eq!(found, [c(3)]);
     }
 
     #[test]

@@ -8,11 +8,14 @@ use std::time::Duration;
 use crate::bridge::{Binding, Reader, ReaderConfig, ReaderHandle};
 use crate::cards::{Cards, Observer};
 use crate::config::ServeConfig;
-use crate::daemon::{initial_bindings, load_state, Daemon};
-use crate::history::{History, Options as HistoryOptions};
+use crate::control::auth::Auth;
+use crate::daemon::{initial_bindings, load_state, Daemon, SavedState};
+use crate::history::{History, Options as HistoryOptions, Timestamp};
 use crate::pool::{Link, LinkOptions};
+use crate::reservations::{Book, Reservation};
 use crate::sim::profile::CardsFile;
 use crate::sim::SimPool;
+use crate::users::{Role, Who};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -89,9 +92,31 @@ pub async fn start_with(
     if let Some(sim) = &opened.sim {
         log::info!("built-in simulated pool on {}", sim.addr());
     }
-    // The control API's socket first: a daemon that cannot offer it should not half-start.
+    // The control API's sockets first: a daemon that cannot offer them should not half-start.
+    let token = cfg
+        .control_token
+        .as_deref()
+        .map(crate::control::read_token)
+        .transpose()?;
+    let auth = Arc::new(
+        Auth::new(
+            token.as_deref(),
+            cfg.control_tokens.as_deref(),
+            cfg.control_socket_group.clone(),
+        )
+        .map_err(crate::control::ControlError::from)?,
+    );
     let listener = match &cfg.control {
-        Some(a) => Some(crate::control::bind(a, cfg.control_token.as_deref()).await?),
+        Some(a) => Some(crate::control::bind_with(a, auth.clone()).await?),
+        None => None,
+    };
+    let unix = match &cfg.control_socket {
+        Some(p) => Some(crate::control::bind_unix(
+            p,
+            cfg.control_socket_mode,
+            cfg.control_socket_group.as_deref(),
+            auth.clone(),
+        )?),
         None => None,
     };
     let link = Link::spawn(
@@ -114,8 +139,18 @@ pub async fn start_with(
         None => None,
     };
     let startup: Vec<Option<Binding>> = cfg.readers.iter().map(|r| r.binding.clone()).collect();
-    let bindings = initial_bindings(&startup, cfg.state.as_deref().and_then(load_state));
-    let (readers, mut tasks) = start_readers(&cfg, &cards, bindings);
+    let saved = cfg.state.as_deref().and_then(load_state);
+    let bindings = initial_bindings(&startup, saved.clone());
+    // The users the bindings were made for, when the saved bindings are the ones used.
+    let users = match &saved {
+        Some(s) if s.startup == startup => s.reader_users.clone(),
+        _ => Vec::new(),
+    };
+    let expired = match &saved {
+        Some(s) => restore_reservations(&cards, s),
+        None => Vec::new(),
+    };
+    let (readers, mut tasks) = start_readers(&cfg, &cards, bindings, users);
     if cards.history().is_some() {
         tasks.push(tokio::spawn(cards.clone().watch_slots(SLOT_WATCH)));
     }
@@ -128,12 +163,26 @@ pub async fn start_with(
         cfg.state.clone(),
         startup,
     ));
+    tasks.push(tokio::spawn(daemon.clone().run_expiry()));
+    for r in expired {
+        let d = daemon.clone();
+        tasks.push(tokio::spawn(async move {
+            let why = format!("expired at {} while the daemon was down", r.expires);
+            d.end_reservation(r, &why).await;
+        }));
+    }
     let mut control = None;
     if let Some(listener) = listener {
         control = Some(listener.local_addr());
         log::info!("control API on http://{}", listener.local_addr());
         tasks.push(tokio::spawn(listener.serve(daemon.clone())));
     }
+    if let Some(unix) = unix {
+        log::info!("control API on unix:{}", unix.path().display());
+        tasks.push(tokio::spawn(unix.serve(daemon.clone())));
+    }
+    // Always: SIGHUP must not end the daemon (`systemctl reload`), tokens file or not.
+    tasks.push(tokio::spawn(reload_on_hangup(auth)));
     Ok(Running {
         daemon,
         sim: opened.sim,
@@ -174,6 +223,47 @@ async fn open_history(cfg: &ServeConfig) -> Option<History> {
             None
         }
     }
+}
+
+/// Re-reads the tokens file on SIGHUP; a broken file keeps the tokens in force.
+async fn reload_on_hangup(auth: Arc<Auth>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::warn!("cannot watch SIGHUP: the tokens file is read at start-up only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(file) = auth.tokens_file().map(|p| p.display().to_string()) else {
+            log::info!("SIGHUP: no control_tokens file to re-read");
+            continue;
+        };
+        match auth.reload() {
+            Ok(n) => log::info!("SIGHUP: {n} token(s) in force, {file} re-read"),
+            Err(e) => log::warn!("SIGHUP: {e}; the tokens in force stay"),
+        }
+    }
+}
+
+/// Puts the saved reservations back in the card layer's book; answers those whose time ran
+/// out meanwhile (to be ended once the daemon runs).
+fn restore_reservations(cards: &Cards, saved: &SavedState) -> Vec<Reservation> {
+    let (book, expired) = Book::restore(
+        saved.reservations.clone(),
+        saved.next_reservation,
+        Timestamp::now(),
+    );
+    let kept = book.list().len();
+    cards.with_book(|b| *b = book);
+    if kept > 0 {
+        log::info!("restored {kept} reservation(s) from the state file");
+    }
+    // Back in the book until they are ended (their readers unbound, their cards stopped).
+    cards.with_book(|b| {
+        for r in &expired {
+            b.insert(r.clone());
+        }
+    });
+    expired
 }
 
 fn load_cards(p: &std::path::Path) -> Result<CardsFile, ServeError> {
@@ -222,11 +312,12 @@ fn start_readers(
     cfg: &ServeConfig,
     cards: &Cards,
     bindings: Vec<Option<Binding>>,
+    users: Vec<Option<String>>,
 ) -> (Vec<ReaderHandle>, Vec<tokio::task::JoinHandle<()>>) {
     let mut readers = Vec::new();
     let mut tasks = Vec::new();
     for (i, (spec, binding)) in cfg.readers.iter().zip(bindings).enumerate() {
-        let (reader, handle) = Reader::new(
+        let (mut reader, handle) = Reader::new(
             i as u16,
             cards.clone(),
             ReaderConfig {
@@ -238,6 +329,9 @@ fn start_readers(
             },
             binding.clone(),
         );
+        if let (Some(_), Some(Some(u))) = (&binding, users.get(i)) {
+            reader.for_user(Some(Who::new(u.clone(), Role::Use)));
+        }
         match &binding {
             Some(b) => log::info!("{}: bound to {b}", reader.name),
             None => log::info!("{}: no card bound", reader.name),

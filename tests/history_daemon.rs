@@ -265,6 +265,18 @@ fn history_rows_survive_a_restart_and_kill_9_and_labels_select_cards() {
         "{err}"
     );
     assert!(err.contains("card 7 held by reader 0"), "{err}");
+    // reserve selects by labels too: card 8 (labelled again) is the free one with site=lab.
+    let (code, _, err) = simpool(&control, &["label", "8", "site=lab"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = simpool(
+        &control,
+        &["reserve", "--label", "site=lab", "--for", "1m", "--json"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let r = json(&out);
+    assert_eq!(r["card"], 8, "{out}");
+    let (code, _, err) = simpool(&control, &["release", &r["id"].to_string()]);
+    assert_eq!(code, Some(0), "{err}");
 
     // A restart: the rows and labels stay; what was held at the stop ended daemon-stopped.
     stop_gently(daemon);

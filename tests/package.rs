@@ -468,7 +468,7 @@ fn package_installs_runs_under_systemd_upgrades_removes_and_purges() {
     c.ok("simpool unbind 0 >/dev/null");
     let h = c.until(
         "card 18's lease in the service's history",
-        "simpool history --card 18 --json | grep -q '\"why\": \"released\"' && \
+        "simpool history --card 18 --json | grep -Eq '\"why\": ?\"released\"' && \
          stat -c %U /var/lib/simpool/history.sqlite",
         Duration::from_secs(10),
     );
@@ -517,10 +517,10 @@ fn package_installs_runs_under_systemd_upgrades_removes_and_purges() {
     c.ok("grep -q '^pool = \"sim\"' /etc/simpool/simpool.toml");
     let readers = c.until(
         "reader 0 bound again",
-        "simpool readers | grep -E '^ +0 .*card 18'",
+        "simpool readers | grep -E '^ +0 .*card +18 '",
         Duration::from_secs(10),
     );
-    assert!(readers.contains("card 18"), "{readers}");
+    assert!(readers.contains(CARD_18_ICCID), "{readers}");
 
     // Remove: the daemons stop; configuration and state stay.
     c.apt("remove simpool");

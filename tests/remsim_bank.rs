@@ -266,6 +266,42 @@ async fn a_held_card_is_refused_naming_its_holder() {
     }
 }
 
+/// A reserved card is refused to remote clients (the bank's sessions work for no user), as
+/// a held one is; when the reservation ends, the waiting client gets it.
+#[tokio::test]
+async fn a_reserved_card_is_refused_to_remote_clients() {
+    use simpool::users::{Role, Who};
+    let mut r = rig().await;
+    let alice = Who::new("alice", Role::Use);
+    let res = r
+        .cards
+        .reserve(
+            CardNo::of(18),
+            &alice,
+            Duration::from_secs(600),
+            None,
+            simpool::history::Timestamp::now(),
+        )
+        .unwrap();
+    map(&mut r.control, cs(23, 0), bs(1, 17)).await;
+    let (mut a, code, _) = Client::connect(r.bank.local_addr(), cs(23, 0), bs(1, 17)).await;
+    assert_eq!(code, ResultCode::CardNotPresent);
+    assert_eq!(r.cards.holder(CardNo::of(18)), None);
+    assert!(
+        !working(&r.cards, 18).await,
+        "the reserved card was started"
+    );
+    // Its user's own lease is fine; another holder without a user is refused, naming alice.
+    match r.cards.lease(CardNo::of(18), Holder::Scan) {
+        Err(e) => assert!(e.to_string().contains("reserved by alice"), "{e}"),
+        Ok(_) => panic!("a reserved card leased to a holder without its user"),
+    }
+    // The reservation ends: the waiting client gets the card.
+    r.cards.with_book(|b| b.remove(res.id));
+    assert_eq!(hex::encode_upper(a.expect_atr().await), cards::atr(18));
+    assert_eq!(a.iccid().await, cards::iccid(18));
+}
+
 #[tokio::test]
 async fn a_reconnecting_client_takes_over_from_its_old_connection() {
     let mut r = rig().await;

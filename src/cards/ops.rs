@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{Cards, Front, Holder, Lease, LeaseError, ReadError, StartError};
 use crate::pool::{LinkState, PoolError, SlotState};
 use crate::t0::{Refusal, Tpdu};
+use crate::users::Who;
 use crate::values::{Atr, CardNo, Hex};
 
 /// Most commands in one `apdu` run.
@@ -149,7 +150,8 @@ async fn scan_one(
 ) -> Outcome {
     let mut lease = match cards.lease(n, Holder::Scan) {
         Ok(l) => l,
-        Err(LeaseError::Held { holder, .. }) => {
+        Err(e) => {
+            let holder = cards.holder_text(n).unwrap_or_else(|| e.holder_text());
             let k = cards.known(n);
             let _ = tx.send(ScanRow {
                 card: n,
@@ -157,7 +159,7 @@ async fn scan_one(
                 atr: k.atr,
                 iccid: k.iccid,
                 imsi: k.imsi,
-                holder: Some(holder.to_string()),
+                holder: Some(holder),
                 error: None,
                 labels: cards.labels_of(n),
             });
@@ -349,10 +351,11 @@ pub async fn apdu(
     keep: bool,
     timeout: Duration,
 ) -> Result<ApduReply, ApduError> {
-    apdu_with(
+    apdu_as(
         cards,
         n,
         holder,
+        None,
         commands,
         ApduMode { keep, auto: false },
         timeout,
@@ -379,7 +382,20 @@ pub async fn apdu_with(
     mode: ApduMode,
     timeout: Duration,
 ) -> Result<ApduReply, ApduError> {
-    let mut lease = cards.lease(n, holder)?;
+    apdu_as(cards, n, holder, None, commands, mode, timeout).await
+}
+
+/// [`apdu_with`] for a holder working for `who` (a card reserved by another user is refused).
+pub async fn apdu_as(
+    cards: &Cards,
+    n: CardNo,
+    holder: Holder,
+    who: Option<&Who>,
+    commands: &[Vec<u8>],
+    mode: ApduMode,
+    timeout: Duration,
+) -> Result<ApduReply, ApduError> {
+    let mut lease = cards.lease_as(n, holder, who)?;
     if mode.keep {
         lease.keep_running();
     }
@@ -464,6 +480,19 @@ pub async fn stop(
     force: bool,
     by: &Holder,
 ) -> StopRow {
+    stop_as(cards, n, state, force, by, None).await
+}
+
+/// [`stop`] on behalf of `who`: a card reserved by another user is refused, unless forced
+/// (the caller checks that `who` may force).
+pub async fn stop_as(
+    cards: &Cards,
+    n: CardNo,
+    state: Option<SlotState>,
+    force: bool,
+    by: &Holder,
+    who: Option<&Who>,
+) -> StopRow {
     let row = |stopped: bool, holder: Option<String>, error: Option<String>| StopRow {
         card: n,
         state,
@@ -472,22 +501,22 @@ pub async fn stop(
         error,
     };
     if force {
-        let (holder, r) = cards.force_stop(n, by).await;
+        let (holder, r) = cards.force_stop_as(n, by, who).await;
         return row(
             r.is_ok(),
             holder.map(|h| h.to_string()),
             r.err().map(|e| e.to_string()),
         );
     }
-    match cards.lease(n, by.clone()) {
+    match cards.lease_as(n, by.clone(), who) {
         Ok(mut lease) => {
             let r = lease.stop().await;
             lease.release().await;
             row(r.is_ok(), None, r.err().map(|e| e.to_string()))
         }
-        Err(e @ LeaseError::Held { .. }) => {
-            let LeaseError::Held { holder, .. } = &e;
-            row(false, Some(holder.to_string()), Some(e.to_string()))
+        Err(e) => {
+            let holder = cards.holder_text(n).unwrap_or_else(|| e.holder_text());
+            row(false, Some(holder), Some(e.to_string()))
         }
     }
 }
@@ -495,13 +524,25 @@ pub async fn stop(
 /// Stops every card the pool reports working (held ones only with `force`), concurrently; one
 /// row each, sorted by card.
 pub async fn stop_all(cards: &Cards, force: bool, by: &Holder) -> Result<Vec<StopRow>, PoolError> {
+    stop_all_as(cards, force, by, None).await
+}
+
+/// [`stop_all`] on behalf of `who` (see [`stop_as`]).
+pub async fn stop_all_as(
+    cards: &Cards,
+    force: bool,
+    by: &Holder,
+    who: Option<&Who>,
+) -> Result<Vec<StopRow>, PoolError> {
     let states = cards.link().states().await?;
     let mut set = JoinSet::new();
     for n in CardNo::all() {
         let state = states[n.index()];
         if state == SlotState::Working {
-            let (cards, by) = (cards.clone(), by.clone());
-            set.spawn(async move { stop(&cards, n, Some(state), force, &by).await });
+            let (cards, by, who) = (cards.clone(), by.clone(), who.cloned());
+            set.spawn(
+                async move { stop_as(&cards, n, Some(state), force, &by, who.as_ref()).await },
+            );
         }
     }
     let mut rows = Vec::with_capacity(set.len());

@@ -135,6 +135,9 @@ pub(crate) struct Records {
     /// The id of each card's open row (0: none), for the events that happen during it.
     open: [AtomicI64; 256],
     labels: Mutex<BTreeMap<u16, Labels>>,
+    /// Why the current lease of a card ends when it is released next, set by whoever ends it
+    /// from outside (a reservation that expired unbinds its reader): [`Cards::ending_for`].
+    ending: Mutex<BTreeMap<u16, (String, EndReason)>>,
 }
 
 impl Records {
@@ -144,6 +147,7 @@ impl Records {
             stopping: AtomicBool::new(false),
             open: std::array::from_fn(|_| AtomicI64::new(0)),
             labels: Mutex::new(BTreeMap::new()),
+            ending: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -184,6 +188,7 @@ fn holder_kind(h: &Holder) -> HolderKind {
         Holder::Api(_) | Holder::Command(_) => HolderKind::Api,
         Holder::Scan => HolderKind::Scan,
         Holder::Bank { .. } => HolderKind::Bank,
+        Holder::Reservation(_) => HolderKind::Reservation,
     }
 }
 
@@ -200,6 +205,18 @@ impl Cards {
             Err(e) => log::warn!("{e}: the cards' labels are not known"),
         }
         let _ = self.records().history.set(history);
+    }
+
+    /// `user`'s lease now on card `n` ends for `why` when it is released, rather than
+    /// "released": a reservation that expired ends its reader's lease by unbinding it.
+    /// [`Cards::ending_cleared`] takes it back once no such lease is left.
+    pub fn ending_for(&self, n: CardNo, user: &str, why: EndReason) {
+        let mut e = self.records().ending.lock().unwrap();
+        e.insert(n.get(), (user.to_string(), why));
+    }
+
+    pub fn ending_cleared(&self, n: CardNo) {
+        self.records().ending.lock().unwrap().remove(&n.get());
     }
 
     pub fn history(&self) -> Option<&History> {
@@ -391,6 +408,16 @@ impl Lease {
     fn final_reason(&self) -> EndReason {
         if let Some(why) = *self.rec.end_hint.lock().unwrap() {
             return why;
+        }
+        {
+            let mut ending = self.cards.records().ending.lock().unwrap();
+            let n = self.number.get();
+            if let Some((user, why)) = ending.get(&n).cloned() {
+                if self.rec.owner.user.as_deref() == Some(user.as_str()) {
+                    ending.remove(&n);
+                    return why;
+                }
+            }
         }
         if self.cards.records().stopping.load(Ordering::Relaxed) {
             return EndReason::DaemonStopped;

@@ -116,6 +116,11 @@ fn print_reader(r: &ReaderRow, width: Option<usize>) -> Result<(), CliError> {
             out(l)?;
         }
     }
+    match (&r.user, r.reservation) {
+        (Some(u), Some(id)) => out(format!("{:>6}  (for {u}, reservation {id})", ""))?,
+        (Some(u), None) => out(format!("{:>6}  (for {u})", ""))?,
+        _ => {}
+    }
     Ok(())
 }
 

@@ -181,6 +181,7 @@ mod tests {
                 control: Some("x".into()),
                 instance: None,
                 control_token: None,
+                control_socket: None,
             },
         };
         assert_eq!(

@@ -167,6 +167,7 @@ async fn row_of(name: String, file: PathBuf, cfg: FileConfig) -> InstanceRow {
     let c = Control {
         addr: control,
         token,
+        socket: None,
     };
     match c.probe().await {
         Probe::Daemon(h) => {

@@ -8,6 +8,7 @@ pub mod info;
 pub mod instance;
 pub mod label;
 pub mod read;
+pub mod reserve;
 pub mod scan;
 pub mod serve;
 pub mod sim;
@@ -164,9 +165,35 @@ pub struct ControlArgs {
     /// File with the bearer token the daemon's control API requires.
     #[arg(long, env = "SIMPOOL_CONTROL_TOKEN")]
     pub control_token: Option<std::path::PathBuf>,
+    /// The daemon's Unix control socket (the kernel names you: no token needed) [default:
+    /// /run/simpool/control.sock when it is there and neither --control nor a token is given].
+    #[arg(long, env = "SIMPOOL_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 impl ControlArgs {
+    /// The Unix socket to use, if any: the one given, else — when no token is given — the
+    /// service's when no other daemon is named, or instance NAME's (/run/simpool/NAME/) when
+    /// that instance is named; each only when it is there.
+    fn socket(&self, t: &instance::Target) -> Option<std::path::PathBuf> {
+        if let Some(p) = &self.control_socket {
+            return (p.as_os_str() != "off").then(|| p.clone());
+        }
+        if self.control_token.is_some() || t.token.is_some() {
+            return None;
+        }
+        let named = self.control.is_some()
+            || std::env::var_os("SIMPOOL_CONTROL").is_some_and(|v| !v.is_empty());
+        let path = match &t.instance {
+            Some(name) => std::path::Path::new(simpool::control::client::SERVICE_SOCKET)
+                .with_file_name(name)
+                .join("control.sock"),
+            None if !named => simpool::control::client::SERVICE_SOCKET.into(),
+            None => return None,
+        };
+        path.exists().then_some(path)
+    }
+
     pub fn client(&self) -> Result<Control, CliError> {
         let t = instance::target(self.control.as_deref(), self.instance.as_deref())?;
         let token = match (&self.control_token, &t.token) {
@@ -174,9 +201,14 @@ impl ControlArgs {
             (None, Some(p)) => Some(instance::read_token(p, t.instance.as_deref())?),
             (None, None) => None,
         };
+        let socket = self.socket(&t);
         Ok(Control {
-            addr: t.addr,
+            addr: match &socket {
+                Some(p) => format!("unix:{}", p.display()),
+                None => t.addr,
+            },
             token,
+            socket,
         })
     }
 }

@@ -60,7 +60,22 @@ pub struct ServeArgs {
     /// File holding a bearer token the control API requires (needed off loopback).
     #[arg(long, env = "SIMPOOL_CONTROL_TOKEN")]
     control_token: Option<std::path::PathBuf>,
-    /// Keep runtime bindings in this file, restored at start-up.
+    /// Named users: a file of lines `NAME TOKEN ROLE` (roles read, use, admin); re-read on
+    /// SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    control_tokens: Option<std::path::PathBuf>,
+    /// Also serve the control API on this Unix socket (local users need no token: the
+    /// kernel names them), or `off`.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<String>,
+    /// The socket file's mode, octal [default: 0660].
+    #[arg(long, value_name = "MODE")]
+    control_socket_mode: Option<String>,
+    /// The socket file's group; its members get the `use` role (root is admin, other local
+    /// users read).
+    #[arg(long, value_name = "GROUP")]
+    control_socket_group: Option<String>,
+    /// Keep runtime bindings and reservations in this file, restored at start-up.
     #[arg(long)]
     state: Option<std::path::PathBuf>,
     /// Keep every card's history and labels in this SQLite database, or `off` [default: off].
@@ -199,6 +214,7 @@ fn start_error(e: ServeError) -> CliError {
         ServeError::Control(
             e @ (ControlError::BadAddress(_)
             | ControlError::NeedsToken(_)
+            | ControlError::Tokens(_)
             | ControlError::Token(..)),
         ) => CliError::Usage(format!("control API: {e}")),
         ServeError::State(e) => CliError::Usage(e),
@@ -233,6 +249,10 @@ fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliErr
         readers: args.readers,
         control,
         control_token,
+        control_tokens: args.control_tokens.clone(),
+        control_socket: args.control_socket.clone(),
+        control_socket_mode: args.control_socket_mode.clone(),
+        control_socket_group: args.control_socket_group.clone(),
         state: args.state.clone(),
         history: args.history.clone(),
         history_days: args.history_days,

@@ -7,6 +7,8 @@
 //! - `POST /api/v1/scan`
 //! - `POST /api/v1/cards/{n}/stop`, `POST /api/v1/stop-all` with optional `{"force":true}`
 //! - `GET /api/v1/history`, `GET|PUT /api/v1/cards/{n}/labels` (see [`super::records`])
+//! - `GET|POST /api/v1/reservations`, `GET|DELETE /api/v1/reservations/{id}`,
+//!   `POST /api/v1/reservations/{id}/renew` (see [`super::reservations`])
 //! - `GET /metrics` — Prometheus metrics (see [`crate::metrics`])
 //! - `GET /`, `GET /ui/…` — the front-panel page (static, served without the token: it holds no
 //!   data, and reads everything through the endpoints above)
@@ -16,7 +18,6 @@
 //! `{"error": "…"}` ([`ErrorBody`]) with the fitting status; a body that is not JSON is 400
 //! with the parser's reason, JSON of the wrong shape 422.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +25,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
+use super::auth::{Auth, Denied, Local};
 use crate::bridge::{BindError, Binding, ReaderHandle};
 use crate::cards::ops::{self, ApduError};
 use crate::cards::{Holder, LeaseError, StartError};
@@ -39,6 +41,7 @@ use crate::pool::SlotState;
 use crate::rows::{
     ApduRequest, CardRow, ErrorBody, Health, LinkWord, PoolInfo, ReaderRow, StopRequest,
 };
+use crate::users::{Action, Who};
 use crate::values::CardNo;
 
 /// Largest request body.
@@ -50,9 +53,20 @@ pub const BIND_SETTLE: Duration = Duration::from_secs(5);
 /// Most TPDUs in one `apdu` request.
 pub const MAX_TPDUS: usize = ops::MAX_COMMANDS;
 
-/// The peer of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+/// The peer of the connection a request came on: `127.0.0.1:40710`, or `uid 1000 pid 42`
+/// on the Unix socket.
+#[derive(Debug, Clone)]
+pub struct Peer(pub String);
+
+/// The holder an API request takes a card as: named by its user, or by its peer when the
+/// caller is anonymous (a daemon without tokens).
+pub fn api_holder(who: &Who, peer: &str) -> Holder {
+    if *who == Who::anonymous() {
+        Holder::Api(peer.to_string())
+    } else {
+        Holder::Api(who.user.clone())
+    }
+}
 
 /// An error answer: status and body.
 #[derive(Debug)]
@@ -73,6 +87,20 @@ impl ApiError {
         }
     }
 
+    /// 409 for a card that someone else holds or has reserved.
+    pub(super) fn lease(e: &LeaseError) -> ApiError {
+        let mut err = ApiError::new(StatusCode::CONFLICT, e);
+        err.body.card = Some(e.card());
+        err.body.holder = Some(e.holder_text());
+        err
+    }
+
+    pub(super) fn with_holder(mut self, card: Option<CardNo>, holder: Option<String>) -> ApiError {
+        self.body.card = card;
+        self.body.holder = holder;
+        self
+    }
+
     fn held(card: Option<CardNo>, holder: &Holder, msg: impl std::fmt::Display) -> ApiError {
         let mut e = ApiError::new(StatusCode::CONFLICT, msg);
         e.body.card = card;
@@ -91,9 +119,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(super) type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// The router with a single token (or none).
 pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
+    let auth = Auth::new(token.as_deref(), None, None).unwrap_or_else(|_| Auth::open());
+    router_with(daemon, Arc::new(auth))
+}
+
+/// The router: every request is admitted by `auth` (its user and role) before its handler
+/// runs, which finds the caller as an `Extension<Who>`.
+pub fn router_with(daemon: Arc<Daemon>, auth: Arc<Auth>) -> Router {
     let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/pool", get(pool))
@@ -111,21 +147,47 @@ pub fn router(daemon: Arc<Daemon>, token: Option<Arc<str>>) -> Router {
             get(super::records::get_labels).put(super::records::put_labels),
         )
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/reservations",
+            get(super::reservations::list).post(super::reservations::reserve),
+        )
+        .route(
+            "/api/v1/reservations/{id}",
+            get(super::reservations::one).delete(super::reservations::release),
+        )
+        .route(
+            "/api/v1/reservations/{id}/renew",
+            post(super::reservations::renew),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(
-            move |req: Request, next: axum::middleware::Next| {
-                let token = token.clone();
+            move |mut req: Request, next: axum::middleware::Next| {
+                let auth = auth.clone();
                 async move {
-                    if let Some(t) = token {
-                        if !authorized(req.headers(), &t) {
-                            return ApiError::new(
-                                StatusCode::UNAUTHORIZED,
-                                "missing or wrong bearer token",
-                            )
-                            .into_response();
+                    let local = req.extensions().get::<Local>().copied();
+                    let admitted = auth.admit(
+                        req.method(),
+                        req.uri().path(),
+                        req.headers(),
+                        local.as_ref(),
+                    );
+                    match admitted {
+                        Ok(who) => {
+                            req.extensions_mut().insert(who);
+                            next.run(req).await
+                        }
+                        Err(e @ Denied::Token) => {
+                            ApiError::new(StatusCode::UNAUTHORIZED, e).into_response()
+                        }
+                        Err(e @ Denied::Role(_)) => {
+                            let peer = req
+                                .extensions()
+                                .get::<Peer>()
+                                .map_or(String::new(), |p| p.0.clone());
+                            log::warn!("control API {peer}: refused: {e}");
+                            ApiError::new(StatusCode::FORBIDDEN, e).into_response()
                         }
                     }
-                    next.run(req).await
                 }
             },
         ))
@@ -150,19 +212,6 @@ async fn metrics(State(d): State<Arc<Daemon>>, req: Request) -> Response {
     );
     let text = crate::metrics::render(d, format);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
-}
-
-/// Compares the bearer token in constant time (no early exit on the first wrong byte).
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn too_big() -> ApiError {
@@ -213,7 +262,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8], want: &str) -> Resul
 }
 
 /// A JSON body that may be left out (empty or only white space: the defaults).
-async fn optional_json<T: DeserializeOwned + Default>(
+pub(super) async fn optional_json<T: DeserializeOwned + Default>(
     req: Request,
     want: &str,
 ) -> Result<T, ApiError> {
@@ -283,6 +332,12 @@ pub fn reader_row(d: &Daemon, r: &ReaderHandle) -> ReaderRow {
         iccid: known.iccid,
         imsi: known.imsi,
         stats: r.stats().snapshot(),
+        reservation: st
+            .card
+            .and_then(|n| d.cards.reservation_of(n))
+            .filter(|res| st.user.as_deref() == Some(res.user.as_str()))
+            .map(|res| res.id),
+        user: st.user,
     }
 }
 
@@ -319,13 +374,9 @@ pub fn parse_binding(bytes: &[u8]) -> Result<Binding, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
-fn bind_error(e: BindError) -> ApiError {
+pub(super) fn bind_error(e: BindError) -> ApiError {
     match e {
-        BindError::Held(LeaseError::Held { card, holder }) => ApiError::held(
-            Some(card),
-            &holder,
-            format!("card {card} is held by {holder}"),
-        ),
+        BindError::Held(e) => ApiError::lease(&e),
         BindError::IdentityHeld(b, holder) => {
             ApiError::held(None, &holder, format!("{b} is held by {holder}"))
         }
@@ -335,25 +386,49 @@ fn bind_error(e: BindError) -> ApiError {
 
 async fn bind(
     State(d): State<Arc<Daemon>>,
+    Extension(who): Extension<Who>,
     Path(i): Path<String>,
     req: Request,
 ) -> ApiResult<ReaderRow> {
     let r = find_reader(&d, &i)?;
     let binding = parse_binding(&read_body(req).await?)?;
-    d.bind(usize::from(r.index), Some(binding))
+    let st = r.status();
+    mine_or_admin(&who, st.user.as_deref(), &format!("rebind reader {i}"))?;
+    d.bind_as(usize::from(r.index), Some(binding), Some(who))
         .await
         .map_err(bind_error)?;
     r.wait_settled(BIND_SETTLE).await;
     Ok(Json(reader_row(&d, r)))
 }
 
-async fn unbind(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResult<ReaderRow> {
+async fn unbind(
+    State(d): State<Arc<Daemon>>,
+    Extension(who): Extension<Who>,
+    Path(i): Path<String>,
+) -> ApiResult<ReaderRow> {
     let r = find_reader(&d, &i)?;
-    d.bind(usize::from(r.index), None)
+    mine_or_admin(
+        &who,
+        r.status().user.as_deref(),
+        &format!("unbind reader {i}"),
+    )?;
+    d.bind_as(usize::from(r.index), None, None)
         .await
         .map_err(bind_error)?;
     r.wait_settled(BIND_SETTLE).await;
     Ok(Json(reader_row(&d, r)))
+}
+
+/// A reader bound for another user is that user's to change (or an admin's).
+fn mine_or_admin(who: &Who, owner: Option<&str>, what: &str) -> Result<(), ApiError> {
+    match owner {
+        Some(u) if u != who.user && !who.is_admin() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("cannot {what}: it is bound for {u}"),
+        )
+        .with_holder(None, Some(u.to_string()))),
+        _ => Ok(()),
+    }
 }
 
 fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
@@ -361,7 +436,7 @@ fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
     CardRow {
         card: n,
         state,
-        holder: v.holder.map(|h| h.to_string()),
+        holder: d.cards.holder_text(n),
         atr: v.known.atr,
         iccid: v.known.iccid,
         imsi: v.known.imsi,
@@ -394,11 +469,7 @@ async fn card(State(d): State<Arc<Daemon>>, Path(n): Path<String>) -> ApiResult<
 
 fn apdu_error(e: ApduError) -> ApiError {
     match e {
-        ApduError::Held(LeaseError::Held { card, holder }) => ApiError::held(
-            Some(card),
-            &holder,
-            format!("card {card} is held by {holder}"),
-        ),
+        ApduError::Held(e) => ApiError::lease(&e),
         e @ (ApduError::LinkDown | ApduError::Pool(_)) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
         }
@@ -416,6 +487,7 @@ fn apdu_error(e: ApduError) -> ApiError {
 async fn apdu(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(who): Extension<Who>,
     Path(n): Path<String>,
     req: Request,
 ) -> ApiResult<crate::rows::ApduReply> {
@@ -426,14 +498,22 @@ async fn apdu(
     )?;
     let cmds = ops::parse_commands(&body.tpdus)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    let holder = Holder::Api(peer.to_string());
+    let holder = api_holder(&who, &peer);
     let mode = ops::ApduMode {
         keep: body.keep,
         auto: body.auto,
     };
-    let reply = ops::apdu_with(&d.cards, n, holder, &cmds, mode, d.command_timeout)
-        .await
-        .map_err(apdu_error)?;
+    let reply = ops::apdu_as(
+        &d.cards,
+        n,
+        holder,
+        Some(&who),
+        &cmds,
+        mode,
+        d.command_timeout,
+    )
+    .await
+    .map_err(apdu_error)?;
     for (cmd, e) in cmds.iter().zip(&reply.errors) {
         if let Some(e) = e {
             log::warn!(
@@ -466,11 +546,16 @@ const STOP_SHAPE: &str = "{\"force\":true|false}";
 async fn stop_card(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(who): Extension<Who>,
     Path(n): Path<String>,
     req: Request,
 ) -> ApiResult<crate::rows::StopRow> {
     let n = card_number(&n)?;
     let body: StopRequest = optional_json(req, STOP_SHAPE).await?;
+    if body.force {
+        who.may(Action::Admin, "stop cards by force")
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e))?;
+    }
     if !d.link_up() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -478,8 +563,8 @@ async fn stop_card(
         ));
     }
     let state = d.link.states().await.ok().map(|s| s[n.index()]);
-    let by = Holder::Api(peer.to_string());
-    let row = ops::stop(&d.cards, n, state, body.force, &by).await;
+    let by = api_holder(&who, &peer);
+    let row = ops::stop_as(&d.cards, n, state, body.force, &by, Some(&who)).await;
     if row.stopped {
         return Ok(Json(row));
     }
@@ -498,11 +583,16 @@ async fn stop_card(
 async fn stop_all(
     State(d): State<Arc<Daemon>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(who): Extension<Who>,
     req: Request,
 ) -> ApiResult<Vec<crate::rows::StopRow>> {
     let body: StopRequest = optional_json(req, STOP_SHAPE).await?;
-    let by = Holder::Api(peer.to_string());
-    ops::stop_all(&d.cards, body.force, &by)
+    if body.force {
+        who.may(Action::Admin, "stop cards by force")
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e))?;
+    }
+    let by = api_holder(&who, &peer);
+    ops::stop_all_as(&d.cards, body.force, &by, Some(&who))
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))

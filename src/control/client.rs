@@ -26,7 +26,7 @@ pub enum ControlClientError {
     Http { addr: String, cause: String },
     #[error("daemon on {addr} took longer than {secs} s")]
     Timeout { addr: String, secs: u64 },
-    /// The daemon refused us for want of the right token (401, 403): final, never a reason
+    /// The daemon refused us for want of the right token (401): final, never a reason
     /// to go around it.
     #[error(
         "the daemon at {addr} {} (--control-token, SIMPOOL_CONTROL_TOKEN)",
@@ -56,9 +56,19 @@ pub enum Probe {
 /// A daemon's control API address (and token, if it needs one).
 #[derive(Debug, Clone)]
 pub struct Control {
+    /// HOST:PORT; with a socket, `unix:PATH` (for messages).
     pub addr: String,
     pub token: Option<String>,
+    /// The daemon's Unix control socket: used instead of `addr` when set.
+    pub socket: Option<std::path::PathBuf>,
 }
+
+/// Where the packaged service's Unix control socket is.
+pub const SERVICE_SOCKET: &str = "/run/simpool/control.sock";
+
+/// A TCP or Unix stream to the daemon.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 impl Control {
     /// Sends one request; answers the 2xx answer's body read as `T`, or the daemon's error.
@@ -118,15 +128,29 @@ impl Control {
             addr: self.addr.clone(),
             cause,
         };
-        let stream =
-            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&self.addr))
-                .await
+        let stream: Box<dyn Stream> = match &self.socket {
+            Some(p) => {
+                match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(p)).await
+                {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => return Err(no_daemon(e.to_string())),
+                    Err(_) => return Err(no_daemon("connection timed out".into())),
+                }
+            }
+            None => match tokio::time::timeout(
+                PROBE_TIMEOUT,
+                tokio::net::TcpStream::connect(&self.addr),
+            )
+            .await
             {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
                 Ok(Err(e)) => return Err(no_daemon(e.to_string())),
                 Err(_) => return Err(no_daemon("connection timed out".into())),
-            };
-        let _ = stream.set_nodelay(true);
+            },
+        };
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.http(e.to_string()))?;
@@ -147,7 +171,14 @@ impl Control {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, self.addr.as_str())
+            .header(
+                hyper::header::HOST,
+                if self.socket.is_some() {
+                    "localhost"
+                } else {
+                    self.addr.as_str()
+                },
+            )
             .header(hyper::header::ACCEPT, "application/json");
         if payload.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
@@ -174,7 +205,7 @@ impl Control {
 
     /// The answer's JSON, or the daemon's refusal.
     fn decode(&self, status: StatusCode, bytes: &[u8]) -> Result<Value, ControlClientError> {
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if status == StatusCode::UNAUTHORIZED {
             return Err(ControlClientError::NeedsToken {
                 addr: self.addr.clone(),
                 given: self.token.is_some(),

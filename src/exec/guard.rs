@@ -9,8 +9,9 @@
 //! cards by itself (they expire), but the runs' programs, in process groups of their own, would
 //! still live on: killing those stays the guard's job.
 //!
-//! The lines on the pipe: `control ADDR`, `token TOKEN` (only with a token), `reader N
-//! BINDING-JSON`, `group PGID`, `ended PGID`, `done`.
+//! The lines on the pipe: `control ADDR`, `token TOKEN` (only with a token), `socket PATH`
+//! (only with the daemon's Unix socket), `reader N BINDING-JSON`, `group PGID`, `ended PGID`,
+//! `done`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
@@ -49,6 +50,9 @@ impl Guard {
         g.say(&format!("control {}", control.addr));
         if let Some(t) = &control.token {
             g.say(&format!("token {t}"));
+        }
+        if let Some(p) = &control.socket {
+            g.say(&format!("socket {}", p.display()));
         }
         Ok(g)
     }
@@ -95,6 +99,8 @@ impl Guard {
 pub struct Watch {
     pub control: Option<String>,
     pub token: Option<String>,
+    /// The daemon's Unix control socket, when exec used it.
+    pub socket: Option<std::path::PathBuf>,
     pub readers: BTreeMap<u16, Option<Binding>>,
     pub groups: BTreeSet<i32>,
     pub done: bool,
@@ -108,6 +114,7 @@ impl Watch {
         match word {
             "control" => self.control = Some(rest.to_string()),
             "token" => self.token = Some(rest.to_string()),
+            "socket" => self.socket = Some(rest.into()),
             "reader" => {
                 let (n, b) = rest.split_once(' ').unwrap_or((rest, "null"));
                 match (n.parse::<u16>(), serde_json::from_str::<Option<Binding>>(b)) {
@@ -163,6 +170,7 @@ pub async fn run() -> bool {
     let control = Control {
         addr,
         token: w.token.clone(),
+        socket: w.socket.clone(),
     };
     for (n, before) in &w.readers {
         let path = format!("/api/v1/readers/{n}");

@@ -540,6 +540,8 @@ mod tests {
             iccid: None,
             imsi: None,
             stats: ReaderCounts::default(),
+            user: None,
+            reservation: None,
         }
     }
 

@@ -83,8 +83,10 @@
   /// Short holder tag for a slot, and its class.
   function holderKind(h) {
     if (!h) return null;
-    let m = /^reader (\d+)$/.exec(h);
+    // "reader 3", or "reader 3 (alice, reservation 17)": holders name their user.
+    let m = /^reader (\d+)(?: \(|$)/.exec(h);
     if (m) return { cls: "h-reader", tag: "R" + m[1] };
+    if (h.startsWith("reserved by")) return { cls: "h-api", tag: "Rs" };
     if (h.startsWith("API")) return { cls: "h-api", tag: "API" };
     if (h === "scan") return { cls: "h-scan", tag: "S" };
     if (h.startsWith("bank")) return { cls: "h-bank", tag: "B" };
