@@ -24,6 +24,7 @@
 //! fixed slice.
 
 pub mod auto;
+pub mod facts;
 pub mod ops;
 pub mod policy;
 
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::identity::{self, Files};
+use crate::identity;
 use crate::pool::{Card, ExchangeError, Link, LinkState, PoolError, SlotState};
 use crate::values::{Atr, CardNo};
 
@@ -179,6 +180,9 @@ pub struct Known {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// Type, SPN, MSISDN, PIN1/PUK1, EID ([`facts`]).
+    #[serde(flatten)]
+    pub facts: facts::Facts,
 }
 
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
@@ -233,6 +237,9 @@ struct Entry {
     known: Mutex<Known>,
     stats: CardStats,
     health: Mutex<CardHealth>,
+    /// Someone other than a scan exchanged with the card since its facts were read: what
+    /// only a write changes (SPN, MSISDN, an eUICC's profile) must be read again.
+    touched: AtomicBool,
     /// Counts revocations of the card's lease; the last one's reason beside it.
     revoked: watch::Sender<u64>,
     revoked_why: Mutex<String>,
@@ -279,6 +286,7 @@ impl Cards {
                         known: Mutex::new(Known::default()),
                         stats: CardStats::default(),
                         health: Mutex::new(CardHealth::default()),
+                        touched: AtomicBool::new(true),
                         revoked: watch::channel(0).0,
                         revoked_why: Mutex::new(String::new()),
                     })
@@ -339,6 +347,7 @@ impl Cards {
 
     /// Forgets what was read from card `n` (it was pulled, or its identity no longer matches).
     pub fn forget(&self, n: CardNo) {
+        self.entry(n).touched.store(true, Ordering::Relaxed);
         *self.entry(n).known.lock().unwrap() = Known::default();
     }
 
@@ -421,11 +430,29 @@ impl Cards {
         log::debug!("card {n}: free");
     }
 
-    fn record(&self, n: CardNo, atr: &[u8], files: &Files) {
+    fn record(&self, n: CardNo, atr: &[u8], read: &facts::Read) {
         let mut k = self.entry(n).known.lock().unwrap();
         k.atr = Some(Atr::from(atr));
-        k.iccid.clone_from(&files.iccid);
-        k.imsi.clone_from(&files.imsi);
+        k.iccid.clone_from(&read.iccid);
+        k.imsi.clone_from(&read.imsi);
+        k.facts.clone_from(&read.facts);
+        self.entry(n).touched.store(false, Ordering::Relaxed);
+    }
+
+    /// What of card `n` only a write changes, if it can be trusted: read before, and nobody
+    /// but a scan has exchanged with the card since.
+    fn stable(&self, n: CardNo) -> Option<facts::Stable> {
+        if self.entry(n).touched.load(Ordering::Relaxed) {
+            return None;
+        }
+        let k = self.known(n);
+        Some(facts::Stable {
+            iccid: k.iccid?,
+            kind: k.facts.kind?,
+            spn: k.facts.spn,
+            msisdn: k.facts.msisdn,
+            eid: k.facts.eid,
+        })
     }
 
     /// Takes card `n` from its holder, whose session ends ([`Lease::ended`] answers
@@ -552,6 +579,8 @@ impl Cards {
 pub enum Wanted<'a> {
     Iccid(&'a str),
     Imsi(&'a str),
+    /// An eUICC's EID (32 digits): its ICCID changes with the profile enabled.
+    Eid(&'a str),
 }
 
 impl Wanted<'_> {
@@ -559,6 +588,11 @@ impl Wanted<'_> {
         match self {
             Wanted::Iccid(w) => k.iccid.as_deref() == Some(*w),
             Wanted::Imsi(w) => k.imsi.as_deref() == Some(*w),
+            Wanted::Eid(w) => k
+                .facts
+                .eid
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(w)),
         }
     }
 }
@@ -568,6 +602,7 @@ impl fmt::Display for Wanted<'_> {
         match self {
             Wanted::Iccid(s) => write!(f, "ICCID {s}"),
             Wanted::Imsi(s) => write!(f, "IMSI {s}"),
+            Wanted::Eid(s) => write!(f, "EID {s}"),
         }
     }
 }
@@ -776,6 +811,10 @@ impl Lease {
         let fs = &self.cards.inner.fronts[front.index()];
         stats.exchanges.fetch_add(1, Ordering::Relaxed);
         stats.exchanges_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
+        if front != Front::Scan {
+            // It may have written the card: its facts are read afresh next time.
+            self.entry().touched.store(true, Ordering::Relaxed);
+        }
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
@@ -799,24 +838,40 @@ impl Lease {
         result
     }
 
-    /// Starts the card and reads ATR, ICCID and IMSI (the manual's sequences); records them.
-    /// The card is left running, with files selected: restart it before handing it on.
+    /// Starts the card and reads ATR, ICCID, IMSI and what the card is ([`facts`]: type, SPN,
+    /// MSISDN, PIN1/PUK1, EID, without using a PIN try); records them. The card is left
+    /// running, with files selected: restart it before handing it on.
     pub async fn read_identity(&mut self, deadline: Duration) -> Result<Identity, ReadError> {
+        let stable = self.cards.stable(self.number);
         let atr = self.start().await?;
-        let mut r = identity::Reading::new();
+        let mut r = facts::Reading::new(stable);
         while let Some((what, cmd)) = r.command() {
             let resp = self
                 .transmit(&cmd, deadline, Front::Scan)
                 .await
                 .map_err(|error| identity::ReadError::Exchange { what, error })?;
-            r.answer(&resp)?;
+            r.answer(&resp).map_err(|e| identity::ReadError::Status {
+                what: e.what,
+                sw: e.got,
+            })?;
         }
-        let files = r.files();
-        self.cards.record(self.number, &atr, &files);
+        log::debug!(
+            "card {}: facts read in {} exchanges{}",
+            self.number,
+            r.exchanges(),
+            if r.reused() {
+                " (type, SPN, MSISDN, EID as known)"
+            } else {
+                ""
+            }
+        );
+        let read = r.into_read();
+        self.cards.record(self.number, &atr, &read);
         Ok(Identity {
             atr: Atr::from(atr),
-            iccid: files.iccid,
-            imsi: files.imsi,
+            iccid: read.iccid,
+            imsi: read.imsi,
+            facts: read.facts,
         })
     }
 
@@ -838,6 +893,7 @@ pub struct Identity {
     pub atr: Atr,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    pub facts: facts::Facts,
 }
 
 /// Whether a failed exchange says something about the card: its T=0 state was lost. A lost

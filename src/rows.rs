@@ -13,6 +13,7 @@ use crate::values::Hex;
 use crate::values::{Atr, CardNo};
 
 pub use crate::bridge::{ReaderCounts, ReaderRow};
+pub use crate::cards::facts::{CardType, Facts, PinState, PukState};
 pub use crate::cards::ops::{ApduReply, ScanRow, StopRow};
 
 /// The body of a stop: `{"force": bool}`; an empty body means no force.
@@ -60,6 +61,9 @@ pub struct CardRow {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// What the card is, as last read (`null` where unknown).
+    #[serde(flatten)]
+    pub facts: Facts,
     pub exchanges: u64,
     pub errors: u64,
     /// Why simpool marked the card bad on the pool, if it did.
@@ -72,6 +76,9 @@ pub struct StatusRow {
     pub card: CardNo,
     pub state: SlotState,
     pub holder: Option<String>,
+    /// What the daemon knows the card is (`null` without a daemon, or before it read it).
+    #[serde(flatten)]
+    pub facts: Facts,
 }
 
 /// The pool link as a word.
@@ -199,6 +206,7 @@ mod tests {
             atr: None,
             iccid: None,
             imsi: None,
+            facts: Facts::default(),
             holder: None,
             error: Some("start failed".into()),
         };
@@ -206,6 +214,9 @@ mod tests {
         assert_eq!(
             v,
             json!({"card": 7, "state": "inserted", "atr": null, "iccid": null, "imsi": null,
+                   "type": null, "spn": null, "msisdn": null, "eid": null,
+                   "pin1": {"enabled": null, "verified": null, "tries": null},
+                   "puk1": {"tries": null}, "hidden": [],
                    "holder": null, "error": "start failed"})
         );
         assert_eq!(serde_json::from_value::<ScanRow>(v).unwrap(), row);

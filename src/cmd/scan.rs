@@ -120,11 +120,17 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
             "{:>4}  {state:<9} {:<20} {:<15}  {}",
             r.card,
             cell(r.iccid.as_ref()),
-            cell(r.imsi.as_ref()),
+            match &r.imsi {
+                None if r.facts.hides("imsi") => "hidden by PIN1".into(),
+                imsi => cell(imsi.as_ref()),
+            },
             cell(r.atr.as_ref()),
         ),
         width,
     )];
+    if r.facts.kind.is_some() {
+        lines.extend(wrap("      ", &facts_text(&r.facts), width));
+    }
     if let Some(h) = &r.holder {
         lines.extend(wrap(
             "      ",
@@ -133,6 +139,38 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// What a card is, on one line: `usim  PIN1 enabled, not verified, 3 tries  PUK1 10 tries
+/// SPN "simpool 20"  hidden by PIN1: IMSI, MSISDN` (and MSISDN, EID when known).
+pub fn facts_text(f: &simpool::rows::Facts) -> String {
+    let mut parts = vec![f.kind.map_or("?", |k| k.name()).to_string()];
+    let p = f.pin1;
+    let tries = p.tries.map(|t| format!(", {t} tries")).unwrap_or_default();
+    parts.push(match (p.enabled, p.verified) {
+        (Some(true), Some(true)) => format!("PIN1 enabled, verified{tries}"),
+        (Some(true), _) if p.tries == Some(0) => "PIN1 blocked".into(),
+        (Some(true), _) => format!("PIN1 enabled, not verified{tries}"),
+        (Some(false), _) => format!("PIN1 disabled{tries}"),
+        (None, _) => "PIN1 ?".into(),
+    });
+    if let Some(t) = f.puk1.tries {
+        parts.push(format!("PUK1 {t} tries"));
+    }
+    if let Some(s) = &f.spn {
+        parts.push(format!("SPN {s:?}"));
+    }
+    if let Some(m) = &f.msisdn {
+        parts.push(format!("MSISDN {m}"));
+    }
+    if let Some(e) = &f.eid {
+        parts.push(format!("EID {e}"));
+    }
+    if !f.hidden.is_empty() {
+        let names: Vec<String> = f.hidden.iter().map(|h| h.to_uppercase()).collect();
+        parts.push(format!("hidden by PIN1: {}", names.join(", ")));
+    }
+    parts.join("  ")
 }
 
 /// The cards of `--card LIST`.

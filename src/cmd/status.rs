@@ -29,6 +29,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                         card: c.card,
                         state,
                         holder: c.holder,
+                        facts: c.facts,
                     }),
                     None => Err(CliError::Card(
                         "the daemon cannot read the slot states: its pool link is down".into(),
@@ -46,6 +47,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                 card,
                 state,
                 holder: None,
+                facts: Default::default(),
             })
             .collect(),
     };
@@ -61,6 +63,14 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
             .collect();
         if !held.is_empty() {
             out(format!("held: {}", held.join(", ")))?;
+        }
+        // What the daemon has read of its cards (by scans and bindings).
+        for r in rows.iter().filter(|r| r.facts.kind.is_some()) {
+            out(format!(
+                "{:>4} {}",
+                r.card,
+                super::scan::facts_text(&r.facts)
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)

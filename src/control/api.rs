@@ -359,6 +359,7 @@ fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
         atr: v.known.atr,
         iccid: v.known.iccid,
         imsi: v.known.imsi,
+        facts: v.known.facts,
         exchanges: v.exchanges,
         errors: v.errors,
         bad: v.bad,
