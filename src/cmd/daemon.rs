@@ -8,7 +8,7 @@ use hyper::Method;
 
 use simpool::bridge::{Binding, Presence};
 use simpool::rows::ReaderRow;
-use simpool::values::{check_iccid, check_imsi, CardNo};
+use simpool::values::{check_eid, check_iccid, check_imsi, CardNo};
 
 use super::{cell, out, out_json, CliError, ControlArgs};
 
@@ -27,6 +27,9 @@ pub struct Target {
     /// The card with this IMSI.
     #[arg(long, value_parser = check_imsi)]
     pub imsi: Option<String>,
+    /// The eUICC with this EID (32 digits), whatever profile it has enabled.
+    #[arg(long, value_parser = check_eid)]
+    pub eid: Option<String>,
 }
 
 pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, CliError> {
@@ -96,6 +99,7 @@ fn print_reader(r: &ReaderRow, width: Option<usize>) -> Result<(), CliError> {
             r.iccid.clone(),
             r.imsi.clone().or(Some(s.clone())),
         ),
+        Some(Binding::Eid(_)) => ("EID", r.card, r.iccid.clone(), r.imsi.clone()),
     };
     let reader = r.reader.to_string();
     let state = state_word(r.state);
@@ -119,11 +123,16 @@ pub async fn bind(
     target: Target,
     json_out: bool,
 ) -> Result<ExitCode, CliError> {
-    let binding = match (target.card, target.iccid, target.imsi) {
-        (Some(n), _, _) => Binding::Card(n),
-        (_, Some(s), _) => Binding::Iccid(s),
-        (_, _, Some(s)) => Binding::Imsi(s),
-        _ => return Err(CliError::Usage("give --card, --iccid or --imsi".into())),
+    let binding = match (target.card, target.iccid, target.imsi, target.eid) {
+        (Some(n), _, _, _) => Binding::Card(n),
+        (_, Some(s), _, _) => Binding::Iccid(s),
+        (_, _, Some(s), _) => Binding::Imsi(s),
+        (_, _, _, Some(s)) => Binding::Eid(s),
+        _ => {
+            return Err(CliError::Usage(
+                "give --card, --iccid, --imsi or --eid".into(),
+            ))
+        }
     };
     let c = control.client()?;
     let row: ReaderRow = c

@@ -304,7 +304,7 @@ async fn reader(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResul
     Ok(Json(reader_row(&d, r)))
 }
 
-const BINDING_SHAPE: &str = "{\"card\":N}, {\"iccid\":\"…\"} or {\"imsi\":\"…\"}";
+const BINDING_SHAPE: &str = "{\"card\":N}, {\"iccid\":\"…\"}, {\"imsi\":\"…\"} or {\"eid\":\"…\"}";
 
 /// Checks a binding request's body.
 pub fn parse_binding(bytes: &[u8]) -> Result<Binding, ApiError> {
