@@ -135,18 +135,19 @@ fn scan_the_api_and_status_say_what_each_card_is_and_a_reader_binds_by_eid() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    let line = |start: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(start))
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |start: &str| {
+        lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(start))
             .unwrap_or_else(|| panic!("{start} in\n{text}"))
-            .to_string()
     };
     assert!(
-        line("33 euicc").contains(&format!("EID {EID_33}")),
+        lines[at("33  euicc") + 1].contains(&format!("EID {EID_33}")),
         "{text}"
     );
     assert!(
-        line("30 usim").contains("hidden by PIN1: IMSI, MSISDN"),
+        lines[at("30  usim")].contains("hidden by PIN1: IMSI, MSISDN"),
         "{text}"
     );
     let json_out = Command::new(env!("CARGO_BIN_EXE_simpool"))

@@ -129,7 +129,9 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
         width,
     )];
     if r.facts.kind.is_some() {
-        lines.extend(wrap("      ", &facts_text(&r.facts), width));
+        for l in facts_lines(&r.facts) {
+            lines.extend(wrap("      ", &l, Some(width.unwrap_or(100))));
+        }
     }
     if let Some(h) = &r.holder {
         lines.extend(wrap(
@@ -141,13 +143,14 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
     lines
 }
 
-/// What a card is, on one line: `usim  PIN1 enabled, not verified, 3 tries  PUK1 10 tries
-/// SPN "simpool 20"  hidden by PIN1: IMSI, MSISDN` (and MSISDN, EID when known).
-pub fn facts_text(f: &simpool::rows::Facts) -> String {
-    let mut parts = vec![f.kind.map_or("?", |k| k.name()).to_string()];
+/// What a card is, in at most two lines that fit 100 columns with a 6-column indent: type,
+/// PIN1, PUK1 and what PIN1 hides (`usim  PIN1 enabled, not verified, 3 tries  PUK1 10 tries
+/// hidden by PIN1: IMSI, MSISDN`), then SPN, MSISDN and EID when the card has any.
+pub fn facts_lines(f: &simpool::rows::Facts) -> Vec<String> {
+    let mut first = vec![f.kind.map_or("?", |k| k.name()).to_string()];
     let p = f.pin1;
     let tries = p.tries.map(|t| format!(", {t} tries")).unwrap_or_default();
-    parts.push(match (p.enabled, p.verified) {
+    first.push(match (p.enabled, p.verified) {
         (Some(true), Some(true)) => format!("PIN1 enabled, verified{tries}"),
         (Some(true), _) if p.tries == Some(0) => "PIN1 blocked".into(),
         (Some(true), _) => format!("PIN1 enabled, not verified{tries}"),
@@ -155,22 +158,27 @@ pub fn facts_text(f: &simpool::rows::Facts) -> String {
         (None, _) => "PIN1 ?".into(),
     });
     if let Some(t) = f.puk1.tries {
-        parts.push(format!("PUK1 {t} tries"));
-    }
-    if let Some(s) = &f.spn {
-        parts.push(format!("SPN {s:?}"));
-    }
-    if let Some(m) = &f.msisdn {
-        parts.push(format!("MSISDN {m}"));
-    }
-    if let Some(e) = &f.eid {
-        parts.push(format!("EID {e}"));
+        first.push(format!("PUK1 {t} tries"));
     }
     if !f.hidden.is_empty() {
         let names: Vec<String> = f.hidden.iter().map(|h| h.to_uppercase()).collect();
-        parts.push(format!("hidden by PIN1: {}", names.join(", ")));
+        first.push(format!("hidden by PIN1: {}", names.join(", ")));
     }
-    parts.join("  ")
+    let mut second = Vec::new();
+    if let Some(s) = &f.spn {
+        second.push(format!("SPN {s:?}"));
+    }
+    if let Some(m) = &f.msisdn {
+        second.push(format!("MSISDN {m}"));
+    }
+    if let Some(e) = &f.eid {
+        second.push(format!("EID {e}"));
+    }
+    let mut lines = vec![first.join("  ")];
+    if !second.is_empty() {
+        lines.push(second.join("  "));
+    }
+    lines
 }
 
 /// The cards of `--card LIST`.

@@ -66,11 +66,13 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
         }
         // What the daemon has read of its cards (by scans and bindings).
         for r in rows.iter().filter(|r| r.facts.kind.is_some()) {
-            out(format!(
-                "{:>4} {}",
-                r.card,
-                super::scan::facts_text(&r.facts)
-            ))?;
+            for (i, l) in super::scan::facts_lines(&r.facts).iter().enumerate() {
+                if i == 0 {
+                    out(format!("{:>4}  {l}", r.card))?;
+                } else {
+                    out(format!("      {l}"))?;
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
