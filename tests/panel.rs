@@ -269,12 +269,12 @@ fn panel_in_headless_chromium() {
         Duration::from_secs(10),
         "return !document.getElementById('d-bind').disabled",
     );
-    // What the daemon read when it bound card 100 (issue 20 §2): a SIM, PIN1 disabled.
+    // What the daemon read when it bound card 100 (issue 20 §2): a USIM, PIN1 disabled.
     b.wait_for(
         "card 100's type and PIN1 in the detail",
         Duration::from_secs(10),
-        "return document.getElementById('d-type').textContent === 'sim' && \
-         document.getElementById('d-pin1').textContent.startsWith('disabled, 3 tries') && \
+        "return document.getElementById('d-type').textContent === 'usim' && \
+         document.getElementById('d-pin1').textContent === 'disabled · PUK1 10 tries' && \
          document.getElementById('d-spn').textContent === 'simpool 100'",
     );
     // Bind through a reader's own form: reader 3 to card 5.
