@@ -87,6 +87,8 @@ async fn cost(cards: &Cards, old: bool) -> (f64, f64, Duration) {
     let (ex0, out0) = (ex(cards), link.stats().frames_out.load(Ordering::Relaxed));
     let t0 = Instant::now();
     if old {
+        // As the scan of before did: the slot states first, then every card at once.
+        link.states().await.unwrap();
         let mut tasks = Vec::new();
         for &n in &inserted {
             let cards = cards.clone();
