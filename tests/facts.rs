@@ -168,6 +168,28 @@ fn scan_the_api_and_status_say_what_each_card_is_and_a_reader_binds_by_eid() {
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["responses"], json!(["9000", "63C3", "63CA"]), "{v}");
 
+    // Someone writes card 28's SPN (ADM1, UPDATE BINARY through the API): the next scan reads
+    // it afresh instead of reusing what it knew.
+    let spn = format!("014E4557{}", "FF".repeat(13));
+    let (status, b) = call(
+        &control,
+        "POST",
+        "/api/v1/cards/28/apdu",
+        Some(&format!(
+            r#"{{"tpdus":["002000 0A083838383838383838","00A4040C07A0000000871002","00A4000C026F46","00D6000011{spn}"]}}"#
+        )),
+    );
+    assert_eq!(status, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["responses"],
+        json!(["9000", "9000", "9000", "9000"]),
+        "{v}"
+    );
+    let (_, b) = call(&control, "POST", "/api/v1/scan", Some(r#"{"cards":[28]}"#));
+    let rows: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(rows[0]["spn"], "NEW", "{rows}");
+
     // A wrong EID binding is refused; one that no card has waits.
     let (status, b) = call(
         &control,
