@@ -4,13 +4,19 @@
 //! 1. `scan` of 256 simulated cards with 5 ms per-reply latency: concurrent over the one link,
 //!    against the same reads one card at a time.
 //! 2. Exchanges per second over one connection with zero latency: one card, and 64 cards at once.
+//! 3. What reading a card's facts costs (issue 20 §2): exchanges and pool requests per card and
+//!    the time of a scan of the built-in set (SIMs, USIMs, eUICCs; 5 ms per reply), for the
+//!    identity read that came before (`identity::Reading`: ATR, ICCID, IMSI), the facts read
+//!    of a card seen for the first time, and again once known (nobody used the cards between).
 //!
 //! `SIMPOOL_BENCH_QUICK=1` runs a short version (8 cards, 0.2 s periods; about a second) to
 //! check that the benchmark still builds and runs: `driver/test` does that.
 
 use std::time::{Duration, Instant};
 
-use simpool::cards::{Cards, Holder};
+use std::sync::atomic::Ordering;
+
+use simpool::cards::{Cards, Front, Holder};
 use simpool::pool::{Link, LinkOptions, Slot};
 use simpool::sim::profile::CardsFile;
 use simpool::sim::{Faults, SimPool};
@@ -20,14 +26,16 @@ fn quick() -> bool {
 }
 
 async fn pool(latency: Duration, cards: u16) -> (SimPool, Link) {
+    pool_of(latency, CardsFile::filled(cards)).await
+}
+
+async fn pool_of(latency: Duration, set: CardsFile) -> (SimPool, Link) {
     let faults = Faults {
         latency_min: latency,
         latency_max: latency,
         ..Faults::default()
     };
-    let sim = SimPool::start("127.0.0.1:0", CardsFile::filled(cards), faults)
-        .await
-        .unwrap();
+    let sim = SimPool::start("127.0.0.1:0", set, faults).await.unwrap();
     let link = Link::connect(&sim.addr().to_string(), LinkOptions::default())
         .await
         .unwrap();
@@ -61,9 +69,97 @@ async fn exchanges_for(link: &Link, cards: u16, period: Duration) -> (u64, Durat
     (total, start.elapsed())
 }
 
+/// Exchanges and pool requests (frames out: start, commands, data, stop) per card, and the
+/// time, of one pass over the inserted cards of `cards`: `old` runs the identity read of
+/// before on each card concurrently (start, `identity::Reading`, stop), else a scan.
+async fn cost(cards: &Cards, old: bool) -> (f64, f64, Duration) {
+    let link = cards.link();
+    let states = link.states().await.unwrap();
+    let inserted: Vec<_> = simpool::values::CardNo::all()
+        .filter(|n| states[n.index()].has_card())
+        .collect();
+    let ex = |c: &Cards| -> u64 {
+        inserted
+            .iter()
+            .map(|n| c.card_stats(*n).exchanges.load(Ordering::Relaxed))
+            .sum()
+    };
+    let (ex0, out0) = (ex(cards), link.stats().frames_out.load(Ordering::Relaxed));
+    let t0 = Instant::now();
+    if old {
+        // As the scan of before did: the slot states first, then every card at once.
+        link.states().await.unwrap();
+        let mut tasks = Vec::new();
+        for &n in &inserted {
+            let cards = cards.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lease = cards.lease(n, Holder::Scan).unwrap();
+                lease.start().await.unwrap();
+                let mut r = simpool::identity::Reading::new();
+                while let Some((_, cmd)) = r.command() {
+                    let resp = lease
+                        .transmit(&cmd, Duration::from_secs(5), Front::Scan)
+                        .await
+                        .unwrap();
+                    // Cards 30 and 31 end in `98 04` (PIN1): the error row of before.
+                    if r.answer::<std::io::Error>(&resp).is_err() {
+                        break;
+                    }
+                }
+                lease.release().await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    } else {
+        let rows = cards.scan(Duration::from_secs(5)).await.unwrap();
+        assert!(rows
+            .iter()
+            .all(|r| r.error.is_none() && r.facts.kind.is_some()));
+    }
+    let took = t0.elapsed();
+    let per = inserted.len() as f64;
+    (
+        (ex(cards) - ex0) as f64 / per,
+        (link.stats().frames_out.load(Ordering::Relaxed) - out0) as f64 / per,
+        took,
+    )
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        let (_sim, link) = pool_of(Duration::from_millis(5), CardsFile::default_set()).await;
+        let cards = Cards::new(link.clone(), Vec::new());
+        let rounds = if quick() { 1 } else { 5 };
+        let mut runs = [Duration::ZERO; 3];
+        let mut per = [(0.0, 0.0); 3];
+        for _ in 0..rounds {
+            let fresh = Cards::new(link.clone(), Vec::new());
+            for (i, (c, old)) in [(&cards, true), (&fresh, false), (&fresh, false)]
+                .into_iter()
+                .enumerate()
+            {
+                let (e, f, t) = cost(c, old).await;
+                per[i] = (e, f);
+                runs[i] += t;
+            }
+        }
+        println!("reading the built-in set's 39 cards (SIM, USIM, eUICC), 5 ms per reply:");
+        for (i, name) in ["identity before (ATR, ICCID, IMSI)", "facts, first read", "facts, known card"]
+            .into_iter()
+            .enumerate()
+        {
+            println!(
+                "  {name:<36} {:>5.1} exchanges/card {:>5.1} pool requests/card {:>7.1} ms  ({:.2}x)",
+                per[i].0,
+                per[i].1,
+                runs[i].as_secs_f64() * 1e3 / f64::from(rounds),
+                runs[i].as_secs_f64() / runs[0].as_secs_f64()
+            );
+        }
+
         let scanned: u16 = if quick() { 8 } else { 256 };
         let (_sim, link) = pool(Duration::from_millis(5), scanned).await;
         let t0 = Instant::now();

@@ -43,6 +43,8 @@ pub enum Binding {
     Card(CardNo),
     Iccid(String),
     Imsi(String),
+    /// An eUICC by its EID, whatever profile it has enabled.
+    Eid(String),
 }
 
 impl Binding {
@@ -52,6 +54,7 @@ impl Binding {
             Binding::Card(_) => None,
             Binding::Iccid(s) => Some(Wanted::Iccid(s)),
             Binding::Imsi(s) => Some(Wanted::Imsi(s)),
+            Binding::Eid(s) => Some(Wanted::Eid(s)),
         }
     }
 
@@ -60,6 +63,7 @@ impl Binding {
         match self {
             Binding::Iccid(s) => crate::values::check_iccid(&s).map(Binding::Iccid),
             Binding::Imsi(s) => crate::values::check_imsi(&s).map(Binding::Imsi),
+            Binding::Eid(s) => crate::values::check_eid(&s).map(Binding::Eid),
             b => Ok(b),
         }
     }
@@ -71,6 +75,7 @@ impl std::fmt::Display for Binding {
             Binding::Card(n) => write!(f, "card {n}"),
             Binding::Iccid(s) => write!(f, "ICCID {s}"),
             Binding::Imsi(s) => write!(f, "IMSI {s}"),
+            Binding::Eid(s) => write!(f, "EID {s}"),
         }
     }
 }

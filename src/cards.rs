@@ -27,6 +27,7 @@
 
 pub mod auto;
 pub mod changes;
+pub mod facts;
 pub mod ops;
 pub mod policy;
 pub mod record;
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::identity::{self, Files};
+use crate::identity;
 use crate::pool::{Card, ExchangeError, Link, LinkState, PoolError, SlotState};
 use crate::values::{Atr, CardNo};
 
@@ -225,6 +226,9 @@ pub struct Known {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// Type, SPN, MSISDN, PIN1/PUK1, EID ([`facts`]).
+    #[serde(flatten)]
+    pub facts: facts::Facts,
 }
 
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
@@ -285,6 +289,9 @@ struct Entry {
     known: Mutex<Known>,
     stats: CardStats,
     health: Mutex<CardHealth>,
+    /// Someone other than a scan exchanged with the card since its facts were read: what
+    /// only a write changes (SPN, MSISDN, an eUICC's profile) must be read again.
+    touched: AtomicBool,
     /// Counts revocations of the card's lease; the last one's reason beside it.
     revoked: watch::Sender<u64>,
     revoked_why: Mutex<(String, EndReason)>,
@@ -339,6 +346,7 @@ impl Cards {
                         known: Mutex::new(Known::default()),
                         stats: CardStats::default(),
                         health: Mutex::new(CardHealth::default()),
+                        touched: AtomicBool::new(true),
                         revoked: watch::channel(0).0,
                         revoked_why: Mutex::new((String::new(), EndReason::StoppedByAdmin)),
                         identity_stale: AtomicBool::new(false),
@@ -432,6 +440,7 @@ impl Cards {
 
     /// Forgets what was read from card `n` (it was pulled, or its identity no longer matches).
     pub fn forget(&self, n: CardNo) {
+        self.entry(n).touched.store(true, Ordering::Relaxed);
         *self.entry(n).known.lock().unwrap() = Known::default();
     }
 
@@ -519,11 +528,29 @@ impl Cards {
         log::debug!("card {n}: free");
     }
 
-    fn record(&self, n: CardNo, atr: &[u8], files: &Files) {
+    fn record(&self, n: CardNo, atr: &[u8], read: &facts::Read) {
         let mut k = self.entry(n).known.lock().unwrap();
         k.atr = Some(Atr::from(atr));
-        k.iccid.clone_from(&files.iccid);
-        k.imsi.clone_from(&files.imsi);
+        k.iccid.clone_from(&read.iccid);
+        k.imsi.clone_from(&read.imsi);
+        k.facts.clone_from(&read.facts);
+        self.entry(n).touched.store(false, Ordering::Relaxed);
+    }
+
+    /// What of card `n` only a write changes, if it can be trusted: read before, and nobody
+    /// but a scan has exchanged with the card since.
+    fn stable(&self, n: CardNo) -> Option<facts::Stable> {
+        if self.entry(n).touched.load(Ordering::Relaxed) {
+            return None;
+        }
+        let k = self.known(n);
+        Some(facts::Stable {
+            iccid: k.iccid?,
+            kind: k.facts.kind?,
+            spn: k.facts.spn,
+            msisdn: k.facts.msisdn,
+            eid: k.facts.eid,
+        })
     }
 
     /// Takes card `n` from its holder, whose session ends ([`Lease::ended`] answers
@@ -697,6 +724,8 @@ impl Cards {
 pub enum Wanted<'a> {
     Iccid(&'a str),
     Imsi(&'a str),
+    /// An eUICC's EID (32 digits): its ICCID changes with the profile enabled.
+    Eid(&'a str),
 }
 
 impl Wanted<'_> {
@@ -704,6 +733,11 @@ impl Wanted<'_> {
         match self {
             Wanted::Iccid(w) => k.iccid.as_deref() == Some(*w),
             Wanted::Imsi(w) => k.imsi.as_deref() == Some(*w),
+            Wanted::Eid(w) => k
+                .facts
+                .eid
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(w)),
         }
     }
 }
@@ -713,6 +747,7 @@ impl fmt::Display for Wanted<'_> {
         match self {
             Wanted::Iccid(s) => write!(f, "ICCID {s}"),
             Wanted::Imsi(s) => write!(f, "IMSI {s}"),
+            Wanted::Eid(s) => write!(f, "EID {s}"),
         }
     }
 }
@@ -821,7 +856,7 @@ impl Lease {
         }
         let n = self.number;
         let before = self.cards.known(n);
-        match self.read_files(&atr, REFRESH_DEADLINE).await {
+        match self.read_facts(&atr, None, REFRESH_DEADLINE).await {
             Ok(files) => {
                 if files.iccid != before.iccid || files.imsi != before.imsi {
                     log::info!(
@@ -836,7 +871,7 @@ impl Lease {
             }
             Err(e) => {
                 log::warn!("card {n}: reading its identity again after a change failed: {e}");
-                self.cards.record(n, &atr, &Files::default());
+                self.cards.record(n, &atr, &facts::Read::default());
             }
         }
         self.stop().await?;
@@ -964,6 +999,10 @@ impl Lease {
         stats.exchanges.fetch_add(1, Ordering::Relaxed);
         stats.exchanges_by_front[front.index()].fetch_add(1, Ordering::Relaxed);
         self.rec.tally.count(cmd, &result);
+        if front != Front::Scan {
+            // It may have written the card: its facts are read afresh next time.
+            self.entry().touched.store(true, Ordering::Relaxed);
+        }
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
@@ -990,33 +1029,55 @@ impl Lease {
         result
     }
 
-    /// Starts the card and reads ATR, ICCID and IMSI (the manual's sequences); records them.
-    /// The card is left running, with files selected: restart it before handing it on.
+    /// Starts the card and reads ATR, ICCID, IMSI and what the card is ([`facts`]: type, SPN,
+    /// MSISDN, PIN1/PUK1, EID, without using a PIN try); records them. The card is left
+    /// running, with files selected: restart it before handing it on.
     pub async fn read_identity(&mut self, deadline: Duration) -> Result<Identity, ReadError> {
         // Read here anyway: no second reading at this start.
         self.entry().identity_stale.store(false, Ordering::Relaxed);
+        let stable = self.cards.stable(self.number);
         let atr = self.start_once().await?;
-        let files = self.read_files(&atr, deadline).await?;
+        let read = self.read_facts(&atr, stable, deadline).await?;
         Ok(Identity {
             atr: Atr::from(atr),
-            iccid: files.iccid,
-            imsi: files.imsi,
+            iccid: read.iccid,
+            imsi: read.imsi,
+            facts: read.facts,
         })
     }
 
-    /// ICCID and IMSI of the card just started (ATR `atr`), recorded as what is known of it.
-    async fn read_files(&mut self, atr: &[u8], deadline: Duration) -> Result<Files, ReadError> {
-        let mut r = identity::Reading::new();
+    /// What the card just started (ATR `atr`) is ([`facts`]; `stable`: what need not be read
+    /// again), recorded as what is known of it.
+    async fn read_facts(
+        &mut self,
+        atr: &[u8],
+        stable: Option<facts::Stable>,
+        deadline: Duration,
+    ) -> Result<facts::Read, ReadError> {
+        let mut r = facts::Reading::new(stable);
         while let Some((what, cmd)) = r.command() {
             let resp = self
                 .transmit(&cmd, deadline, Front::Scan)
                 .await
                 .map_err(|error| identity::ReadError::Exchange { what, error })?;
-            r.answer(&resp)?;
+            r.answer(&resp).map_err(|e| identity::ReadError::Status {
+                what: e.what,
+                sw: e.got,
+            })?;
         }
-        let files = r.files();
-        self.cards.record(self.number, atr, &files);
-        Ok(files)
+        log::debug!(
+            "card {}: facts read in {} exchanges{}",
+            self.number,
+            r.exchanges(),
+            if r.reused() {
+                " (type, SPN, MSISDN, EID as known)"
+            } else {
+                ""
+            }
+        );
+        let read = r.into_read();
+        self.cards.record(self.number, atr, &read);
+        Ok(read)
     }
 
     /// Stops the card if this lease started it (unless it is to keep running), then frees it.
@@ -1038,6 +1099,7 @@ pub struct Identity {
     pub atr: Atr,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    pub facts: facts::Facts,
 }
 
 /// Whether a failed exchange says something about the card: its T=0 state was lost. A lost

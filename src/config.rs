@@ -161,6 +161,8 @@ pub struct ReaderEntry {
     pub card: Option<CardNo>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// An eUICC's EID (its ICCID changes with the profile enabled).
+    pub eid: Option<String>,
     pub vpcd: Option<String>,
 }
 
@@ -215,13 +217,14 @@ pub struct ServeConfig {
 
 impl ReaderEntry {
     fn binding(&self) -> Result<Binding, ConfigError> {
-        let b = match (self.card, &self.iccid, &self.imsi) {
-            (Some(n), None, None) => Binding::Card(n),
-            (None, Some(i), None) => Binding::Iccid(i.clone()),
-            (None, None, Some(i)) => Binding::Imsi(i.clone()),
+        let b = match (self.card, &self.iccid, &self.imsi, &self.eid) {
+            (Some(n), None, None, None) => Binding::Card(n),
+            (None, Some(i), None, None) => Binding::Iccid(i.clone()),
+            (None, None, Some(i), None) => Binding::Imsi(i.clone()),
+            (None, None, None, Some(e)) => Binding::Eid(e.clone()),
             _ => {
                 return Err(ConfigError::Invalid(
-                    "each [[reader]] needs exactly one of card, iccid, imsi".into(),
+                    "each [[reader]] needs exactly one of card, iccid, imsi, eid".into(),
                 ))
             }
         };
@@ -336,7 +339,7 @@ fn resolve_readers(
     // A pure bank needs no reader (and no pcscd).
     if entries.is_empty() && count.is_none() && !bank {
         return Err(ConfigError::Invalid(
-            "no reader: give --card N, --iccid or --imsi (or [[reader]] in --config), \
+            "no reader: give --card N, --iccid, --imsi or --eid (or [[reader]] in --config), \
              or --readers N for readers that start without a card, or --remsim for a bank"
                 .into(),
         ));
@@ -567,6 +570,28 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(file, empty).is_err());
+    }
+
+    #[test]
+    fn a_reader_binds_by_eid_with_its_check_digits() {
+        let file: FileConfig = toml::from_str(
+            "pool = \"sim\"\n[[reader]]\neid = \"89049032000000000000000003400013\"\n",
+        )
+        .unwrap();
+        let c = resolve(file, FileConfig::default()).unwrap();
+        assert_eq!(
+            c.readers[0].binding,
+            Some(Binding::Eid("89049032000000000000000003400013".into()))
+        );
+        for bad in [
+            "eid = \"89049032000000000000000003400014\"",
+            "eid = \"8904\"",
+            "eid = \"89049032000000000000000003400013\"\ncard = 4",
+        ] {
+            let file: FileConfig =
+                toml::from_str(&format!("pool = \"sim\"\n[[reader]]\n{bad}\n")).unwrap();
+            assert!(resolve(file, FileConfig::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]

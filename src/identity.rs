@@ -111,6 +111,8 @@ impl Reading {
                 Step::ReadImsi { retried: false }
             }
             Step::SelectImsi => Step::Done,
+            // PIN1 (CHV1) enabled and not verified: the IMSI is hidden, the ICCID still shown.
+            Step::ReadImsi { .. } if matches!(sw, [0x98, 0x04] | [0x69, 0x82]) => Step::Done,
             Step::ReadImsi { retried } => match self.read(what, resp, sw, retried)? {
                 Some(data) => {
                     self.files.imsi = decode_imsi(data);
@@ -301,6 +303,19 @@ mod tests {
         ];
         let e = read_blocking(card(&table)).unwrap_err().to_string();
         assert_eq!(e, "READ BINARY EF.ICCID: card answered 9804");
+        // PIN1 enabled: the ICCID, no IMSI, no error.
+        let iccid = hex::encode_upper(encode_iccid("89860043191482190636"));
+        let table = [
+            ("A0A40000023F00", "9F17"),
+            ("A0A40000022FE2", "9F0F"),
+            ("A0B000000A", &format!("{iccid}9000")[..]),
+            ("A0A40000027F20", "9F17"),
+            ("A0A40000026F07", "9F0F"),
+            ("A0B0000009", "9804"),
+        ];
+        let f = read_blocking(card(&table)).unwrap();
+        assert_eq!(f.iccid.as_deref(), Some("89860043191482190636"));
+        assert_eq!(f.imsi, None);
         // So is an answer too short to hold a status word.
         let e = read_blocking(|_: &[u8]| Ok::<_, No>(vec![0x90])).unwrap_err();
         assert_eq!(e.to_string(), "SELECT MF: card answered 90");

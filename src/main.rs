@@ -122,7 +122,7 @@ enum Command {
     },
     /// Bind a reader of the running daemon to a card (pcscd sees the old card removed first).
     #[command(
-        override_usage = "simpool bind [OPTIONS] <READER> (--card <N> | --iccid <ICCID> | --imsi <IMSI> | --label <KEY=VALUE>...)"
+        override_usage = "simpool bind [OPTIONS] <READER> (--card <N> | --iccid <ICCID> | --imsi <IMSI> | --eid <EID> | --label <KEY=VALUE>...)"
     )]
     Bind {
         /// Reader index (0-based, as `simpool readers` shows).

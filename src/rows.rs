@@ -13,6 +13,7 @@ use crate::values::Hex;
 use crate::values::{Atr, CardNo};
 
 pub use crate::bridge::{ReaderCounts, ReaderRow};
+pub use crate::cards::facts::{CardType, Facts, PinState, PukState};
 pub use crate::cards::ops::{ApduReply, ScanRow, StopRow};
 pub use crate::history::{EventRow, Labels, LeaseRow};
 
@@ -61,6 +62,9 @@ pub struct CardRow {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// What the card is, as last read (`null` where unknown).
+    #[serde(flatten)]
+    pub facts: Facts,
     pub exchanges: u64,
     pub errors: u64,
     /// Why simpool marked the card bad on the pool, if it did.
@@ -80,7 +84,7 @@ impl<'a> From<&'a CardRow> for crate::selection::Candidate<'a> {
             holder: r.holder.as_deref(),
             iccid: r.iccid.as_deref(),
             imsi: r.imsi.as_deref(),
-            eid: None,
+            eid: r.facts.eid.as_deref(),
             labels: Some(&r.labels),
         }
     }
@@ -92,6 +96,9 @@ pub struct StatusRow {
     pub card: CardNo,
     pub state: SlotState,
     pub holder: Option<String>,
+    /// What the daemon knows the card is (`null` without a daemon, or before it read it).
+    #[serde(flatten)]
+    pub facts: Facts,
     /// The card's labels (through the daemon; `{}` otherwise).
     #[serde(default)]
     pub labels: Labels,
@@ -309,6 +316,7 @@ mod tests {
             exchanges: 0,
             errors: 0,
             bad: None,
+            facts: Default::default(),
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -348,6 +356,7 @@ mod tests {
             atr: None,
             iccid: None,
             imsi: None,
+            facts: Facts::default(),
             holder: None,
             error: Some("start failed".into()),
             labels: [("site".to_string(), "lab".to_string())].into(),
@@ -356,6 +365,9 @@ mod tests {
         assert_eq!(
             v,
             json!({"card": 7, "state": "inserted", "atr": null, "iccid": null, "imsi": null,
+                   "type": null, "spn": null, "msisdn": null, "eid": null,
+                   "pin1": {"enabled": null, "verified": null, "tries": null},
+                   "puk1": {"tries": null}, "hidden": [],
                    "holder": null, "error": "start failed", "labels": {"site": "lab"}})
         );
         assert_eq!(serde_json::from_value::<ScanRow>(v).unwrap(), row);

@@ -319,6 +319,19 @@ pub fn check_iccid(s: &str) -> Result<String, String> {
     digits(s, "iccid", 10..=20)
 }
 
+/// Checks an eUICC's EID: 32 digits whose SGP.29 check digits hold (the number mod 97 is 1);
+/// the error names it.
+pub fn check_eid(s: &str) -> Result<String, String> {
+    let d = digits(s, "eid", 32..=32)?;
+    if d.parse::<u128>().is_ok_and(|n| n % 97 == 1) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "eid {s:?}: its check digits are wrong (SGP.29: mod 97 must be 1)"
+        ))
+    }
+}
+
 /// Checks an IMSI as simpool takes it (6–15 digits); the error names it.
 pub fn check_imsi(s: &str) -> Result<String, String> {
     digits(s, "imsi", 6..=15)

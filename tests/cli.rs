@@ -252,13 +252,47 @@ fn scan_prints_a_table_exits_3_on_a_failed_card_and_stops_cards_that_were_idle()
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["card", "state", "ICCID", "IMSI", "ATR"]
     );
-    assert_eq!(lines.len(), 1 + 39, "a line per inserted card:\n{out}");
-    let line = |n: u16| {
-        *lines
+    let rows = lines
+        .iter()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u16>().is_ok())
+        })
+        .count();
+    assert_eq!(rows, 39, "a row per inserted card:\n{out}");
+    // Each card read has its facts on lines of their own, below its row, within 100 columns.
+    assert!(lines.iter().all(|l| l.chars().count() <= 100), "{out}");
+    let at = |n: u16| {
+        lines
             .iter()
-            .find(|l| l.split_whitespace().next() == Some(&n.to_string()))
+            .position(|l| l.split_whitespace().next() == Some(&n.to_string()))
             .unwrap_or_else(|| panic!("card {n} in\n{out}"))
     };
+    let line = |n: u16| lines[at(n)];
+    assert_eq!(
+        (lines[at(18) + 1].trim(), lines[at(18) + 2].trim()),
+        (
+            "sim  PIN1 disabled, 3 tries  PUK1 10 tries",
+            "SPN \"simpool 18\""
+        )
+    );
+    // PIN1 enabled: the ICCID shown, the IMSI hidden, saying so.
+    assert!(line(30).contains("89494400000000000302"), "{out}");
+    assert!(line(30).contains("hidden by PIN1"), "{out}");
+    assert_eq!(
+        lines[at(30) + 1].trim(),
+        "usim  PIN1 enabled, not verified, 3 tries  PUK1 10 tries  hidden by PIN1: IMSI, MSISDN"
+    );
+    assert_eq!(
+        lines[at(29) + 2].trim(),
+        "SPN \"simpool 29\"  MSISDN +491700000029"
+    );
+    assert!(lines[at(33) + 1].contains("euicc"), "{out}");
+    assert!(
+        lines[at(33) + 2].contains("EID 89049032000000000000000003300006"),
+        "{out}"
+    );
     assert_eq!(
         line(18).split_whitespace().collect::<Vec<_>>(),
         [

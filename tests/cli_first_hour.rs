@@ -679,7 +679,8 @@ fn json_shapes_have_stable_keys() {
     assert_eq!(code, Some(3), "a failed card makes the scan partial");
     let rows = json(&out);
     let keys = [
-        "card", "state", "atr", "iccid", "imsi", "holder", "error", "labels",
+        "card", "state", "atr", "iccid", "imsi", "type", "spn", "msisdn", "eid", "pin1", "puk1",
+        "hidden", "holder", "error", "labels",
     ];
     for r in rows.as_array().unwrap() {
         let mut got: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
@@ -704,7 +705,10 @@ fn json_shapes_have_stable_keys() {
     assert_eq!(v.as_array().unwrap().len(), 256);
     assert_eq!(
         v[6],
-        serde_json::json!({"card": 7, "state": "inserted", "holder": null, "labels": {}})
+        serde_json::json!({"card": 7, "state": "inserted", "holder": null, "labels": {},
+            "type": null, "spn": null, "msisdn": null, "eid": null,
+            "pin1": {"enabled": null, "verified": null, "tries": null},
+            "puk1": {"tries": null}, "hidden": []})
     );
     let (code, out, _) = simpool(&["info", "--pool", &addr, "--json"]);
     assert_eq!(code, Some(0));

@@ -273,6 +273,14 @@ fn panel_in_headless_chromium() {
         Duration::from_secs(10),
         "return !document.getElementById('d-bind').disabled",
     );
+    // What the daemon read when it bound card 100 (issue 20 §2): a USIM, PIN1 disabled.
+    b.wait_for(
+        "card 100's type and PIN1 in the detail",
+        Duration::from_secs(10),
+        "return document.getElementById('d-type').textContent === 'usim' && \
+         document.getElementById('d-pin1').textContent === 'disabled · PUK1 10 tries' && \
+         document.getElementById('d-spn').textContent === 'simpool 100'",
+    );
     // Bind through a reader's own form: reader 3 to card 5.
     b.find("#reader-3 input").type_text("5");
     b.find("#reader-3 button[type=submit]").click();

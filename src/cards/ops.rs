@@ -29,6 +29,9 @@ pub struct ScanRow {
     pub atr: Option<Atr>,
     pub iccid: Option<String>,
     pub imsi: Option<String>,
+    /// Type, SPN, MSISDN, PIN1/PUK1, EID and what PIN1 hides ([`super::facts`]).
+    #[serde(flatten)]
+    pub facts: super::facts::Facts,
     /// Who holds the card (then it was reported from what is known, not read).
     pub holder: Option<String>,
     pub error: Option<String>,
@@ -159,6 +162,7 @@ async fn scan_one(
                 atr: k.atr,
                 iccid: k.iccid,
                 imsi: k.imsi,
+                facts: k.facts,
                 holder: Some(holder),
                 error: None,
                 labels: cards.labels_of(n),
@@ -201,6 +205,7 @@ fn scan_row(n: CardNo, state: SlotState, r: Result<super::Identity, ReadError>) 
         atr: None,
         iccid: None,
         imsi: None,
+        facts: Default::default(),
         holder: None,
         error: None,
         labels: Default::default(),
@@ -210,6 +215,7 @@ fn scan_row(n: CardNo, state: SlotState, r: Result<super::Identity, ReadError>) 
             row.atr = Some(id.atr);
             row.iccid = id.iccid;
             row.imsi = id.imsi;
+            row.facts = id.facts;
         }
         Err(e) => row.error = Some(e.to_string()),
     }

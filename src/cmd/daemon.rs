@@ -10,7 +10,7 @@ use simpool::bridge::{Binding, Presence};
 use simpool::control::client::{Control, ControlClientError};
 use simpool::history::Label;
 use simpool::rows::{CardRow, ReaderRow};
-use simpool::values::{check_iccid, check_imsi, CardNo};
+use simpool::values::{check_eid, check_iccid, check_imsi, CardNo};
 
 use super::{cell, out, out_json, CliError, ControlArgs};
 
@@ -33,6 +33,9 @@ pub struct Target {
     /// number. Labels are set with `simpool label`.
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<Label>,
+    /// The eUICC with this EID (32 digits), whatever profile it has enabled.
+    #[arg(long, value_parser = check_eid)]
+    pub eid: Option<String>,
 }
 
 pub async fn readers(control: ControlArgs, json_out: bool) -> Result<ExitCode, CliError> {
@@ -102,6 +105,7 @@ fn print_reader(r: &ReaderRow, width: Option<usize>) -> Result<(), CliError> {
             r.iccid.clone(),
             r.imsi.clone().or(Some(s.clone())),
         ),
+        Some(Binding::Eid(_)) => ("EID", r.card, r.iccid.clone(), r.imsi.clone()),
     };
     let reader = r.reader.to_string();
     let state = state_word(r.state);
@@ -131,14 +135,15 @@ pub async fn bind(
     json_out: bool,
 ) -> Result<ExitCode, CliError> {
     let c = control.client()?;
-    let (binding, row) = match (target.card, target.iccid, target.imsi) {
-        (Some(n), _, _) => bind_to(&c, &reader, Binding::Card(n)).await?,
-        (_, Some(s), _) => bind_to(&c, &reader, Binding::Iccid(s)).await?,
-        (_, _, Some(s)) => bind_to(&c, &reader, Binding::Imsi(s)).await?,
+    let (binding, row) = match (target.card, target.iccid, target.imsi, target.eid) {
+        (Some(n), _, _, _) => bind_to(&c, &reader, Binding::Card(n)).await?,
+        (_, Some(s), _, _) => bind_to(&c, &reader, Binding::Iccid(s)).await?,
+        (_, _, Some(s), _) => bind_to(&c, &reader, Binding::Imsi(s)).await?,
+        (_, _, _, Some(s)) => bind_to(&c, &reader, Binding::Eid(s)).await?,
         _ if !target.label.is_empty() => bind_labelled(&c, &reader, &target.label).await?,
         _ => {
             return Err(CliError::Usage(
-                "give --card, --iccid, --imsi or --label".into(),
+                "give --card, --iccid, --imsi, --eid or --label".into(),
             ))
         }
     };

@@ -120,18 +120,64 @@ fn text_rows(r: &ScanRow, width: Option<usize>) -> Vec<String> {
             "{:>4}  {state:<9} {:<20} {:<15}  {}{}",
             r.card,
             cell(r.iccid.as_ref()),
-            cell(r.imsi.as_ref()),
+            match &r.imsi {
+                None if r.facts.hides("imsi") => "hidden by PIN1".into(),
+                imsi => cell(imsi.as_ref()),
+            },
             cell(r.atr.as_ref()),
             super::label::suffix(&r.labels),
         ),
         width,
     )];
+    if r.facts.kind.is_some() {
+        for l in facts_lines(&r.facts) {
+            lines.extend(wrap("      ", &l, Some(width.unwrap_or(100))));
+        }
+    }
     if let Some(h) = &r.holder {
         lines.extend(wrap(
             "      ",
             &format!("(held by {h}: as last read, not touched)"),
             width,
         ));
+    }
+    lines
+}
+
+/// What a card is, in at most two lines that fit 100 columns with a 6-column indent: type,
+/// PIN1, PUK1 and what PIN1 hides (`usim  PIN1 enabled, not verified, 3 tries  PUK1 10 tries
+/// hidden by PIN1: IMSI, MSISDN`), then SPN, MSISDN and EID when the card has any.
+pub fn facts_lines(f: &simpool::rows::Facts) -> Vec<String> {
+    let mut first = vec![f.kind.map_or("?", |k| k.name()).to_string()];
+    let p = f.pin1;
+    let tries = p.tries.map(|t| format!(", {t} tries")).unwrap_or_default();
+    first.push(match (p.enabled, p.verified) {
+        (Some(true), Some(true)) => format!("PIN1 enabled, verified{tries}"),
+        (Some(true), _) if p.tries == Some(0) => "PIN1 blocked".into(),
+        (Some(true), _) => format!("PIN1 enabled, not verified{tries}"),
+        (Some(false), _) => format!("PIN1 disabled{tries}"),
+        (None, _) => "PIN1 ?".into(),
+    });
+    if let Some(t) = f.puk1.tries {
+        first.push(format!("PUK1 {t} tries"));
+    }
+    if !f.hidden.is_empty() {
+        let names: Vec<String> = f.hidden.iter().map(|h| h.to_uppercase()).collect();
+        first.push(format!("hidden by PIN1: {}", names.join(", ")));
+    }
+    let mut second = Vec::new();
+    if let Some(s) = &f.spn {
+        second.push(format!("SPN {s:?}"));
+    }
+    if let Some(m) = &f.msisdn {
+        second.push(format!("MSISDN {m}"));
+    }
+    if let Some(e) = &f.eid {
+        second.push(format!("EID {e}"));
+    }
+    let mut lines = vec![first.join("  ")];
+    if !second.is_empty() {
+        lines.push(second.join("  "));
     }
     lines
 }

@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Bind the next reader to the card with this IMSI (repeatable).
     #[arg(long)]
     imsi: Vec<String>,
+    /// Bind the next reader to the eUICC with this EID, whatever profile it has enabled (repeatable).
+    #[arg(long)]
+    eid: Vec<String>,
     /// vpcd's first port, HOST:PORT; the next reader uses PORT+1 and so on [default: 127.0.0.1:35963].
     #[arg(long)]
     vpcd: Option<String>,
@@ -148,6 +151,15 @@ fn bindings_in_order(args: &ServeArgs, m: &ArgMatches) -> Vec<ReaderEntry> {
             },
         ));
     }
+    for (i, s) in idx("eid").into_iter().zip(&args.eid) {
+        all.push((
+            i,
+            ReaderEntry {
+                eid: Some(s.clone()),
+                ..Default::default()
+            },
+        ));
+    }
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, e)| e).collect()
 }
@@ -172,6 +184,9 @@ fn sim_card_of(cards: &CardsFile) -> impl Fn(&Binding) -> Option<CardNo> + '_ {
             .find(|e| match b {
                 Binding::Iccid(s) => e.profile.iccid == *s,
                 Binding::Imsi(s) => e.profile.imsi == *s,
+                Binding::Eid(s) => e.profile.euicc.as_ref().is_some_and(|u| {
+                    simpool::sim::euicc::eid_digits(&u.eid).eq_ignore_ascii_case(s)
+                }),
                 Binding::Card(_) => false,
             })
             .and_then(|e| CardNo::new(e.slot).ok())

@@ -30,6 +30,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                         state,
                         holder: c.holder,
                         labels: c.labels,
+                        facts: c.facts,
                     }),
                     None => Err(CliError::Card(
                         "the daemon cannot read the slot states: its pool link is down".into(),
@@ -48,6 +49,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                 state,
                 holder: None,
                 labels: Default::default(),
+                facts: Default::default(),
             })
             .collect(),
     };
@@ -71,6 +73,16 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
             .collect();
         if !labelled.is_empty() {
             out(format!("labels: {}", labelled.join("; ")))?;
+        }
+        // What the daemon has read of its cards (by scans and bindings).
+        for r in rows.iter().filter(|r| r.facts.kind.is_some()) {
+            for (i, l) in super::scan::facts_lines(&r.facts).iter().enumerate() {
+                if i == 0 {
+                    out(format!("{:>4}  {l}", r.card))?;
+                } else {
+                    out(format!("      {l}"))?;
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

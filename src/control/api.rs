@@ -365,7 +365,7 @@ async fn reader(State(d): State<Arc<Daemon>>, Path(i): Path<String>) -> ApiResul
     Ok(Json(reader_row(&d, r)))
 }
 
-const BINDING_SHAPE: &str = "{\"card\":N}, {\"iccid\":\"…\"} or {\"imsi\":\"…\"}";
+const BINDING_SHAPE: &str = "{\"card\":N}, {\"iccid\":\"…\"}, {\"imsi\":\"…\"} or {\"eid\":\"…\"}";
 
 /// Checks a binding request's body.
 pub fn parse_binding(bytes: &[u8]) -> Result<Binding, ApiError> {
@@ -440,6 +440,7 @@ fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
         atr: v.known.atr,
         iccid: v.known.iccid,
         imsi: v.known.imsi,
+        facts: v.known.facts,
         exchanges: v.exchanges,
         errors: v.errors,
         bad: v.bad,

@@ -95,6 +95,7 @@ impl Daemon {
                     holder: self.cards.holder_text(n),
                     iccid: k.iccid,
                     imsi: k.imsi,
+                    eid: k.facts.eid,
                     labels: self.cards.labels_of(n),
                 }
             })
@@ -415,6 +416,7 @@ struct CardRowLite {
     holder: Option<String>,
     iccid: Option<String>,
     imsi: Option<String>,
+    eid: Option<String>,
     labels: std::collections::BTreeMap<String, String>,
 }
 
@@ -425,7 +427,7 @@ fn resolve(sel: &Selection, rows: &[CardRowLite]) -> Resolved {
         holder: r.holder.as_deref(),
         iccid: r.iccid.as_deref(),
         imsi: r.imsi.as_deref(),
-        eid: None,
+        eid: r.eid.as_deref(),
         labels: Some(&r.labels),
     }))
 }

@@ -238,6 +238,7 @@ fn not_run(target: &Binding, error: String) -> ExecRow {
         Binding::Card(n) => (Some(*n), None, None),
         Binding::Iccid(s) => (None, Some(s.clone()), None),
         Binding::Imsi(s) => (None, None, Some(s.clone())),
+        Binding::Eid(_) => (None, None, None),
     };
     ExecRow {
         card,
@@ -556,6 +557,7 @@ mod tests {
             exchanges: 0,
             errors: 0,
             bad: None,
+            facts: Default::default(),
             labels: Default::default(),
         }
     }

@@ -671,7 +671,8 @@ impl CardsFile {
     /// 18's ICCID and card 256's IMSI) and generated cards in slots 1..=32, 100 and 102: SIMs
     /// in the odd slots, USIMs ([`generated_usim`]) in the even ones, slot 20 with the keys of
     /// TS 35.208 test set 1 ([`TS_35_208_SET1_K`], [`TS_35_208_SET1_OPC`]); eUICCs
-    /// ([`generated_euicc_with`]) in 33, 34 (three profiles) and 35.
+    /// ([`generated_euicc_with`]) in 33, 34 (three profiles) and 35. Cards 28-31 have an
+    /// MSISDN (`+4917000000` + slot), 30 (USIM) and 31 (SIM) PIN1 enabled (`1234`).
     pub fn default_set() -> CardsFile {
         let mut card: Vec<SlotEntry> = (1..=32)
             .chain([100, 101, 102, 256])
@@ -725,6 +726,16 @@ impl CardsFile {
             opc: TS_35_208_SET1_OPC,
         };
         demo.usim.sqn = 0xFF9B_B4D0_B607 - 32;
+        // What a PIN hides and what a card's facts show (issue 20 §2): MSISDNs on 28 (USIM)
+        // and 29 (SIM), PIN1 (CHV1) enabled with 1234 on 30 (USIM) and 31 (SIM).
+        for e in card.iter_mut() {
+            if (28..=31).contains(&e.slot) {
+                e.profile.msisdn = Some(format!("+4917000000{:02}", e.slot));
+            }
+            if matches!(e.slot, 30 | 31) {
+                e.profile.chv1 = Some("1234".into());
+            }
+        }
         // eUICCs: 33 and 35 with two profiles, 34 with three; the first one enabled.
         for (slot, n) in [(33, 2), (34, 3), (35, 2)] {
             card.push(SlotEntry {

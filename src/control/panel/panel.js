@@ -134,6 +134,8 @@
       if (c.holder) tip.push("held by " + c.holder);
       if (c.iccid) tip.push("ICCID " + c.iccid);
       if (c.imsi) tip.push("IMSI " + c.imsi);
+      if (c.type) tip.push(c.type);
+      if (c.eid) tip.push("EID " + c.eid);
       if (r.perSec > 0) tip.push(fmtRate(r.perSec) + " exchanges/s");
       if (c.errors) tip.push(c.errors + " errors");
       const lt = labelsText(c.labels);
@@ -207,7 +209,13 @@
                           : typeof c.state === "string" ? c.state : "unknown " + JSON.stringify(c.state));
     setText($("d-holder"), c.holder || "nobody");
     setText($("d-iccid"), c.iccid || "–");
-    setText($("d-imsi"), c.imsi || "–");
+    const hidden = c.hidden || [];
+    setText($("d-imsi"), c.imsi || (hidden.includes("imsi") ? "hidden by PIN1" : "–"));
+    setText($("d-type"), c.type || "–");
+    setText($("d-eid"), c.eid || "–");
+    setText($("d-spn"), c.spn || "–");
+    setText($("d-msisdn"), c.msisdn || (hidden.includes("msisdn") ? "hidden by PIN1" : "–"));
+    setText($("d-pin1"), describePin(c.pin1, c.puk1));
     setText($("d-atr"), c.atr || "–");
     const r = rate.get(c.card);
     setText($("d-exchanges"), c.exchanges + (r && r.perSec > 0 ? ` (${fmtRate(r.perSec)}/s)` : ""));
@@ -225,11 +233,20 @@
     }
   }
 
+  function describePin(p, k) {
+    if (!p || p.enabled == null) return "–";
+    const tries = p.tries == null ? "" : `, ${p.tries} tries`;
+    const puk = k && k.tries != null ? ` · PUK1 ${k.tries} tries` : "";
+    if (!p.enabled) return "disabled" + tries + puk;
+    return (p.verified ? "enabled, verified" : "enabled, not verified") + tries + puk;
+  }
+
   function describeBinding(b) {
     if (!b) return "no binding";
     if (b.card !== undefined) return "card " + b.card;
     if (b.iccid !== undefined) return "ICCID " + b.iccid;
     if (b.imsi !== undefined) return "IMSI " + b.imsi;
+    if (b.eid !== undefined) return "EID " + b.eid;
     return JSON.stringify(b);
   }
 
@@ -246,13 +263,14 @@
       kind: el("select", { "aria-label": "bind by" },
                el("option", { value: "card", text: "card" }),
                el("option", { value: "iccid", text: "ICCID" }),
-               el("option", { value: "imsi", text: "IMSI" })),
+               el("option", { value: "imsi", text: "IMSI" }),
+               el("option", { value: "eid", text: "EID" })),
       value: el("input", { inputmode: "numeric", placeholder: "1-256", "aria-label": "card, ICCID or IMSI" }),
       bind: el("button", { type: "submit", text: "Bind" }),
       unbind: el("button", { type: "button", class: "danger", text: "Unbind" }),
     };
     v.kind.addEventListener("change", () => {
-      v.value.placeholder = { card: "1-256", iccid: "89…", imsi: "IMSI" }[v.kind.value];
+      v.value.placeholder = { card: "1-256", iccid: "89…", imsi: "IMSI", eid: "EID" }[v.kind.value];
     });
     const form = el("form", {}, v.kind, v.value, v.bind, v.unbind);
     form.addEventListener("submit", (ev) => {
