@@ -846,7 +846,10 @@ fn lost_t0(e: &ExchangeError) -> bool {
         && !matches!(
             e,
             ExchangeError::Pool {
-                error: PoolError::LinkLost | PoolError::Down | PoolError::Write(_),
+                error: PoolError::LinkLost
+                    | PoolError::Down
+                    | PoolError::Write(_)
+                    | PoolError::BrokenFrame(_),
                 ..
             }
         )

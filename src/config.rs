@@ -373,6 +373,7 @@ fn resolve_health(
             file.frame_timeout_ms,
             d.frame_timeout,
         ),
+        stall: d.stall,
         window: ms(flags.health_window_ms, file.health_window_ms, d.window),
         min_bad: flags
             .health_min_bad

@@ -313,20 +313,11 @@ fn new_keepalive() -> KeepAlive {
     KeepAlive::new(KEEPALIVE_IDLE, KEEPALIVE_GRACE, std::time::Instant::now())
 }
 
-/// Up to ±25 % of `d`, so banks restarting together do not reconnect in lock-step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(0.75 + 0.5 * f64::from(nanos % 1000) / 1000.0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Control link
 
 async fn control(shared: Arc<Shared>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut problem = LogOnce::default();
     loop {
         let began = Instant::now();
@@ -338,11 +329,10 @@ async fn control(shared: Arc<Shared>) {
             &end.to_string(),
         );
         if began.elapsed() >= STABLE_CONNECTION {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             problem.clear();
         }
-        sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        sleep(backoff.next(crate::backoff::clock_frac())).await;
     }
 }
 
