@@ -247,13 +247,15 @@ impl Integrity {
     /// A frame came for a card nobody waits for.
     pub fn stray(&mut self, s: Slot, data: &[u8], now: Instant) -> Stray {
         let c = self.card(s);
+        if c.abandoned {
+            // The card's T=0 state is unknown if it still runs.
+            c.tainted = c.session;
+            return Stray::Late;
+        }
         if !c.session {
             return Stray::Idle;
         }
         c.tainted = true;
-        if c.abandoned {
-            return Stray::Late;
-        }
         // Bytes nobody asked for, for a running card: late or duplicated replies, so answers
         // are held from now on (and if they repeat a recent piece, how late they came is
         // learnt).
@@ -448,6 +450,12 @@ mod tests {
         assert_eq!(i.stray(s, &[0x90, 0x00], t), Stray::Late);
         assert_eq!(i.settle(t), None, "not a sign of duplicates");
         assert!(!i.exchange_begins(s), "but the card's state is unknown");
+        // Also after the card was stopped (a Ctrl-C stops what it started).
+        i.abandoned(s);
+        i.stopped(s);
+        assert_eq!(i.stray(s, &[0x3B, 0x00], t), Stray::Late);
+        i.started(s);
+        assert!(i.exchange_begins(s));
     }
 
     #[test]

@@ -907,11 +907,15 @@ impl Link {
                 "replies for cards that are not running are skipped",
                 || format!("reply for {s}: {}", hexed()),
             ),
-            Stray::Late => shared.skip(
-                &stats.late,
-                "late replies to exchanges that were given up are skipped (expected)",
-                || format!("late reply for {s}: {}", hexed()),
-            ),
+            Stray::Late => {
+                // Expected (a timeout, a Ctrl-C): counted, not worth a warning.
+                stats.late.fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "pool {}: late reply for {s} skipped: {}",
+                    shared.addr,
+                    hexed()
+                );
+            }
             Stray::Tainted { guard_began } => {
                 shared.skip(
                     &stats.unsolicited,
