@@ -145,7 +145,8 @@ impl Card {
 
     /// Runs one command (as the application passed it) through the T=0 terminal; answers
     /// `data ‖ SW1 SW2`. Every wait is bounded by the link's reply timeout, the whole exchange
-    /// by `deadline`.
+    /// by `deadline` — except that each NULL byte ("keep waiting") extends it to one reply
+    /// timeout from then, up to the link's NULL wait cap (and the T=0 NULL limit).
     pub async fn transmit(&self, cmd: &[u8], deadline: Duration) -> Result<Vec<u8>, ExchangeError> {
         let tpdu = Tpdu::parse(cmd)?;
         self.transmit_tpdu(tpdu, deadline).await
@@ -156,7 +157,8 @@ impl Card {
         tpdu: Tpdu,
         deadline: Duration,
     ) -> Result<Vec<u8>, ExchangeError> {
-        let end = Instant::now() + deadline;
+        let began = Instant::now();
+        let end = began + deadline;
         let _g = self.link.lock_card(self.slot).await;
         let w = self
             .link
@@ -175,11 +177,14 @@ impl Card {
             });
         }
         let (ex, header) = Exchange::new(tpdu, self.limits);
+        let cap = began + deadline.max(self.link.options().null_wait_cap);
         let mut run = Run {
             card: self,
             w,
             ex,
+            began,
             end,
+            cap,
             deadline,
         };
         run.send(header).await?;
@@ -193,7 +198,10 @@ struct Run<'a> {
     card: &'a Card,
     w: Waiter,
     ex: Exchange,
+    began: Instant,
+    /// The deadline, moved on by NULL bytes up to `cap`.
     end: Instant,
+    cap: Instant,
     deadline: Duration,
 }
 
@@ -201,7 +209,14 @@ impl Run<'_> {
     async fn run(&mut self) -> Result<Vec<u8>, ExchangeError> {
         loop {
             let piece = self.next_piece().await?;
-            let step = match self.ex.feed(&piece) {
+            let nulls = self.ex.nulls();
+            let step = self.ex.feed(&piece);
+            if self.ex.nulls() > nulls {
+                // The card asks for time: give it one more reply timeout, within the cap.
+                let idle = self.card.link.options().reply_timeout;
+                self.end = self.end.max((Instant::now() + idle).min(self.cap));
+            }
+            let step = match step {
                 Ok(s) => s,
                 Err(error) => {
                     self.count_t0_violation();
@@ -258,10 +273,12 @@ impl Run<'_> {
             let piece = match self.w.recv(idle.min(left)).await {
                 Ok(p) => p,
                 Err(PoolError::Timeout(_)) if left <= idle => {
+                    // The deadline, or as long as the card's NULLs moved it.
+                    let ms = self.deadline.max(self.end.duration_since(self.began));
                     return Err(ExchangeError::Deadline {
-                        ms: self.deadline.as_millis() as u64,
+                        ms: ms.as_millis() as u64,
                         seen: self.ex.received().to_vec(),
-                    })
+                    });
                 }
                 Err(e) => return Err(self.pool_err(e)),
             };

@@ -108,8 +108,15 @@ pub struct LinkOptions {
     pub backoff_max: Duration,
     /// Query the pool's version after this much silence; `None` disables the keep-alive.
     pub keepalive: Option<Duration>,
+    /// A command whose card keeps sending NULL bytes (each within the reply timeout) may go on
+    /// past its deadline, up to this long in all.
+    pub null_wait_cap: Duration,
     pub health: HealthOptions,
 }
+
+/// The default of [`LinkOptions::null_wait_cap`]: an eUICC enabling a profile or signing
+/// takes seconds.
+pub const NULL_WAIT_CAP: Duration = Duration::from_secs(30);
 
 impl Default for LinkOptions {
     fn default() -> Self {
@@ -120,6 +127,7 @@ impl Default for LinkOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             keepalive: None,
+            null_wait_cap: NULL_WAIT_CAP,
             health: HealthOptions::default(),
         }
     }

@@ -33,7 +33,7 @@ use super::rspro::{BankSlot, ClientSlot, ComponentIdentity, Msg, Pdu, ResultCode
 use super::session::{Action, ClientSession, End, KEEPALIVE_GRACE, KEEPALIVE_IDLE};
 use crate::cards::{Cards, Front, Holder, Lease, LeaseError, StartError};
 use crate::log_once::LogOnce;
-use crate::pool::{ExchangeError, LinkState};
+use crate::pool::LinkState;
 use crate::values::CardNo;
 
 /// The server's RSPRO port (hard-coded in osmo-remsim-server).
@@ -608,13 +608,8 @@ async fn act(
                     s.close(End::Card("no card".into()));
                     continue;
                 };
-                let r = match timeout(bound, lease.transmit(&data, bound, Front::Bank)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ExchangeError::Deadline {
-                        ms: bound.as_millis() as u64,
-                        seen: Vec::new(),
-                    }),
-                };
+                // Bounded by the card layer (longer only while the card sends NULL bytes).
+                let r = lease.transmit(&data, bound, Front::Bank).await;
                 s.answered(from, to, &data, r);
             }
             Action::Restart => {
