@@ -1,6 +1,5 @@
 //! A handle for one card of the pool: start (ATR), stop, and T=0 exchanges over the link.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -254,8 +253,7 @@ impl Run<'_> {
     }
 
     fn count_t0_violation(&self) {
-        let stats = self.card.link.stats();
-        stats.t0_violations.fetch_add(1, Ordering::Relaxed);
+        self.card.link.t0_violation();
     }
 
     async fn send(&mut self, data: Vec<u8>) -> Result<(), ExchangeError> {
@@ -316,20 +314,7 @@ impl Run<'_> {
     }
 
     fn judge(&self, piece: &[u8], phase: Phase) -> Verdict {
-        let link = &self.card.link;
-        let (verdict, began) =
-            link.integrity()
-                .piece(self.card.slot, piece, phase, std::time::Instant::now());
-        if began {
-            link.guard_began();
-        }
-        let stats = link.stats();
-        match verdict {
-            Verdict::Drop => stats.copies_dropped.fetch_add(1, Ordering::Relaxed),
-            Verdict::Reject(_) => stats.ambiguous.fetch_add(1, Ordering::Relaxed),
-            Verdict::Take => 0,
-        };
-        verdict
+        self.card.link.judge(self.card.slot, piece, phase)
     }
 
     fn stale(&self, why: &'static str, piece: &[u8]) -> ExchangeError {

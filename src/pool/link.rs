@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::frame::{FrameError, Header, Reply, ReplyDecoder, Request, Slot};
-use super::integrity::{Integrity, Stray};
+use super::integrity::{Integrity, Phase, Stray, Verdict};
 use crate::backoff::{clock_frac, Backoff};
 use crate::log_once::LogEach;
 
@@ -943,9 +943,28 @@ impl Link {
         self.shared.integrity.lock().unwrap()
     }
 
-    /// The guard began (the card handle saw signs of copies): say so.
-    pub(crate) fn guard_began(&self) {
-        self.shared.guard_began();
+    /// What to do with a piece that came for an exchange of `slot` ([`Integrity::piece`]),
+    /// counted.
+    pub(crate) fn judge(&self, slot: Slot, piece: &[u8], phase: Phase) -> Verdict {
+        let (verdict, began) = self.integrity().piece(slot, piece, phase, Instant::now());
+        if began {
+            self.shared.guard_began();
+        }
+        let stats = &self.shared.stats;
+        match verdict {
+            Verdict::Drop => stats.copies_dropped.fetch_add(1, Ordering::Relaxed),
+            Verdict::Reject(_) => stats.ambiguous.fetch_add(1, Ordering::Relaxed),
+            Verdict::Take => 0,
+        };
+        verdict
+    }
+
+    /// An exchange ended on a T=0 violation (counted).
+    pub(crate) fn t0_violation(&self) {
+        self.shared
+            .stats
+            .t0_violations
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn keepalive(&self, conn: Arc<Conn>, every: Duration) {
