@@ -132,6 +132,7 @@ fn main() {
         cards: None,
         command_timeout: Duration::from_millis(1500),
         reply_timeout: Duration::from_millis(1000),
+        null_wait_cap: simpool::pool::link::NULL_WAIT_CAP,
         keepalive: Duration::from_secs(5),
         reset: ResetPolicy::Restart,
         quickack,

@@ -978,7 +978,9 @@ impl Lease {
     }
 
     /// The one exchange path: `cmd` as the application sent it; answers `data ‖ SW1 SW2`.
-    /// Bounded by `deadline` as a whole. In a session ([`Lease::in_session`]), an exchange
+    /// Bounded by `deadline` as a whole, unless the card keeps sending NULL bytes ("wait"):
+    /// then up to the link's NULL wait cap ([`crate::pool::LinkOptions::null_wait_cap`]). In a
+    /// session ([`Lease::in_session`]), an exchange
     /// that loses the card's T=0 state counts towards marking the card bad.
     pub async fn transmit(
         &self,
@@ -987,7 +989,10 @@ impl Lease {
         front: Front,
     ) -> Result<Vec<u8>, ExchangeError> {
         let t0 = Instant::now();
-        let result = match tokio::time::timeout(deadline, self.card.transmit(cmd, deadline)).await {
+        // The exchange bounds itself; this bounds the wait for the card's lock as well.
+        let opts = self.cards.link().options();
+        let bound = deadline.max(opts.null_wait_cap) + opts.reply_timeout;
+        let result = match tokio::time::timeout(bound, self.card.transmit(cmd, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::Deadline {
                 ms: deadline.as_millis() as u64,
@@ -1109,7 +1114,10 @@ fn lost_t0(e: &ExchangeError) -> bool {
         && !matches!(
             e,
             ExchangeError::Pool {
-                error: PoolError::LinkLost | PoolError::Down | PoolError::Write(_),
+                error: PoolError::LinkLost
+                    | PoolError::Down
+                    | PoolError::Write(_)
+                    | PoolError::BrokenFrame(_),
                 ..
             }
         )

@@ -6,6 +6,7 @@
 //! vpcd = "127.0.0.1:35963"      # first vpcd port; reader i uses port + i
 //! command_timeout_ms = 1500     # longest wait of any PC/SC command
 //! reply_timeout_ms = 1000       # longest wait for one answer of the pool
+//! null_wait_cap_ms = 30000      # longest a command may go on while the card sends NULLs
 //! keepalive_ms = 5000           # query the pool after this much silence
 //! reset = "restart"             # or "cached"
 //!
@@ -62,6 +63,7 @@ pub struct FileConfig {
     pub vpcd: Option<String>,
     pub command_timeout_ms: Option<u64>,
     pub reply_timeout_ms: Option<u64>,
+    pub null_wait_cap_ms: Option<u64>,
     pub keepalive_ms: Option<u64>,
     pub reset: Option<ResetPolicy>,
     pub quickack: Option<bool>,
@@ -191,6 +193,9 @@ pub struct ServeConfig {
     pub cards: Option<PathBuf>,
     pub command_timeout: Duration,
     pub reply_timeout: Duration,
+    /// A command whose card keeps sending NULL bytes may go on past `command_timeout`, up to
+    /// this long.
+    pub null_wait_cap: Duration,
     pub keepalive: Duration,
     pub reset: ResetPolicy,
     pub quickack: bool,
@@ -268,6 +273,11 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         cards: flags.cards.clone().or(file.cards.clone()),
         command_timeout,
         reply_timeout,
+        null_wait_cap: pick(
+            flags.null_wait_cap_ms,
+            file.null_wait_cap_ms,
+            crate::pool::link::NULL_WAIT_CAP.as_millis() as u64,
+        ),
         keepalive: pick(flags.keepalive_ms, file.keepalive_ms, 5000),
         reset: flags.reset.or(file.reset).unwrap_or_default(),
         quickack: flags.quickack.or(file.quickack).unwrap_or(true),
@@ -440,6 +450,7 @@ fn resolve_health(
             file.frame_timeout_ms,
             d.frame_timeout,
         ),
+        stall: d.stall,
         window: ms(flags.health_window_ms, file.health_window_ms, d.window),
         min_bad: flags
             .health_min_bad

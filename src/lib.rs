@@ -1,5 +1,6 @@
 //! simpool: the SIM cards of a networked Lit-K13e-V53 SIM pool as PC/SC readers.
 
+pub mod backoff;
 pub mod bridge;
 pub mod cards;
 pub mod check;

@@ -31,9 +31,48 @@ impl LogOnce {
     }
 }
 
+/// "Once per cause" for many causes at a time (kinds of frames skipped, unknown state bytes):
+/// each distinct cause is logged the first time it is seen. Bounded: past `MAX_CAUSES`
+/// distinct causes, nothing more is logged (the counters still count).
+#[derive(Debug, Default)]
+pub struct LogEach {
+    seen: std::collections::HashSet<String>,
+}
+
+const MAX_CAUSES: usize = 64;
+
+impl LogEach {
+    /// True the first time `cause` is seen.
+    pub fn is_new(&mut self, cause: &str) -> bool {
+        if self.seen.contains(cause) || self.seen.len() >= MAX_CAUSES {
+            return false;
+        }
+        self.seen.insert(cause.to_string())
+    }
+
+    /// Logs `context: cause` at warning level the first time.
+    pub fn warn(&mut self, context: &str, cause: &str) {
+        if self.is_new(cause) {
+            log::warn!("{context}: {cause}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_of_many_causes_once() {
+        let mut l = LogEach::default();
+        assert!(l.is_new("AA 77"));
+        assert!(l.is_new("AA 45"));
+        assert!(!l.is_new("AA 77"));
+        for i in 0..100 {
+            l.is_new(&i.to_string());
+        }
+        assert!(!l.is_new("one more"), "bounded");
+    }
 
     #[test]
     fn each_cause_once_and_again_after_a_change_or_a_clear() {

@@ -440,6 +440,24 @@ impl Scrape {
             "Frames from the pool nobody waited for (dropped).",
             &one(load(&s.unsolicited)),
         )?;
+        counters(
+            enc,
+            "simpool_pool_late_replies",
+            "Late replies to exchanges that were given up (expected; dropped).",
+            &one(load(&s.late)),
+        )?;
+        counters(
+            enc,
+            "simpool_pool_unknown_frames",
+            "Well-formed frames of a kind simpool does not know (skipped).",
+            &one(load(&s.unknown_frames)),
+        )?;
+        counters(
+            enc,
+            "simpool_pool_broken_frames",
+            "Frames with a wrong length (each failed its card's exchange).",
+            &one(load(&s.broken_frames)),
+        )?;
         let m = enc.encode_descriptor(
             "simpool_pool_garbage",
             "Bytes from the pool skipped because they were no frame.",

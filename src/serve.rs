@@ -123,6 +123,7 @@ pub async fn start_with(
         &opened.addr,
         LinkOptions {
             reply_timeout: cfg.reply_timeout,
+            null_wait_cap: cfg.null_wait_cap,
             keepalive: Some(cfg.keepalive),
             health: cfg.health.clone(),
             ..LinkOptions::default()

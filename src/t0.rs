@@ -249,6 +249,11 @@ impl Exchange {
         self.state == State::Done
     }
 
+    /// NULL procedure bytes seen so far ("keep waiting").
+    pub fn nulls(&self) -> u32 {
+        self.nulls
+    }
+
     /// Bytes seen so far (for error reports).
     pub fn received(&self) -> &[u8] {
         &self.rx

@@ -56,6 +56,8 @@ async fn setup(faults: Faults, timeout_ms: u64) -> (SimPool, Link, TcpListener) 
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),
             keepalive: Some(Duration::from_millis(300)),
+            // Endless NULL bytes end at the cap (or the command timeout, if longer).
+            null_wait_cap: Duration::from_millis(1000),
             ..LinkOptions::default()
         },
     );

@@ -445,6 +445,49 @@ fn an_interrupted_scan_leaves_no_card_running_that_was_idle_before_it() {
     assert_eq!(working(&addr), [2], "cards left running: {stderr}");
 }
 
+/// Issue 17 §3: replies to the reads a Ctrl-C abandoned are expected, not bad frames: the
+/// link is not dropped for them, the stops are confirmed, and the messages agree.
+#[test]
+fn an_interrupted_scan_of_a_slow_pool_says_one_consistent_thing() {
+    let addr = pool(Faults {
+        latency_min: Duration::from_millis(200),
+        latency_max: Duration::from_millis(400),
+        ..Faults::default()
+    });
+    let child = cmd(&["scan", "--pool", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn_tied()
+        .unwrap();
+    // Interrupt while many reads are under way (the scan reads cards concurrently).
+    let t0 = Instant::now();
+    while working(&addr).len() < 8 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "scan started no card"
+        );
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    for wrong in [
+        "no one waits",
+        "dropping the connection",
+        "did not confirm",
+        "connection lost",
+    ] {
+        assert!(!stderr.contains(wrong), "{wrong:?} in: {stderr}");
+    }
+    assert!(stderr.contains("stopped the"), "{stderr}");
+    assert_eq!(
+        working(&addr),
+        Vec::<u16>::new(),
+        "cards left running: {stderr}"
+    );
+}
+
 #[test]
 fn apdu_stops_its_card_unless_keep_and_stop_stops_cards() {
     let addr = pool(Faults::default());

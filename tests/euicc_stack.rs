@@ -19,10 +19,6 @@ use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 28500;
 
-/// Until the daemon extends its wait while a card sends NULL bytes (helper `link`, merged
-/// first), a 3 s command needs a longer whole-command bound than the default 1.5 s.
-const LONG_COMMANDS: [&str; 2] = ["--command-timeout-ms", "10000"];
-
 fn h(s: &str) -> Vec<u8> {
     common::hex(&s.replace(' ', ""))
 }
@@ -220,10 +216,9 @@ fn a_3_s_profile_enable_through_pcscd_and_vpcd_succeeds_and_a_reset_shows_the_ne
     let text = "[[card]]\nslot = 50\nprofile = \"euicc\"\nenable_ms = 3000\n\
                 [[card.profiles]]\nenabled = true\n[[card.profiles]]\n";
     let sim = common::sim_pool(CardsFile::from_toml(text).unwrap(), Faults::default());
+    // The default command timeout (1.5 s): the card's NULL bytes extend the wait.
     let control = "127.0.0.1:28581";
-    let mut extra = LONG_COMMANDS.to_vec();
-    extra.extend(["--control", control]);
-    let (serve, ctx, name) = serve(&sim, 2, 50, &extra);
+    let (serve, ctx, name) = serve(&sim, 2, 50, &["--control", control]);
     let known = |key: &str| {
         let (status, out) = http(control, "GET", "/api/v1/cards/50", "");
         assert_eq!(status, 200, "{out}");

@@ -17,10 +17,6 @@ use simpool::sim::{Faults, SimPool};
 
 const BASE_PORT: u16 = 28700;
 
-/// Until the daemon extends its wait while a card sends NULL bytes (helper `link`), a 2 s
-/// profile enable needs a longer whole-command bound than the default 1.5 s.
-const LONG_COMMANDS: [&str; 2] = ["--command-timeout-ms", "10000"];
-
 /// pySim's source directory, or `None` (and a loud line) when it is not installed.
 fn pysim() -> Option<PathBuf> {
     match std::env::var_os("SIMPOOL_PYSIM") {
@@ -193,7 +189,7 @@ fn pysim_shell_on_a_usim_imsi_and_authenticate() {
 fn pysim_shell_on_an_euicc_enable_a_profile_then_reset() {
     let Some(src) = pysim() else { return };
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let _serve = serve(&sim, 3, 33, &LONG_COMMANDS);
+    let _serve = serve(&sim, 3, 33, &[]);
     let p0 = generated_euicc_profile(33, 0).card;
     let p1 = generated_euicc_profile(33, 1).card;
     let eid = sim

@@ -4,11 +4,13 @@
 //! - no panic;
 //! - after every drain, `buffered() < 5 + MAX_REPLY_DATA` (at most one incomplete maximal
 //!   frame is held; this implies the `<= 5 + MAX_REPLY_DATA` bound);
-//! - byte accounting: every result maps onto the stream in order — `Garbage(n)` skips n > 0
-//!   bytes none of which starts a header, `Oversized(len)` drops exactly one byte of a header
+//! - byte accounting: every result maps onto the stream in order — `Garbage(n)` and
+//!   `Trailing { skipped: n }` skip n > 0 bytes none of which starts a known header (`AA 55`,
+//!   `AA 44`), `Oversized { len }` drops exactly one byte of a header
 //!   really claiming `len > MAX_REPLY_DATA`, an `Ok(reply)` re-encodes to exactly the bytes it
 //!   consumed; consumed + `buffered()` == bytes pushed;
-//! - split invariance: the results equal those of the unsplit stream (consecutive `Garbage`
+//! - split invariance: the results equal those of the unsplit stream (`Trailing` read as
+//!   `Garbage`, since junk is only blamed on a frame in the same read, and consecutive `Garbage`
 //!   merged, since how much garbage is reported at once depends on the pieces);
 //! - resynchronisation: after the junk, 1030 zero bytes and then a known good frame, the good
 //!   frame is the last result and nothing stays buffered.
@@ -37,12 +39,17 @@ fn drain(d: &mut ReplyDecoder, out: &mut Vec<Item>) {
 fn merged(items: &[Item]) -> Vec<Item> {
     let mut v: Vec<Item> = Vec::new();
     for it in items {
-        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) = (v.last_mut(), it)
+        let it = match it {
+            Err(FrameError::Trailing { skipped, .. }) => Err(FrameError::Garbage(*skipped)),
+            other => other.clone(),
+        };
+        if let (Some(Err(FrameError::Garbage(a))), Err(FrameError::Garbage(b))) =
+            (v.last_mut(), &it)
         {
             *a += b;
             continue;
         }
-        v.push(it.clone());
+        v.push(it);
     }
     v
 }
@@ -72,14 +79,14 @@ fuzz_target!(|data: &[u8]| {
     let mut pos = 0usize;
     for r in &got {
         match r {
-            Err(FrameError::Garbage(n)) => {
+            Err(FrameError::Garbage(n)) | Err(FrameError::Trailing { skipped: n, .. }) => {
                 assert!(*n > 0);
                 for i in pos..pos + n {
                     assert!(!is_header_start(stream, i), "skipped a header start at {i}");
                 }
                 pos += n;
             }
-            Err(FrameError::Oversized(len)) => {
+            Err(FrameError::Oversized { len, .. }) => {
                 assert!(*len > MAX_REPLY_DATA);
                 assert_eq!(stream[pos], 0xAA);
                 assert!(matches!(stream[pos + 1], 0x55 | 0x44));

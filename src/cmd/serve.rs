@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Longest wait for one answer of the pool, ms [default: 1000].
     #[arg(long)]
     reply_timeout_ms: Option<u64>,
+    /// Longest a PC/SC command may go on past --command-timeout-ms while the card keeps
+    /// sending NULL bytes ("wait"), ms [default: 30000].
+    #[arg(long)]
+    null_wait_cap_ms: Option<u64>,
     /// Don't re-arm TCP_QUICKACK on vpcd sockets (for measurements).
     #[arg(long)]
     no_quickack: bool,
@@ -257,6 +261,7 @@ fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliErr
         vpcd: args.vpcd.clone(),
         command_timeout_ms: args.command_timeout_ms,
         reply_timeout_ms: args.reply_timeout_ms,
+        null_wait_cap_ms: args.null_wait_cap_ms,
         keepalive_ms: None,
         reset: args.reset,
         quickack: args.no_quickack.then_some(false),

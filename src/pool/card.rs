@@ -1,12 +1,12 @@
 //! A handle for one card of the pool: start (ATR), stop, and T=0 exchanges over the link.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::frame::{Request, Slot};
-use super::link::{Link, PoolError};
+use super::integrity::{Phase, Verdict};
+use super::link::{Link, PoolError, Waiter};
 use crate::t0::{self, Exchange, Limits, Refusal, Step, T0Error, Tpdu};
 
 /// Why a command did not complete.
@@ -72,10 +72,12 @@ impl Card {
         let _g = self.link.lock_card(self.slot).await;
         let mut w = self.link.register_card(self.slot)?;
         // A fresh start: whatever came late for the old session no longer matters.
-        self.link.take_taint(self.slot);
+        self.link.integrity().starting(self.slot);
         w.send(&Request::Start(self.slot), &self.link).await?;
         let deadline = Instant::now() + timeout;
         let mut atr: Vec<u8> = Vec::new();
+        // Remembered as the session's first pieces: copies of the ATR are recognised.
+        let mut pieces = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let piece = w.recv(left).await.map_err(|e| match e {
@@ -83,6 +85,7 @@ impl Card {
                 e => e,
             })?;
             atr.extend_from_slice(&piece);
+            pieces.push(piece);
             if !matches!(atr.first(), Some(0x3B | 0x3F)) {
                 log::warn!(
                     "{}: skipped {} byte(s) that are no ATR",
@@ -102,6 +105,13 @@ impl Card {
                         );
                         atr.truncate(n);
                     }
+                    w.finish();
+                    let mut i = self.link.integrity();
+                    i.started(self.slot);
+                    let now = std::time::Instant::now();
+                    for p in &pieces {
+                        i.received(self.slot, p, now);
+                    }
                     return Ok(atr);
                 }
                 _ if atr.len() >= 33 => {
@@ -119,7 +129,9 @@ impl Card {
     /// Powers the card down (the pool does not answer).
     pub async fn stop(&self) -> Result<(), PoolError> {
         let _g = self.link.lock_card(self.slot).await;
-        self.link.send_only(&Request::Stop(self.slot)).await
+        self.link.send_only(&Request::Stop(self.slot)).await?;
+        self.link.integrity().stopped(self.slot);
+        Ok(())
     }
 
     /// Tells the pool this card misbehaves (its LED blinks slowly).
@@ -132,7 +144,8 @@ impl Card {
 
     /// Runs one command (as the application passed it) through the T=0 terminal; answers
     /// `data ‖ SW1 SW2`. Every wait is bounded by the link's reply timeout, the whole exchange
-    /// by `deadline`.
+    /// by `deadline` — except that each NULL byte ("keep waiting") extends it to one reply
+    /// timeout from then, up to the link's NULL wait cap (and the T=0 NULL limit).
     pub async fn transmit(&self, cmd: &[u8], deadline: Duration) -> Result<Vec<u8>, ExchangeError> {
         let tpdu = Tpdu::parse(cmd)?;
         self.transmit_tpdu(tpdu, deadline).await
@@ -143,18 +156,17 @@ impl Card {
         tpdu: Tpdu,
         deadline: Duration,
     ) -> Result<Vec<u8>, ExchangeError> {
-        let idle = self.link.options().reply_timeout;
-        let end = Instant::now() + deadline;
+        let began = Instant::now();
+        let end = began + deadline;
         let _g = self.link.lock_card(self.slot).await;
-        let pool_err = |error, seen: &[u8]| ExchangeError::Pool {
-            error,
-            seen: seen.to_vec(),
-        };
-        let mut w = self
+        let w = self
             .link
             .register_card(self.slot)
-            .map_err(|e| pool_err(e, &[]))?;
-        if self.link.take_taint(self.slot) {
+            .map_err(|error| ExchangeError::Pool {
+                error,
+                seen: Vec::new(),
+            })?;
+        if !self.link.integrity().exchange_begins(self.slot) {
             // Bytes came for this card outside any exchange: a reply arrived late or twice, so
             // an earlier answer may have been another command's. Start over rather than go on.
             return Err(ExchangeError::Stale {
@@ -163,82 +175,152 @@ impl Card {
                 seen: Vec::new(),
             });
         }
-        let (mut ex, header) = Exchange::new(tpdu, self.limits);
-        w.send(&Request::Data(self.slot, header), &self.link)
-            .await
-            .map_err(|e| pool_err(e, &[]))?;
+        let (ex, header) = Exchange::new(tpdu, self.limits);
+        let cap = began + deadline.max(self.link.options().null_wait_cap);
+        let mut run = Run {
+            card: self,
+            w,
+            ex,
+            began,
+            end,
+            cap,
+            deadline,
+        };
+        run.send(header).await?;
+        run.run().await
+    }
+}
+
+/// One exchange in progress: the T=0 engine fed with the pieces the integrity rules let
+/// through.
+struct Run<'a> {
+    card: &'a Card,
+    w: Waiter,
+    ex: Exchange,
+    began: Instant,
+    /// The deadline, moved on by NULL bytes up to `cap`.
+    end: Instant,
+    cap: Instant,
+    deadline: Duration,
+}
+
+impl Run<'_> {
+    async fn run(&mut self) -> Result<Vec<u8>, ExchangeError> {
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let piece = match w.recv(idle.min(left)).await {
-                Ok(p) => p,
-                Err(e @ PoolError::Timeout(_)) => {
-                    if !ex.received().is_empty() {
-                        // The card began an answer that never completed: on a sane pool a
-                        // card is mute or answers, so count it against the pool's health.
-                        self.link.report_t0_violation();
-                    }
-                    if left <= idle {
-                        return Err(ExchangeError::Deadline {
-                            ms: deadline.as_millis() as u64,
-                            seen: ex.received().to_vec(),
-                        });
-                    }
-                    return Err(pool_err(e, ex.received()));
-                }
-                Err(e) => return Err(pool_err(e, ex.received())),
-            };
-            let step = match ex.feed(&piece) {
+            let piece = self.next_piece().await?;
+            let nulls = self.ex.nulls();
+            let step = self.ex.feed(&piece);
+            if self.ex.nulls() > nulls {
+                // The card asks for time: give it one more reply timeout, within the cap.
+                let idle = self.card.link.options().reply_timeout;
+                self.end = self.end.max((Instant::now() + idle).min(self.cap));
+            }
+            let step = match step {
                 Ok(s) => s,
                 Err(error) => {
-                    self.link.report_t0_violation();
+                    self.count_t0_violation();
                     return Err(ExchangeError::Protocol {
                         error,
-                        seen: ex.received().to_vec(),
+                        seen: self.ex.received().to_vec(),
                     });
                 }
             };
             match step {
                 Step::Wait => {}
-                Step::Send(data) => w
-                    .send(&Request::Data(self.slot, data), &self.link)
-                    .await
-                    .map_err(|e| pool_err(e, ex.received()))?,
+                Step::Send(data) => self.send(data).await?,
                 Step::Done(resp) => {
                     if resp.trailing > 0 {
                         // More than one answer: which one is this command's cannot be told.
-                        self.link.duplicates_seen();
-                        self.link.report_t0_violation();
+                        self.count_t0_violation();
                         return Err(ExchangeError::Stale {
                             why: "the card sent bytes after SW2 (a duplicated or late reply)",
-                            seen: ex.received().to_vec(),
+                            seen: self.ex.received().to_vec(),
                         });
                     }
-                    if w.more_queued() {
-                        // Another reply is already here: one of the two is not this command's.
-                        self.link.duplicates_seen();
-                        self.link.stats().ambiguous.fetch_add(1, Ordering::Relaxed);
-                        return Err(ExchangeError::Stale {
-                            why: "another reply followed the answer at once",
-                            seen: ex.received().to_vec(),
-                        });
-                    }
-                    if let Some(settle) = self.link.settle() {
-                        // Duplicates were seen on this link: if another reply follows within
-                        // the settle time, the one we have may not be this command's.
-                        if let Ok(more) = w.recv(settle).await {
-                            self.link.stats().ambiguous.fetch_add(1, Ordering::Relaxed);
-                            let mut seen = ex.received().to_vec();
-                            seen.extend_from_slice(&more);
-                            return Err(ExchangeError::Stale {
-                                why: "another reply followed the answer within the settle time",
-                                seen,
-                            });
-                        }
-                    }
+                    self.hold().await?;
+                    self.w.finish();
                     return Ok(resp.bytes);
                 }
             }
         }
+    }
+
+    fn pool_err(&self, error: PoolError) -> ExchangeError {
+        ExchangeError::Pool {
+            error,
+            seen: self.ex.received().to_vec(),
+        }
+    }
+
+    fn count_t0_violation(&self) {
+        self.card.link.t0_violation();
+    }
+
+    async fn send(&mut self, data: Vec<u8>) -> Result<(), ExchangeError> {
+        let req = Request::Data(self.card.slot, data);
+        let r = self.w.send(&req, &self.card.link).await;
+        r.map_err(|e| self.pool_err(e))
+    }
+
+    /// The next piece the engine is to take: each wait bounded by the reply timeout, all of
+    /// them by the deadline.
+    async fn next_piece(&mut self) -> Result<Vec<u8>, ExchangeError> {
+        let idle = self.card.link.options().reply_timeout;
+        loop {
+            let left = self.end.saturating_duration_since(Instant::now());
+            let piece = match self.w.recv(idle.min(left)).await {
+                Ok(p) => p,
+                Err(PoolError::Timeout(_)) if left <= idle => {
+                    // The deadline, or as long as the card's NULLs moved it.
+                    let ms = self.deadline.max(self.end.duration_since(self.began));
+                    return Err(ExchangeError::Deadline {
+                        ms: ms.as_millis() as u64,
+                        seen: self.ex.received().to_vec(),
+                    });
+                }
+                Err(e) => return Err(self.pool_err(e)),
+            };
+            match self.judge(&piece, Phase::Waiting) {
+                Verdict::Take => return Ok(piece),
+                Verdict::Drop => {}
+                Verdict::Reject(why) => return Err(self.stale(why, &piece)),
+            }
+        }
+    }
+
+    /// While the link is guarded (or when more came at once), holds the answer for the settle
+    /// time: copies of this exchange's pieces may come and are dropped; anything else means
+    /// the answer may not be this command's.
+    async fn hold(&mut self) -> Result<(), ExchangeError> {
+        let settle = self.card.link.integrity().settle(std::time::Instant::now());
+        if settle.is_none() && !self.w.more_queued() {
+            return Ok(());
+        }
+        let until = Instant::now() + settle.unwrap_or_default();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let piece = match self.w.recv(left).await {
+                Ok(p) => p,
+                Err(PoolError::Timeout(_)) => return Ok(()),
+                Err(e) => return Err(self.pool_err(e)),
+            };
+            if let Verdict::Reject(why) = self.judge(&piece, Phase::Holding) {
+                return Err(self.stale(why, &piece));
+            }
+            if settle.is_none() && !self.w.more_queued() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn judge(&self, piece: &[u8], phase: Phase) -> Verdict {
+        self.card.link.judge(self.card.slot, piece, phase)
+    }
+
+    fn stale(&self, why: &'static str, piece: &[u8]) -> ExchangeError {
+        let mut seen = self.ex.received().to_vec();
+        seen.extend_from_slice(piece);
+        ExchangeError::Stale { why, seen }
     }
 }
 

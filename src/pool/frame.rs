@@ -4,6 +4,12 @@
 //! Pool → host: `AA 55 slot len16 data` (card) or `AA 44 slot len16 data` (pool-wide).
 //! Decoders accept bytes in arbitrary pieces, skip garbage up to the next plausible header and
 //! report what they skipped, and never buffer more than one maximal frame.
+//!
+//! A well-formed reply frame of a kind we do not know (`AA 77 …`: newer firmware, an
+//! announcement) is decoded as [`Reply::Unknown`] so that it can be skipped whole; since any
+//! `AA` in junk could look like one, it is only taken when the next frame's `AA` (or silence,
+//! see [`ReplyDecoder::idle`]) follows it. Junk right after a frame, in the same read, says that
+//! frame's length was wrong: it is reported as [`FrameError::Trailing`], naming the frame.
 
 use std::fmt;
 
@@ -100,8 +106,15 @@ pub enum FrameError {
     DataLength(usize),
     #[error("skipped {0} byte(s) of garbage before the next frame header")]
     Garbage(usize),
-    #[error("frame header claims {0} data bytes, more than any reply can hold")]
-    Oversized(usize),
+    #[error("a frame header for {header} claims {len} data bytes, more than any reply can hold")]
+    Oversized { header: Header, len: usize },
+    /// Junk right after a frame: that frame's length field was wrong (too short, or too long
+    /// and completed with the next frame's first bytes).
+    #[error("{skipped} byte(s) of garbage right after a frame for {after}: its length was wrong")]
+    Trailing { after: Header, skipped: usize },
+    /// A frame began, and nothing more came: its length claims more than the pool sent.
+    #[error("a frame for {0} claims more bytes than came: skipped")]
+    Stalled(Header),
     #[error("request frame with length 0")]
     EmptyRequest,
     #[error("unknown pool command {0:02X}")]
@@ -179,6 +192,36 @@ pub enum Reply {
     Card { slot: Slot, data: Vec<u8> },
     /// `AA 44`: answer to a pool-wide command (ID, version, states).
     Pool { slot: u8, data: Vec<u8> },
+    /// `AA kind`, a well-formed frame of a kind this program does not know.
+    Unknown { kind: u8, slot: u8, data: Vec<u8> },
+}
+
+/// Whose a reply frame is, by its header: for attributing a broken frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    Card(Slot),
+    Pool,
+    Unknown(u8),
+}
+
+impl Header {
+    fn of(kind: u8, slot: u8) -> Header {
+        match kind {
+            0x55 => Header::Card(Slot(slot)),
+            0x44 => Header::Pool,
+            k => Header::Unknown(k),
+        }
+    }
+}
+
+impl fmt::Display for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Header::Card(s) => write!(f, "{s}"),
+            Header::Pool => f.write_str("the pool"),
+            Header::Unknown(k) => write!(f, "an unknown kind (AA {k:02X})"),
+        }
+    }
 }
 
 impl fmt::Debug for Reply {
@@ -187,6 +230,13 @@ impl fmt::Debug for Reply {
             Reply::Card { slot, data } => write!(f, "Card({slot:?}, {})", hex::encode_upper(data)),
             Reply::Pool { slot, data } => {
                 write!(f, "Pool({slot:02X}, {})", hex::encode_upper(data))
+            }
+            Reply::Unknown { kind, slot, data } => {
+                write!(
+                    f,
+                    "Unknown(AA {kind:02X}, {slot:02X}, {})",
+                    hex::encode_upper(data)
+                )
             }
         }
     }
@@ -197,6 +247,7 @@ impl Reply {
         let (magic, slot, data) = match self {
             Reply::Card { slot, data } => (CARD_MAGIC, slot.0, data),
             Reply::Pool { slot, data } => (POOL_MAGIC, *slot, data),
+            Reply::Unknown { kind, slot, data } => ([0xAA, *kind], *slot, data),
         };
         out.extend_from_slice(&magic);
         out.push(slot);
@@ -237,13 +288,15 @@ impl Scanner {
             self.pos = 0;
         }
     }
-    /// Skips to the first byte that may start a frame (`AA` followed by one of `seconds`, or an
-    /// `AA` at the very end). Returns how many bytes were skipped.
+    /// Skips to the first byte that may start a frame (`AA` followed by one of `seconds` — any
+    /// byte if empty —, or an `AA` at the very end). Returns how many bytes were skipped.
     fn skip_to_header(&mut self, seconds: &[u8]) -> usize {
         let a = self.avail();
         let mut i = 0;
         while i < a.len() {
-            if a[i] == 0xAA && (i + 1 == a.len() || seconds.contains(&a[i + 1])) {
+            if a[i] == 0xAA
+                && (i + 1 == a.len() || seconds.is_empty() || seconds.contains(&a[i + 1]))
+            {
                 break;
             }
             i += 1;
@@ -260,6 +313,8 @@ impl Scanner {
 #[derive(Default)]
 pub struct ReplyDecoder {
     scan: Scanner,
+    /// The frame that ended where the scan now stands: junk from here on is its fault.
+    last: Option<Header>,
 }
 
 impl ReplyDecoder {
@@ -267,7 +322,12 @@ impl ReplyDecoder {
         Self::default()
     }
 
+    /// Adds the bytes of one read. Junk at the start of a read, after a frame that ended the
+    /// read before, is not blamed on that frame: the pool wrote it later (with the next frame).
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.scan.buffered() == 0 {
+            self.last = None;
+        }
         self.scan.push(bytes);
     }
 
@@ -276,13 +336,88 @@ impl ReplyDecoder {
         self.scan.buffered()
     }
 
+    /// The header of the frame waiting for its rest, once its 5 header bytes are in.
+    pub fn pending(&self) -> Option<Header> {
+        let a = self.scan.avail();
+        if a.len() < 5 || a[0] != 0xAA {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
+        (a.len() < 5 + len).then(|| Header::of(a[1], a[2]))
+    }
+
+    /// The read is all in: an unknown-kind frame that ends it is taken (it swallowed nothing
+    /// that came after it).
+    pub fn end_of_read(&mut self) -> Option<Result<Reply, FrameError>> {
+        let a = self.scan.avail();
+        if a.len() < 5 || a[0] != 0xAA {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
+        if a.len() == 5 + len {
+            return self.frame();
+        }
+        None
+    }
+
     /// The next complete frame, or an error describing bytes that were skipped, or `None` when
     /// more input is needed. Errors are not fatal: call again to continue.
     pub fn next_reply(&mut self) -> Option<Result<Reply, FrameError>> {
-        let skipped = self.scan.skip_to_header(&[0x55, 0x44]);
-        if skipped > 0 {
-            return Some(Err(FrameError::Garbage(skipped)));
+        let mut skipped = 0;
+        loop {
+            skipped += self.scan.skip_to_header(&[]);
+            let a = self.scan.avail();
+            let decided = match a.len() {
+                0 | 1 => None,
+                _ if matches!(a[1], 0x55 | 0x44) => Some(true),
+                // An unknown kind: a frame only if a header byte (or nothing yet) follows.
+                _ if a.len() < 5 => None,
+                _ => {
+                    let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
+                    match a.get(5 + len) {
+                        _ if len > MAX_REPLY_DATA => Some(false),
+                        Some(0xAA) => Some(true),
+                        Some(_) => Some(false),
+                        None => None,
+                    }
+                }
+            };
+            if decided == Some(false) {
+                self.scan.consume(1);
+                skipped += 1;
+                continue;
+            }
+            if skipped > 0 {
+                return Some(Err(match self.last {
+                    Some(after) => FrameError::Trailing { after, skipped },
+                    None => FrameError::Garbage(skipped),
+                }));
+            }
+            decided?;
+            return self.frame();
         }
+    }
+
+    /// Nothing more came for a while: an unknown-kind frame held for what follows it is taken
+    /// (as by [`Self::end_of_read`]), a frame whose header came but not its data is given up (its first byte skipped, so the
+    /// bytes after it are scanned again).
+    pub fn idle(&mut self) -> Option<Result<Reply, FrameError>> {
+        let a = self.scan.avail();
+        if a.len() < 5 || a[0] != 0xAA {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
+        if a.len() == 5 + len {
+            return self.frame();
+        }
+        let h = Header::of(a[1], a[2]);
+        self.scan.consume(1);
+        self.last = None;
+        Some(Err(FrameError::Stalled(h)))
+    }
+
+    /// The frame (or oversized header) at the scan position, if complete.
+    fn frame(&mut self) -> Option<Result<Reply, FrameError>> {
         let a = self.scan.avail();
         if a.len() < 5 {
             return None;
@@ -290,22 +425,26 @@ impl ReplyDecoder {
         let len = usize::from(u16::from_be_bytes([a[3], a[4]]));
         if len > MAX_REPLY_DATA {
             // A header that cannot be right: drop its first byte and look again.
+            let header = Header::of(a[1], a[2]);
             self.scan.consume(1);
-            return Some(Err(FrameError::Oversized(len)));
+            self.last = None;
+            return Some(Err(FrameError::Oversized { header, len }));
         }
         if a.len() < 5 + len {
             return None;
         }
         let data = a[5..5 + len].to_vec();
-        let reply = if a[1] == 0x55 {
-            Reply::Card {
-                slot: Slot(a[2]),
+        let (kind, slot) = (a[1], a[2]);
+        let reply = match kind {
+            0x55 => Reply::Card {
+                slot: Slot(slot),
                 data,
-            }
-        } else {
-            Reply::Pool { slot: a[2], data }
+            },
+            0x44 => Reply::Pool { slot, data },
+            kind => Reply::Unknown { kind, slot, data },
         };
         self.scan.consume(5 + len);
+        self.last = Some(Header::of(kind, slot));
         Some(Ok(reply))
     }
 }
@@ -405,7 +544,95 @@ mod tests {
         );
         assert!(got
             .iter()
-            .any(|r| matches!(r, Err(FrameError::Oversized(0xFFFF)))));
+            .any(|r| matches!(r, Err(FrameError::Oversized { len: 0xFFFF, .. }))));
+        assert_eq!(d.buffered(), 0);
+    }
+
+    fn drain(d: &mut ReplyDecoder) -> Vec<Result<Reply, FrameError>> {
+        std::iter::from_fn(|| d.next_reply()).collect()
+    }
+
+    fn card(slot: u8, data: &[u8]) -> Vec<u8> {
+        Reply::Card {
+            slot: Slot(slot),
+            data: data.to_vec(),
+        }
+        .to_bytes()
+    }
+
+    #[test]
+    fn unknown_kinds_are_frames_when_a_frame_follows_or_the_pool_is_idle() {
+        let mut d = ReplyDecoder::new();
+        let unknown = [0xAA, 0x77, 0x03, 0x00, 0x02, 0x12, 0x34];
+        d.push(&unknown);
+        d.push(&card(3, &[0x90, 0x00]));
+        d.push(&unknown);
+        let got = drain(&mut d);
+        let want_unknown = Reply::Unknown {
+            kind: 0x77,
+            slot: 3,
+            data: vec![0x12, 0x34],
+        };
+        assert_eq!(
+            got,
+            vec![
+                Ok(want_unknown.clone()),
+                Ok(Reply::Card {
+                    slot: Slot(3),
+                    data: vec![0x90, 0x00]
+                })
+            ]
+        );
+        assert_eq!(d.pending(), None, "complete, not waiting for bytes");
+        assert_eq!(d.end_of_read(), Some(Ok(want_unknown)));
+        assert_eq!(d.buffered(), 0);
+        // An AA in junk that does not end where a frame begins is junk (in a read of its own,
+        // blamed on no frame).
+        d.push(&[0xAA, 0x12, 0x00, 0x00, 0x01, 0x01, 0x02]);
+        d.push(&card(4, &[0x90, 0x00]));
+        let got = drain(&mut d);
+        assert_eq!(got[0], Err(FrameError::Garbage(7)));
+        assert!(matches!(got[1], Ok(Reply::Card { .. })));
+    }
+
+    #[test]
+    fn junk_after_a_frame_blames_that_frame_and_a_stalled_frame_is_given_up() {
+        // Length one short: the last byte follows as junk.
+        let mut d = ReplyDecoder::new();
+        let mut b = card(5, &[0x9F, 0x0F]);
+        b[4] = 1;
+        d.push(&b);
+        let got = drain(&mut d);
+        assert!(matches!(got[0], Ok(Reply::Card { .. })));
+        assert_eq!(
+            got[1],
+            Err(FrameError::Trailing {
+                after: Header::Card(Slot(5)),
+                skipped: 1
+            })
+        );
+        // Length three too long, completed by the next frame's header: the next frame is
+        // found again behind the broken one only if it is given up; here it completes it.
+        let mut d = ReplyDecoder::new();
+        let mut b = card(6, &[0x9F, 0x0F]);
+        b[4] = 5;
+        d.push(&b);
+        assert_eq!(drain(&mut d), vec![]);
+        assert_eq!(d.pending(), Some(Header::Card(Slot(6))));
+        assert_eq!(
+            d.idle(),
+            Some(Err(FrameError::Stalled(Header::Card(Slot(6)))))
+        );
+        d.push(&card(7, &[0x90, 0x00]));
+        let got = drain(&mut d);
+        assert_eq!(got[0], Err(FrameError::Garbage(6)));
+        assert_eq!(
+            got[1],
+            Ok(Reply::Card {
+                slot: Slot(7),
+                data: vec![0x90, 0x00]
+            })
+        );
         assert_eq!(d.buffered(), 0);
     }
 }

@@ -1,21 +1,19 @@
 //! One TCP connection to the pool carries all 256 cards. Replies are routed by slot to whoever
-//! waits on that card; a reply nobody waits for is logged and dropped, never handed to another
-//! card. When the connection breaks every waiter fails at once; the link can reconnect by itself
-//! (capped exponential back-off with jitter) and notices a dead pool by an idle keep-alive.
+//! waits on that card; a reply nobody waits for is never handed to another card. When the
+//! connection breaks every waiter fails at once; the link can reconnect by itself (capped
+//! exponential back-off with jitter, [`crate::backoff`]) and notices a dead pool by an idle
+//! keep-alive.
 //!
-//! Health is judged by content, not only by silence (see [`HealthOptions`]): a frame that has
-//! started must complete within the reply timeout (a trickling or half-framing pool is a dead
-//! pool), and when too many of the frames in a window are unsolicited, undecodable or break the
-//! T=0 rules of the exchange they land in, the connection is dropped and made again.
+//! What a frame means — skipped, a card's exchange failed, a card tainted, the connection
+//! dropped — is decided in one place, [`super::integrity`]; this module only moves bytes and
+//! runs the timers: a frame that has started must complete within the frame timeout while its
+//! bytes keep coming (a trickling pool is dead), and a frame whose header came but whose data
+//! stopped short is given up after a short stall (its length was wrong) and the pool asked for
+//! its version: a silent pool is dead too.
 //!
-//! The pool protocol has no sequence numbers, so a reply the pool sends twice can land in a
-//! card's next exchange. Three things make that harmless or much less likely: every routed frame
-//! carries the connection's frame count, and an exchange only accepts frames that arrived after
-//! its request was written; card bytes that arrive while nobody waits for that card *taint* it,
-//! so its next exchange fails as "T=0 state unknown" (the application sees a reset, not
-//! another command's answer); and once such duplicates have been seen, the link is *guarded* for a
-//! while: each completed answer is held for a short settle time, and more bytes arriving for the
-//! card in that time reject the answer instead of passing it on.
+//! The pool protocol has no sequence numbers, so every routed frame carries the connection's
+//! frame count, and an exchange only accepts frames that arrived after its request was
+//! written.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +24,10 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::frame::{FrameError, Reply, ReplyDecoder, Request, Slot};
+use super::frame::{FrameError, Header, Reply, ReplyDecoder, Request, Slot};
+use super::integrity::{Integrity, Phase, Stray, Verdict};
+use crate::backoff::{clock_frac, Backoff};
+use crate::log_once::LogEach;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
@@ -42,6 +43,10 @@ pub enum PoolError {
     Write(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// A frame of this exchange's reply was broken (its length was wrong): the exchange fails,
+    /// the link goes on.
+    #[error("the pool sent a broken frame ({0})")]
+    BrokenFrame(&'static str),
     #[error("pool answered {what} with {got} bytes, expected {expected}")]
     BadAnswer {
         what: &'static str,
@@ -56,11 +61,17 @@ pub struct HealthOptions {
     /// A frame that has begun must be complete within this time (a pool writes each frame at
     /// once; one that trickles or stops halfway is treated as dead).
     pub frame_timeout: Duration,
-    /// Bad frames are counted per window of this length.
+    /// A frame whose header came and whose bytes then stopped for this long claims more than
+    /// the pool sent: it is given up (its card's exchange fails) and the pool asked whether it
+    /// is still there.
+    pub stall: Duration,
+    /// Junk (undecodable runs, impossible headers, broken frames) is counted per window of
+    /// this length.
     pub window: Duration,
     /// At least this many bad frames in a window …
     pub min_bad: u32,
-    /// … making up at least this share of the window's frames drop the connection.
+    /// … making up at least this share of the window's frames: the stream cannot be read, and
+    /// the connection is dropped (once; see [`super::integrity`]).
     pub max_bad_ratio: f64,
     /// After duplicated replies were seen, answers are held this long to see whether another
     /// reply follows (0 disables the guard).
@@ -73,9 +84,10 @@ impl Default for HealthOptions {
     fn default() -> Self {
         HealthOptions {
             frame_timeout: Duration::from_millis(500),
+            stall: Duration::from_millis(100),
             window: Duration::from_secs(5),
             min_bad: 5,
-            max_bad_ratio: 0.1,
+            max_bad_ratio: 0.5,
             settle: Duration::from_millis(20),
             guard: Duration::from_secs(600),
         }
@@ -96,8 +108,15 @@ pub struct LinkOptions {
     pub backoff_max: Duration,
     /// Query the pool's version after this much silence; `None` disables the keep-alive.
     pub keepalive: Option<Duration>,
+    /// A command whose card keeps sending NULL bytes (each within the reply timeout) may go on
+    /// past its deadline, up to this long in all.
+    pub null_wait_cap: Duration,
     pub health: HealthOptions,
 }
+
+/// The default of [`LinkOptions::null_wait_cap`]: an eUICC enabling a profile or signing
+/// takes seconds.
+pub const NULL_WAIT_CAP: Duration = Duration::from_secs(30);
 
 impl Default for LinkOptions {
     fn default() -> Self {
@@ -108,6 +127,7 @@ impl Default for LinkOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             keepalive: None,
+            null_wait_cap: NULL_WAIT_CAP,
             health: HealthOptions::default(),
         }
     }
@@ -128,7 +148,19 @@ pub struct LinkStats {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub garbage_bytes: AtomicU64,
+    /// Frames nobody waited for (for cards without a session, pool frames nobody asked for,
+    /// late replies): skipped.
     pub unsolicited: AtomicU64,
+    /// Late replies to exchanges given up (timed out or cancelled): expected, skipped.
+    pub late: AtomicU64,
+    /// Well-formed frames of unknown kinds: skipped.
+    pub unknown_frames: AtomicU64,
+    /// Slot-state bytes of unknown meaning in `03` answers.
+    pub unknown_slot_states: AtomicU64,
+    /// Frames with a wrong length (junk right after them, impossible, or stopping short).
+    pub broken_frames: AtomicU64,
+    /// Copies of a piece an exchange had already, dropped in a hold.
+    pub copies_dropped: AtomicU64,
     pub connects: AtomicU64,
     pub keepalive_failures: AtomicU64,
     /// Frames that arrived for a card before its request was written: discarded.
@@ -148,12 +180,76 @@ const ROUTE_DEPTH: usize = 64;
 /// Junk bytes in one run that count as line noise, not as a bad frame.
 const NOISE: usize = 16;
 
+/// A frame that stopped short is probed for after this much silence: the pool's answer
+/// completes it (and so shows its length was wrong) much sooner than the stall.
+const PROBE_AFTER: Duration = Duration::from_millis(2);
+
+/// The timers of the frame the decoder holds.
+struct Partial {
+    /// When the frame now held began (bytes stayed buffered since).
+    since: Option<tokio::time::Instant>,
+    /// When bytes last came.
+    last_read: tokio::time::Instant,
+    /// The pool was probed for this frame.
+    probed: bool,
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        Partial {
+            since: None,
+            last_read: tokio::time::Instant::now(),
+            probed: false,
+        }
+    }
+}
+
+impl Partial {
+    /// Bytes came (or a held frame was given up); `progress`: frames were decoded, so what is
+    /// held now is a new frame.
+    fn read(&mut self, now: tokio::time::Instant, progress: bool, held: bool) {
+        self.last_read = now;
+        if !held {
+            self.since = None;
+            self.probed = false;
+        } else if progress || self.since.is_none() {
+            self.since = Some(now);
+            self.probed = false;
+        }
+    }
+
+    /// When a timer is due: the probe and the stall while a header is held, the frame timeout
+    /// while anything is.
+    fn wake(
+        &self,
+        header_held: bool,
+        stall: Duration,
+        bound: Duration,
+    ) -> Option<tokio::time::Instant> {
+        let dead = self.since.map(|t| t + bound);
+        if !header_held {
+            return dead;
+        }
+        let next = if self.probed {
+            self.last_read + stall
+        } else {
+            self.last_read + PROBE_AFTER.min(stall)
+        };
+        Some(dead.map_or(next, |d| d.min(next)))
+    }
+}
+
+/// What is routed to a waiter.
+enum Piece {
+    /// A frame's payload and its number on the connection.
+    Bytes(u64, Vec<u8>),
+    /// The frame numbered so was broken: the exchange that took it fails.
+    Broken(u64, &'static str),
+}
+
 /// A connection that lasted this long was a real one: the next reconnect starts from the
 /// shortest back-off.
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
-
-/// A routed frame's payload and its number on the connection.
-type Piece = (u64, Vec<u8>);
 
 /// Where replies of one connection go.
 struct Conn {
@@ -165,13 +261,13 @@ struct Conn {
     /// Why the connection was killed (for the log).
     kill_cause: Mutex<Option<String>>,
     last_rx: Mutex<Instant>,
+    /// Reads that returned bytes: whether anything came since.
+    reads: AtomicU64,
     /// Frames routed so far: each frame's number.
     frames: AtomicU64,
-    /// The health window: start (ms since `born`), frames and bad frames in it.
-    born: Instant,
-    win_start_ms: AtomicU64,
-    win_frames: AtomicU64,
-    win_bad: AtomicU64,
+    /// The last bytes of the last frame: when junk follows it, they may be the next frame's
+    /// header that a wrong length took in.
+    tail: Mutex<Vec<u8>>,
 }
 
 impl Conn {
@@ -198,11 +294,10 @@ struct Shared {
     /// Why the link is not up, as logged (refused, no answer to ID, connection lost …); `None`
     /// while it is up or before the first attempt.
     problem: Mutex<Option<String>>,
-    /// Cards that got bytes while nobody waited for them: their next exchange must fail.
-    tainted: Vec<AtomicBool>,
-    /// Until when (ms since `born`) answers are held for the settle time.
-    guarded_until_ms: AtomicU64,
-    born: Instant,
+    /// The reply-integrity rules and what they remember.
+    integrity: Mutex<Integrity>,
+    /// Skipped frames, logged once per cause.
+    skipped: Mutex<LogEach>,
     current: Mutex<Option<Arc<Conn>>>,
     card_locks: Vec<tokio::sync::Mutex<()>>,
     pool_lock: tokio::sync::Mutex<()>,
@@ -225,6 +320,8 @@ pub(crate) struct Waiter {
     target: Target,
     /// Only frames numbered above this are taken: they arrived after the last request written.
     after: u64,
+    /// A request was sent and its reply is not all in: dropping the waiter gives it up.
+    pending: bool,
     stats: Arc<Shared>,
 }
 
@@ -237,8 +334,16 @@ enum Target {
 impl Drop for Waiter {
     fn drop(&mut self) {
         match self.target {
-            Target::Card(s) => self.conn.cards[usize::from(s.0)].lock().unwrap().take(),
-            Target::Pool => self.conn.pool.lock().unwrap().take(),
+            Target::Card(s) => {
+                self.conn.cards[usize::from(s.0)].lock().unwrap().take();
+                if self.pending {
+                    // Its reply may still come: expected then, not a stray.
+                    self.stats.integrity.lock().unwrap().abandoned(s);
+                }
+            }
+            Target::Pool => {
+                self.conn.pool.lock().unwrap().take();
+            }
         };
     }
 }
@@ -250,23 +355,26 @@ impl Waiter {
         let end = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(end, self.rx.recv()).await {
-                Ok(Some((n, d))) if n <= self.after => {
+                Ok(Some(Piece::Bytes(n, d))) if n <= self.after => {
                     self.stats
                         .stats
                         .stale_discarded
                         .fetch_add(1, Ordering::Relaxed);
                     // Bytes for a card that were not asked for: late or duplicated replies.
                     if let Target::Card(_) = self.target {
-                        guard(&self.stats);
+                        self.stats.guard(std::time::Instant::now());
                     }
-                    log::warn!(
+                    log::debug!(
                         "pool: discarded {} byte(s) for {} that arrived before the request: {}",
                         d.len(),
                         self.target,
                         hex::encode_upper(&d)
                     );
                 }
-                Ok(Some((_, d))) => return Ok(d),
+                Ok(Some(Piece::Bytes(_, d))) => return Ok(d),
+                // A broken frame from before this request: its own exchange is over.
+                Ok(Some(Piece::Broken(n, _))) if n <= self.after => {}
+                Ok(Some(Piece::Broken(_, why))) => return Err(PoolError::BrokenFrame(why)),
                 Ok(None) => return Err(PoolError::LinkLost),
                 Err(_) => return Err(PoolError::Timeout(timeout.as_millis() as u64)),
             }
@@ -284,9 +392,50 @@ impl Waiter {
         // Counted before the write: the answer can be routed (on another thread) before the
         // write call returns, and must not be taken for a stale frame.
         let before = self.conn.frames.load(Ordering::SeqCst);
+        self.pending = req.expects_reply();
         link.write(&self.conn, req).await?;
         self.after = before;
         Ok(())
+    }
+
+    /// The reply is all in: dropping the waiter now gives nothing up.
+    pub(crate) fn finish(&mut self) {
+        self.pending = false;
+    }
+}
+
+impl Shared {
+    /// Holds answers from now on, for a while; says so when it begins.
+    fn guard(&self, now: Instant) {
+        let began = self.integrity.lock().unwrap().guard(now);
+        if began {
+            self.guard_began();
+        }
+    }
+
+    fn guard_began(&self) {
+        {
+            let h = &self.opts.health;
+            log::warn!(
+                "pool {}: replies arrive outside any exchange (duplicated or late): answers are \
+                 held at least {} ms (longer when copies come later) to check none follows, \
+                 for the next {} s",
+                self.addr,
+                h.settle.as_millis(),
+                h.guard.as_secs()
+            );
+        }
+    }
+
+    /// Counts a skipped frame and logs its cause once (`cause` says it is skipped).
+    fn skip(&self, counter: &AtomicU64, cause: &str, detail: impl FnOnce() -> String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.skipped.lock().unwrap().is_new(cause) {
+            log::warn!("pool {}: {cause}", self.addr);
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!("pool {}: skipped {}", self.addr, detail());
+        }
     }
 }
 
@@ -322,15 +471,15 @@ impl Link {
     }
 
     fn new(addr: &str, opts: LinkOptions) -> Link {
+        let integrity = Integrity::new(opts.health.clone(), Instant::now());
         let (state, _) = watch::channel(LinkState::Connecting);
         Link {
             shared: Arc::new(Shared {
                 addr: addr.to_string(),
                 opts,
                 problem: Mutex::new(None),
-                tainted: (0..256).map(|_| AtomicBool::new(false)).collect(),
-                guarded_until_ms: AtomicU64::new(0),
-                born: Instant::now(),
+                integrity: Mutex::new(integrity),
+                skipped: Mutex::new(LogEach::default()),
                 current: Mutex::new(None),
                 card_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
                 pool_lock: tokio::sync::Mutex::new(()),
@@ -423,12 +572,18 @@ impl Link {
             kill: Notify::new(),
             kill_cause: Mutex::new(None),
             last_rx: Mutex::new(now),
+            reads: AtomicU64::new(0),
             frames: AtomicU64::new(0),
-            born: now,
-            win_start_ms: AtomicU64::new(0),
-            win_frames: AtomicU64::new(0),
-            win_bad: AtomicU64::new(0),
+            tail: Mutex::new(Vec::new()),
         });
+        if let Some(keep) = self.shared.integrity.lock().unwrap().connected(now) {
+            log::info!(
+                "pool {}: new connection after bad content; if it is as bad, it is kept for {} s \
+                 (serving what can be served) before another is tried",
+                self.shared.addr,
+                keep.as_secs()
+            );
+        }
         *self.shared.current.lock().unwrap() = Some(conn.clone());
         let generation = self.shared.stats.connects.fetch_add(1, Ordering::SeqCst) + 1;
         if announce {
@@ -475,16 +630,15 @@ impl Link {
     async fn read_loop(&self, conn: &Conn, mut rd: tokio::net::tcp::OwnedReadHalf) -> String {
         let mut dec = ReplyDecoder::new();
         let mut buf = vec![0u8; 4096];
-        // When the frame now in the decoder began: it must complete within the reply timeout.
-        let mut partial_since: Option<tokio::time::Instant> = None;
-        let bound = self
-            .shared
-            .opts
-            .health
-            .frame_timeout
-            .min(self.shared.opts.reply_timeout);
+        let h = &self.shared.opts.health;
+        let bound = h.frame_timeout.min(self.shared.opts.reply_timeout);
+        let mut p = Partial::default();
         loop {
-            let deadline = partial_since.map(|t| t + bound);
+            let wake = p.wake(dec.pending().is_some(), h.stall, bound);
+            // An immediate ACK, re-armed before each read: a pool (or anything between) that
+            // writes small frames with Nagle's algorithm on would otherwise hold the next frame
+            // for our delayed ACK (~40 ms).
+            let _ = socket2::SockRef::from(rd.as_ref()).set_tcp_quickack(true);
             let n = tokio::select! {
                 r = rd.read(&mut buf) => match r {
                     Ok(0) => return "closed by the pool".into(),
@@ -492,170 +646,325 @@ impl Link {
                     Err(e) => return e.to_string(),
                 },
                 _ = conn.kill.notified() => return "dropped (keep-alive failed or closed)".into(),
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    self.shared.stats.health_drops.fetch_add(1, Ordering::Relaxed);
-                    return format!(
-                        "a frame began {} ms ago and never completed ({} byte(s) held): \
-                         a trickling or half-framing pool is treated as dead",
-                        bound.as_millis(),
-                        dec.buffered()
-                    );
+                _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {
+                    if let Some(why) = self.partial_due(conn, &mut dec, &mut p, h.stall, bound) {
+                        return why;
+                    }
+                    continue;
                 }
             };
+            let now = tokio::time::Instant::now();
             *conn.last_rx.lock().unwrap() = Instant::now();
+            conn.reads.fetch_add(1, Ordering::Relaxed);
             dec.push(&buf[..n]);
-            while let Some(r) = dec.next_reply() {
-                match r {
-                    Ok(reply) => self.route(conn, reply),
-                    Err(e) => {
-                        if let FrameError::Garbage(k) = e {
-                            self.shared
-                                .stats
-                                .garbage_bytes
-                                .fetch_add(k as u64, Ordering::Relaxed);
-                        }
-                        self.shared
-                            .stats
-                            .undecodable
-                            .fetch_add(1, Ordering::Relaxed);
-                        log::warn!("pool {}: {e}", self.shared.addr);
-                        // A few junk bytes between frames are noise the decoder handles; a
-                        // longer run of junk, or a header that cannot be right, is bad content.
-                        // (Wrong lengths also show up as exchanges that break T=0 or never
-                        // complete: counted there.)
-                        if !matches!(e, FrameError::Garbage(k) if k <= NOISE) {
-                            if let Some(why) = self.bad(conn, "undecodable") {
-                                return why;
-                            }
-                        }
-                    }
+            let (mut progress, why) = self.drain(conn, &mut dec);
+            if let Some(why) = why {
+                return why;
+            }
+            if let Some(r) = dec.end_of_read() {
+                progress = true;
+                if let Some(why) = self.decoded(conn, r) {
+                    return why;
                 }
             }
             if conn.closed.load(Ordering::SeqCst) {
                 return "dropped".into();
             }
-            partial_since = if dec.buffered() == 0 {
-                None
-            } else {
-                Some(partial_since.unwrap_or_else(tokio::time::Instant::now))
-            };
+            p.read(now, progress, dec.buffered() > 0);
         }
     }
 
-    /// Counts a frame in the health window.
-    fn good(&self, conn: &Conn) {
-        self.roll_window(conn);
-        conn.win_frames.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn roll_window(&self, conn: &Conn) {
-        let now = conn.born.elapsed().as_millis() as u64;
-        let start = conn.win_start_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(start) >= self.shared.opts.health.window.as_millis() as u64
-            && conn
-                .win_start_ms
-                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            conn.win_frames.store(0, Ordering::Relaxed);
-            conn.win_bad.store(0, Ordering::Relaxed);
+    /// A timer of the frame held in the decoder is due: probe the pool (a frame that stopped
+    /// short is completed by the answer, or the pool is silent), give the frame up after the
+    /// stall, or declare the pool dead (a frame trickles). Answers why the connection must go.
+    fn partial_due(
+        &self,
+        conn: &Conn,
+        dec: &mut ReplyDecoder,
+        p: &mut Partial,
+        stall: Duration,
+        bound: Duration,
+    ) -> Option<String> {
+        let now = tokio::time::Instant::now();
+        let pending = dec.pending().is_some();
+        if pending && !p.probed && now >= p.last_read + PROBE_AFTER.min(stall) {
+            p.probed = true;
+            self.probe(conn);
+            return None;
         }
-    }
-
-    /// Counts a bad frame; answers why the connection must go when the window is past the
-    /// threshold (and kills it).
-    fn bad(&self, conn: &Conn, kind: &str) -> Option<String> {
-        self.roll_window(conn);
-        let frames = conn.win_frames.fetch_add(1, Ordering::Relaxed) + 1;
-        let bad = conn.win_bad.fetch_add(1, Ordering::Relaxed) + 1;
-        let h = &self.shared.opts.health;
-        if bad >= u64::from(h.min_bad) && bad as f64 >= h.max_bad_ratio * frames as f64 {
-            self.shared
-                .stats
-                .health_drops
-                .fetch_add(1, Ordering::Relaxed);
-            let why = format!(
-                "{bad} of the last {frames} frames within {} s were bad (last: {kind}): \
-                 dropping the connection",
-                h.window.as_secs_f64()
-            );
-            conn.win_bad.store(0, Ordering::Relaxed);
-            conn.win_frames.store(0, Ordering::Relaxed);
-            conn.kill(why.clone());
-            return Some(why);
+        if pending && now >= p.last_read + stall {
+            if let Some(r) = dec.idle() {
+                if let Some(why) = self.decoded(conn, r) {
+                    return Some(why);
+                }
+                if let (_, Some(why)) = self.drain(conn, dec) {
+                    return Some(why);
+                }
+            }
+            p.read(now, true, dec.buffered() > 0);
+            return None;
         }
-        None
-    }
-
-    /// An exchange on this connection broke the T=0 rules (reported by the card handle).
-    pub(crate) fn report_t0_violation(&self) {
         self.shared
             .stats
-            .t0_violations
+            .health_drops
             .fetch_add(1, Ordering::Relaxed);
-        if let Ok(conn) = self.current() {
-            let _ = self.bad(&conn, "T=0 violation");
+        Some(format!(
+            "a frame began {} ms ago and never completed ({} byte(s) held): a trickling or \
+             half-framing pool is treated as dead",
+            bound.as_millis(),
+            dec.buffered()
+        ))
+    }
+
+    /// Routes every complete frame; answers whether anything was decoded and why the
+    /// connection must go, if it must.
+    fn drain(&self, conn: &Conn, dec: &mut ReplyDecoder) -> (bool, Option<String>) {
+        let mut progress = false;
+        while let Some(r) = dec.next_reply() {
+            progress = true;
+            if let Some(why) = self.decoded(conn, r) {
+                conn.kill(why.clone());
+                return (true, Some(why));
+            }
         }
+        (progress, None)
+    }
+
+    /// Handles one decoder result.
+    fn decoded(&self, conn: &Conn, r: Result<Reply, FrameError>) -> Option<String> {
+        let now = Instant::now();
+        let e = match r {
+            Ok(reply) => {
+                self.shared.integrity.lock().unwrap().frame(now);
+                self.route(conn, reply);
+                return None;
+            }
+            Err(e) => e,
+        };
+        let stats = &self.shared.stats;
+        stats.undecodable.fetch_add(1, Ordering::Relaxed);
+        let broke = match &e {
+            FrameError::Garbage(k) | FrameError::Trailing { skipped: k, .. } => {
+                stats.garbage_bytes.fetch_add(*k as u64, Ordering::Relaxed);
+                match &e {
+                    FrameError::Trailing { after, .. } => {
+                        // A length too long took in the next frame's header: that frame is
+                        // broken too.
+                        let tail = conn.tail.lock().unwrap().clone();
+                        if let [0xAA, k @ (0x55 | 0x44), s] = tail[..] {
+                            let h = if k == 0x55 {
+                                Header::Card(Slot(s))
+                            } else {
+                                Header::Pool
+                            };
+                            self.broken(conn, h, false);
+                        }
+                        Some(*after)
+                    }
+                    _ => None,
+                }
+            }
+            FrameError::Oversized { header, .. } => Some(*header),
+            FrameError::Stalled(header) => Some(*header),
+            _ => None,
+        };
+        log::debug!("pool {}: {e}", self.shared.addr);
+        if let Some(header) = broke {
+            self.shared.skip(
+                &stats.broken_frames,
+                "frames with a wrong length: each fails its card's exchange, the link goes on",
+                || e.to_string(),
+            );
+            self.broken(conn, header, matches!(e, FrameError::Trailing { .. }));
+        }
+        // A few junk bytes between frames are noise the decoder handles.
+        if matches!(e, FrameError::Garbage(k) if k <= NOISE) {
+            return None;
+        }
+        let verdict = self
+            .shared
+            .integrity
+            .lock()
+            .unwrap()
+            .junk(&e.to_string(), now);
+        match verdict {
+            Ok(None) => None,
+            Ok(Some(kept)) => {
+                log::warn!("pool {}: {kept}", self.shared.addr);
+                None
+            }
+            Err(why) => {
+                stats.health_drops.fetch_add(1, Ordering::Relaxed);
+                Some(why)
+            }
+        }
+    }
+
+    /// A broken frame: its exchange fails (or its running card's next one).
+    /// `routed`: the frame blamed was the last one routed (junk followed it); else it never
+    /// was (an impossible header, a frame given up, a header a wrong length took in).
+    fn broken(&self, conn: &Conn, header: Header, routed: bool) {
+        let entry = match header {
+            Header::Card(s) => &conn.cards[usize::from(s.0)],
+            Header::Pool => &conn.pool,
+            Header::Unknown(_) => return,
+        };
+        // An exchange whose request went out after the frame blamed took nothing of it.
+        let seq = conn.frames.load(Ordering::SeqCst) + u64::from(!routed);
+        let tx = entry.lock().unwrap().clone();
+        let delivered = tx.is_some_and(|tx| {
+            tx.try_send(Piece::Broken(
+                seq,
+                "a frame of its reply had a wrong length",
+            ))
+            .is_ok()
+        });
+        if let (false, Header::Card(s)) = (delivered, header) {
+            self.shared.integrity.lock().unwrap().broken(s);
+        }
+    }
+
+    /// After a frame stopped short: is the pool still there? A pool that answers is in step
+    /// again; one that sends nothing at all within the reply timeout is dead.
+    fn probe(&self, conn: &Conn) {
+        let Ok(current) = self.current() else { return };
+        if !std::ptr::eq(Arc::as_ptr(&current), conn) {
+            return;
+        }
+        let l = self.clone();
+        tokio::spawn(async move {
+            let before = current.reads.load(Ordering::Relaxed);
+            if let Err(PoolError::Timeout(ms)) = l.version().await {
+                if current.reads.load(Ordering::Relaxed) == before {
+                    l.shared.stats.health_drops.fetch_add(1, Ordering::Relaxed);
+                    current.kill(format!(
+                        "a frame stopped short and then nothing came, not even an answer to a \
+                         version query within {ms} ms: the pool is silent"
+                    ));
+                }
+            }
+        });
     }
 
     fn route(&self, conn: &Conn, reply: Reply) {
         self.shared.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        {
+            let data = match &reply {
+                Reply::Card { data, .. }
+                | Reply::Pool { data, .. }
+                | Reply::Unknown { data, .. } => data,
+            };
+            let mut tail = conn.tail.lock().unwrap();
+            tail.clear();
+            tail.extend_from_slice(&data[data.len().saturating_sub(3)..]);
+        }
         let seq = conn.frames.fetch_add(1, Ordering::SeqCst) + 1;
-        let (who, slot, data) = match reply {
-            Reply::Card { slot, data } => (format!("{slot}"), Some(slot), data),
-            Reply::Pool { slot, data } => (format!("pool (slot byte {slot:02X})"), None, data),
+        let (slot, data) = match reply {
+            Reply::Card { slot, data } => (Some(slot), data),
+            Reply::Pool { data, .. } => (None, data),
+            Reply::Unknown { kind, slot, data } => {
+                self.shared.skip(
+                    &self.shared.stats.unknown_frames,
+                    &format!("frames of an unknown kind (AA {kind:02X}) are skipped"),
+                    || {
+                        format!(
+                            "AA {kind:02X} frame (slot byte {slot:02X}): {}",
+                            hex::encode_upper(&data)
+                        )
+                    },
+                );
+                return;
+            }
         };
         let entry = match slot {
             Some(s) => &conn.cards[usize::from(s.0)],
             None => &conn.pool,
         };
         let tx = entry.lock().unwrap().clone();
-        let undelivered = match tx {
-            Some(tx) => tx.try_send((seq, data)).err().map(|e| match e {
-                mpsc::error::TrySendError::Full((_, d)) => (d, "its queue is full"),
-                mpsc::error::TrySendError::Closed((_, d)) => (d, "no one waits for it"),
-            }),
-            None => Some((data, "no one waits for it")),
+        let data = match tx {
+            Some(tx) => match tx.try_send(Piece::Bytes(seq, data)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(Piece::Bytes(_, d)))
+                | Err(mpsc::error::TrySendError::Closed(Piece::Bytes(_, d))) => d,
+                Err(_) => return,
+            },
+            None => data,
         };
-        match undelivered {
-            None => self.good(conn),
-            Some((data, why)) => {
-                self.shared
-                    .stats
-                    .unsolicited
-                    .fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "pool: dropped reply for {who} ({why}): {}",
-                    hex::encode_upper(&data)
+        self.unsolicited(slot, data);
+    }
+
+    /// A frame nobody waits for: skipped; for a running card it costs that card's next
+    /// exchange (see [`Integrity::stray`]).
+    fn unsolicited(&self, slot: Option<Slot>, data: Vec<u8>) {
+        let shared = &self.shared;
+        let stats = &shared.stats;
+        let hexed = || hex::encode_upper(&data);
+        let Some(s) = slot else {
+            shared.skip(
+                &stats.unsolicited,
+                "pool (AA 44) frames nobody asked for are skipped",
+                || format!("pool frame: {}", hexed()),
+            );
+            return;
+        };
+        let now = Instant::now();
+        let verdict = shared.integrity.lock().unwrap().stray(s, &data, now);
+        match verdict {
+            Stray::Idle => shared.skip(
+                &stats.unsolicited,
+                "replies for cards that are not running are skipped",
+                || format!("reply for {s}: {}", hexed()),
+            ),
+            Stray::Late => {
+                // Expected (a timeout, a Ctrl-C): counted, not worth a warning.
+                stats.late.fetch_add(1, Ordering::Relaxed);
+                log::debug!(
+                    "pool {}: late reply for {s} skipped: {}",
+                    shared.addr,
+                    hexed()
                 );
-                if let Some(s) = slot {
-                    // The card got bytes outside any exchange: a late or duplicated reply. Its
-                    // last answer may have been another command's; its next exchange fails.
-                    self.shared.tainted[usize::from(s.0)].store(true, Ordering::SeqCst);
-                    guard(&self.shared);
+            }
+            Stray::Tainted { guard_began } => {
+                shared.skip(
+                    &stats.unsolicited,
+                    "replies for running cards outside any exchange (late or duplicated) are \
+                     skipped; such a card's next exchange fails",
+                    || format!("reply for {s} outside any exchange: {}", hexed()),
+                );
+                if guard_began {
+                    shared.guard_began();
                 }
-                let _ = self.bad(conn, "unsolicited");
             }
         }
     }
 
-    /// The settle time to hold a completed answer for, if the link is guarded.
-    pub(crate) fn settle(&self) -> Option<Duration> {
-        let until = self.shared.guarded_until_ms.load(Ordering::Relaxed);
-        if until == 0 || self.shared.born.elapsed().as_millis() as u64 >= until {
-            return None;
+    /// The reply-integrity rules, for the card handles.
+    pub(crate) fn integrity(&self) -> std::sync::MutexGuard<'_, Integrity> {
+        self.shared.integrity.lock().unwrap()
+    }
+
+    /// What to do with a piece that came for an exchange of `slot` ([`Integrity::piece`]),
+    /// counted.
+    pub(crate) fn judge(&self, slot: Slot, piece: &[u8], phase: Phase) -> Verdict {
+        let (verdict, began) = self.integrity().piece(slot, piece, phase, Instant::now());
+        if began {
+            self.shared.guard_began();
         }
-        Some(self.shared.opts.health.settle)
+        let stats = &self.shared.stats;
+        match verdict {
+            Verdict::Drop => stats.copies_dropped.fetch_add(1, Ordering::Relaxed),
+            Verdict::Reject(_) => stats.ambiguous.fetch_add(1, Ordering::Relaxed),
+            Verdict::Take => 0,
+        };
+        verdict
     }
 
-    /// Marks the link guarded (a card answered more than it was asked).
-    pub(crate) fn duplicates_seen(&self) {
-        guard(&self.shared);
-    }
-
-    /// Takes the card's taint: true if it got bytes outside any exchange since last asked.
-    pub(crate) fn take_taint(&self, slot: Slot) -> bool {
-        self.shared.tainted[usize::from(slot.0)].swap(false, Ordering::SeqCst)
+    /// An exchange ended on a T=0 violation (counted).
+    pub(crate) fn t0_violation(&self) {
+        self.shared
+            .stats
+            .t0_violations
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn keepalive(&self, conn: Arc<Conn>, every: Duration) {
@@ -670,13 +979,21 @@ impl Link {
             if conn.last_rx.lock().unwrap().elapsed() < every {
                 continue;
             }
-            if let Err(e) = self.version().await {
-                self.shared
-                    .stats
-                    .keepalive_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                conn.kill(format!("keep-alive failed ({e})"));
-                return;
+            let before = conn.reads.load(Ordering::Relaxed);
+            match self.version().await {
+                Ok(_) => {}
+                // Silence is what a new connection may cure; a garbled answer is not.
+                Err(e @ (PoolError::Timeout(_) | PoolError::Write(_)))
+                    if conn.reads.load(Ordering::Relaxed) == before =>
+                {
+                    self.shared
+                        .stats
+                        .keepalive_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    conn.kill(format!("keep-alive failed ({e})"));
+                    return;
+                }
+                Err(e) => log::debug!("pool {}: keep-alive: {e}", self.shared.addr),
             }
         }
     }
@@ -685,7 +1002,7 @@ impl Link {
     /// warn level, once per distinct cause.
     async fn supervise(&self, mut dial_now: bool) {
         let opts = &self.shared.opts;
-        let mut backoff = opts.backoff_min;
+        let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
         let mut last_problem = String::new();
         loop {
             if !dial_now {
@@ -703,7 +1020,7 @@ impl Link {
                 // Only a connection that stayed up resets the back-off: one that dies at once
                 // (a pool rebooting, accepting and dropping) must not become a reconnect storm.
                 if up_since.elapsed() >= STABLE_CONNECTION {
-                    backoff = opts.backoff_min;
+                    backoff.reset();
                 } else if !self.pause(&mut backoff).await {
                     return;
                 }
@@ -754,9 +1071,8 @@ impl Link {
     }
 
     /// Sleeps the jittered back-off and doubles it (capped); false if the link was closed.
-    async fn pause(&self, backoff: &mut Duration) -> bool {
-        let wait = jitter(*backoff);
-        *backoff = (*backoff * 2).min(self.shared.opts.backoff_max);
+    async fn pause(&self, backoff: &mut Backoff) -> bool {
+        let wait = backoff.next(clock_frac());
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
             _ = self.shared.shutdown.notified() => false,
@@ -793,6 +1109,7 @@ impl Link {
             rx,
             target,
             after,
+            pending: false,
             stats: self.shared.clone(),
         })
     }
@@ -832,32 +1149,78 @@ impl Link {
         self.write(&conn, req).await
     }
 
-    /// A pool-wide query: one at a time, answered by an `AA 44` frame.
-    async fn query(&self, req: Request) -> Result<Vec<u8>, PoolError> {
+    /// A pool-wide query: one at a time, answered by an `AA 44` frame of `len` bytes. Pool
+    /// frames of other lengths that come meanwhile answer nothing we asked: skipped.
+    async fn query(
+        &self,
+        req: Request,
+        what: &'static str,
+        len: usize,
+    ) -> Result<Vec<u8>, PoolError> {
         let _g = self.shared.pool_lock.lock().await;
         let mut w = self.register(Target::Pool)?;
         w.send(&req, self).await?;
-        w.recv(self.shared.opts.reply_timeout).await
+        let timeout = self.shared.opts.reply_timeout;
+        let end = tokio::time::Instant::now() + timeout;
+        let mut odd = None;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            match w.recv(left).await {
+                Ok(d) if d.len() == len => return Ok(d),
+                Ok(d) => {
+                    self.shared.skip(
+                        &self.shared.stats.unsolicited,
+                        "pool (AA 44) frames nobody asked for are skipped",
+                        || {
+                            format!(
+                                "pool frame while waiting for {what}: {}",
+                                hex::encode_upper(&d)
+                            )
+                        },
+                    );
+                    odd = Some(d.len());
+                }
+                Err(PoolError::Timeout(_)) if odd.is_some() => {
+                    return Err(PoolError::BadAnswer {
+                        what,
+                        got: odd.unwrap_or(0),
+                        expected: len,
+                    })
+                }
+                Err(PoolError::Timeout(_)) => {
+                    return Err(PoolError::Timeout(timeout.as_millis() as u64))
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The pool's 12-byte ID.
     pub async fn id(&self) -> Result<Vec<u8>, PoolError> {
-        let d = self.query(Request::ReadId).await?;
-        expect_len("ID", d, 12)
+        self.query(Request::ReadId, "ID", 12).await
     }
 
     /// The firmware version, e.g. `V053`.
     pub async fn version(&self) -> Result<String, PoolError> {
-        let d = self.query(Request::ReadVersion).await?;
-        let d = expect_len("version", d, 4)?;
+        let d = self.query(Request::ReadVersion, "version", 4).await?;
         Ok(String::from_utf8_lossy(&d).into_owned())
     }
 
-    /// The 256 slot state bytes, card 1 first.
+    /// The 256 slot state bytes, card 1 first. Bytes of unknown meaning are kept as
+    /// [`super::SlotState::Unknown`], counted and logged once per byte.
     pub async fn states(&self) -> Result<Vec<super::SlotState>, PoolError> {
-        let d = self.query(Request::ReadStates).await?;
-        let d = expect_len("slot states", d, 256)?;
-        Ok(d.into_iter().map(super::SlotState::from_byte).collect())
+        let d = self.query(Request::ReadStates, "slot states", 256).await?;
+        let states: Vec<_> = d.into_iter().map(super::SlotState::from_byte).collect();
+        for (i, st) in states.iter().enumerate() {
+            if let super::SlotState::Unknown(b) = st {
+                self.shared.skip(
+                    &self.shared.stats.unknown_slot_states,
+                    &format!("slot state byte {b:02X} of unknown meaning: shown as '?'"),
+                    || format!("state byte {b:02X} for card {}", i + 1),
+                );
+            }
+        }
+        Ok(states)
     }
 
     /// A handle for one card.
@@ -881,46 +1244,4 @@ impl Link {
         .await
         .unwrap_or(false)
     }
-}
-
-fn expect_len(what: &'static str, d: Vec<u8>, expected: usize) -> Result<Vec<u8>, PoolError> {
-    if d.len() == expected {
-        Ok(d)
-    } else {
-        Err(PoolError::BadAnswer {
-            what,
-            got: d.len(),
-            expected,
-        })
-    }
-}
-
-/// Holds answers for the settle time from now on, for a while (see the module comment).
-fn guard(shared: &Shared) {
-    let h = &shared.opts.health;
-    if h.settle.is_zero() {
-        return;
-    }
-    let now = shared.born.elapsed();
-    let until = (now + h.guard).as_millis() as u64;
-    let before = shared.guarded_until_ms.fetch_max(until, Ordering::Relaxed);
-    if before < now.as_millis() as u64 {
-        log::warn!(
-            "pool {}: replies arrive outside any exchange (duplicated or late): answers are \
-             held {} ms to check none follows, for the next {} s",
-            shared.addr,
-            h.settle.as_millis(),
-            h.guard.as_secs()
-        );
-    }
-}
-
-/// Up to ±25 % of `d`, so many hosts restarting together do not reconnect in lock-step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let frac = f64::from(nanos % 1000) / 1000.0; // 0..1
-    d.mul_f64(0.75 + 0.5 * frac)
 }

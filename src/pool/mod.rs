@@ -1,7 +1,9 @@
-//! Talking to the pool: the frame codec, the one shared TCP link, and per-card handles.
+//! Talking to the pool: the frame codec, the one shared TCP link, the reply-integrity rules,
+//! and per-card handles.
 
 pub mod card;
 pub mod frame;
+pub mod integrity;
 pub mod link;
 
 pub use card::{Card, ExchangeError};

@@ -33,7 +33,7 @@ use super::rspro::{BankSlot, ClientSlot, ComponentIdentity, Msg, Pdu, ResultCode
 use super::session::{Action, ClientSession, End, KEEPALIVE_GRACE, KEEPALIVE_IDLE};
 use crate::cards::{Cards, Front, Holder, Lease, LeaseError, StartError};
 use crate::log_once::LogOnce;
-use crate::pool::{ExchangeError, LinkState};
+use crate::pool::LinkState;
 use crate::values::CardNo;
 
 /// The server's RSPRO port (hard-coded in osmo-remsim-server).
@@ -313,20 +313,11 @@ fn new_keepalive() -> KeepAlive {
     KeepAlive::new(KEEPALIVE_IDLE, KEEPALIVE_GRACE, std::time::Instant::now())
 }
 
-/// Up to ±25 % of `d`, so banks restarting together do not reconnect in lock-step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(0.75 + 0.5 * f64::from(nanos % 1000) / 1000.0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Control link
 
 async fn control(shared: Arc<Shared>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut problem = LogOnce::default();
     loop {
         let began = Instant::now();
@@ -338,11 +329,10 @@ async fn control(shared: Arc<Shared>) {
             &end.to_string(),
         );
         if began.elapsed() >= STABLE_CONNECTION {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             problem.clear();
         }
-        sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        sleep(backoff.next(crate::backoff::clock_frac())).await;
     }
 }
 
@@ -618,13 +608,8 @@ async fn act(
                     s.close(End::Card("no card".into()));
                     continue;
                 };
-                let r = match timeout(bound, lease.transmit(&data, bound, Front::Bank)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ExchangeError::Deadline {
-                        ms: bound.as_millis() as u64,
-                        seen: Vec::new(),
-                    }),
-                };
+                // Bounded by the card layer (longer only while the card sends NULL bytes).
+                let r = lease.transmit(&data, bound, Front::Bank).await;
                 s.answered(from, to, &data, r);
             }
             Action::Restart => {
