@@ -82,6 +82,8 @@ fn main() {
             gsmtap: None,
             health: Default::default(),
             remsim: None,
+            sim_rest: None,
+            card_settings: Default::default(),
         })
         .await
         .unwrap();

@@ -147,6 +147,8 @@ fn main() {
         history: None,
         history_days: 90,
         remsim: None,
+        sim_rest: None,
+        card_settings: Default::default(),
         // `SIMPOOL_BENCH_GSMTAP=HOST:PORT` measures with GSMTAP tracing on.
         gsmtap: std::env::var("SIMPOOL_BENCH_GSMTAP")
             .ok()

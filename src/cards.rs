@@ -25,9 +25,11 @@
 //! syscall to what [`crate::pool::Card::transmit`] does: counters are atomics, observers a
 //! fixed slice.
 
+pub mod auth;
 pub mod auto;
 pub mod changes;
 pub mod facts;
+pub mod guard;
 pub mod ops;
 pub mod policy;
 pub mod record;
@@ -35,7 +37,7 @@ mod reserve;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -298,6 +300,10 @@ struct Entry {
     /// The card accepted a command that can change its ICCID or IMSI ([`changes`]): read
     /// them again at its next start.
     identity_stale: AtomicBool,
+    /// The retry counters seen ([`guard`]); locked only for PIN commands.
+    guard: Mutex<guard::Tracker>,
+    /// The last command the card layer's rules refused, said short.
+    refused: Mutex<Option<String>>,
 }
 
 struct Inner {
@@ -313,6 +319,10 @@ struct Inner {
     records: record::Records,
     /// The reservations: whose each reserved card is, until when (locked before any entry).
     book: Mutex<Book>,
+    /// Authentications run through [`auth::authenticate`].
+    auth: auth::AuthCounts,
+    /// Per-card settings (guard, protection); read only for the commands they concern.
+    settings: RwLock<Arc<dyn guard::SettingsSource>>,
 }
 
 /// The registry of the pool's 256 cards. Cheap to clone.
@@ -332,6 +342,8 @@ pub struct CardView {
     pub errors: u64,
     /// Why simpool marked the card bad on the pool, if it did.
     pub bad: Option<String>,
+    /// The last command the card layer's rules refused ("refused: would use PIN1's last try").
+    pub refused: Option<String>,
 }
 
 impl Cards {
@@ -350,6 +362,8 @@ impl Cards {
                         revoked: watch::channel(0).0,
                         revoked_why: Mutex::new((String::new(), EndReason::StoppedByAdmin)),
                         identity_stale: AtomicBool::new(false),
+                        guard: Mutex::new(guard::Tracker::default()),
+                        refused: Mutex::new(None),
                     })
                     .collect(),
                 fronts: Default::default(),
@@ -358,12 +372,48 @@ impl Cards {
                 changes: watch::channel(0).0,
                 records: record::Records::new(),
                 book: Mutex::new(Book::new()),
+                auth: auth::AuthCounts::default(),
+                settings: RwLock::new(Arc::new(guard::ConfigSettings::default())),
             }),
         }
     }
 
     pub fn link(&self) -> &Link {
         &self.inner.link
+    }
+
+    /// Where per-card settings (guard, write protection) come from from now on.
+    pub fn set_settings(&self, source: Arc<dyn guard::SettingsSource>) {
+        *self.inner.settings.write().unwrap() = source;
+    }
+
+    /// Card `n`'s settings: the configuration's, then its labels' (`protect=write`,
+    /// `protect=off`, `guard=off`, `guard=on`), which win.
+    pub fn settings(&self, n: CardNo) -> guard::CardSettings {
+        let mut s = self.inner.settings.read().unwrap().settings(n);
+        let labels = self.labels_of(n);
+        match labels.get("protect").map(String::as_str) {
+            Some("write") => s.protect_write = true,
+            Some("off") => s.protect_write = false,
+            _ => {}
+        }
+        match labels.get("guard").map(String::as_str) {
+            Some("off") => s.guard = false,
+            Some("on") => s.guard = true,
+            _ => {}
+        }
+        s
+    }
+
+    /// The last command the card layer's rules refused on card `n`, said short ("refused:
+    /// would use ADM1's last try").
+    pub fn refused(&self, n: CardNo) -> Option<String> {
+        self.entry(n).refused.lock().unwrap().clone()
+    }
+
+    /// The retry counters seen on card `n`, e.g. `[(PIN1, 2)]`.
+    pub fn tries_seen(&self, n: CardNo) -> Vec<(guard::Secret, u8)> {
+        self.entry(n).guard.lock().unwrap().summary()
     }
 
     fn entry(&self, n: CardNo) -> &Entry {
@@ -426,6 +476,7 @@ impl Cards {
             revocations_seen: AtomicU64::new(*entry.revoked.borrow()),
             judges: false,
             rec: Box::new(record::LeaseRecord::new(pending)),
+            last_try: false,
         })
     }
 
@@ -485,6 +536,7 @@ impl Cards {
             exchanges: e.stats.exchanges.load(Ordering::Relaxed),
             errors: e.stats.errors.load(Ordering::Relaxed),
             bad: e.health.lock().unwrap().bad().map(String::from),
+            refused: e.refused.lock().unwrap().clone(),
         }
     }
 
@@ -784,6 +836,8 @@ pub struct Lease {
     judges: bool,
     /// Whom the holder acts for, its history row and the row's counters ([`record`]).
     rec: Box<record::LeaseRecord>,
+    /// This lease may use a secret's last try ([`Lease::allow_last_try`]).
+    last_try: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -920,6 +974,26 @@ impl Lease {
         }
     }
 
+    /// [`Lease::admit`] then [`Lease::start`], without asking the pool for its slot states
+    /// unless it is needed: for a card marked bad (was it re-inserted?) and after a failed
+    /// start (was the slot empty?). For requests that come often, such as authentications:
+    /// the pool answers one state query at a time, so one per request would make every card's
+    /// requests wait for each other's.
+    pub async fn start_admitted(&mut self) -> Result<Vec<u8>, StartError> {
+        if self.cards.bad(self.number).is_some() {
+            self.admit().await?;
+        }
+        match self.start().await {
+            Err(e @ StartError::Pool(_)) => match self.cards.link().states().await {
+                Ok(st) if !st[self.number.index()].has_card() => {
+                    Err(StartError::Empty(self.number))
+                }
+                _ => Err(e),
+            },
+            r => r,
+        }
+    }
+
     /// Powers the card down (a card marked bad is left alone: it is not running).
     pub async fn stop(&mut self) -> Result<(), PoolError> {
         let r = self.cards.stop_card(self.number).await;
@@ -949,6 +1023,63 @@ impl Lease {
     /// asked for it).
     pub fn keep_running(&mut self) {
         self.keep = true;
+    }
+
+    /// This lease may use the last try of a PIN, PUK or ADM key (`--allow-last-try`): the
+    /// last-try guard lets its commands through. Write protection still holds.
+    pub fn allow_last_try(&mut self) {
+        self.last_try = true;
+    }
+
+    /// The card layer's rules for `cmd` ([`guard`]): `Err` refuses it without sending. May
+    /// first ask the card a retry counter (VERIFY without data, which uses no try).
+    async fn guarded(
+        &self,
+        cmd: &[u8],
+        deadline: Duration,
+        front: Front,
+    ) -> Result<(), ExchangeError> {
+        if matches!(
+            guard::classify(cmd),
+            guard::Kind::Other | guard::Kind::Asks(_)
+        ) {
+            return Ok(());
+        }
+        let settings = self.cards.settings(self.number);
+        let mut asked = false;
+        loop {
+            let d = self
+                .entry()
+                .guard
+                .lock()
+                .unwrap()
+                .check(cmd, settings, self.last_try);
+            match d {
+                guard::Decision::Send => return Ok(()),
+                guard::Decision::AskFirst(q) if !asked => {
+                    asked = true;
+                    let resp = self.card.transmit(&q, deadline).await?;
+                    for o in &self.cards.inner.observers {
+                        o.exchange(self.number.get(), front, &q, &resp);
+                    }
+                    self.entry().guard.lock().unwrap().answered(&q, &resp);
+                }
+                guard::Decision::AskFirst(_) => return Ok(()),
+                guard::Decision::Refuse(r) => {
+                    log::info!(
+                        "card {} ({}): {} {r}",
+                        self.number,
+                        self.holder,
+                        hex::encode_upper(cmd)
+                    );
+                    *self.entry().refused.lock().unwrap() = Some(r.short());
+                    return Err(ExchangeError::Guarded {
+                        sw: r.status(),
+                        why: r.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// Resolves when this session must end: the pool connection the card was started on is
@@ -989,10 +1120,15 @@ impl Lease {
         front: Front,
     ) -> Result<Vec<u8>, ExchangeError> {
         let t0 = Instant::now();
-        // The exchange bounds itself; this bounds the wait for the card's lock as well.
+        // The exchange bounds itself; this bounds the wait for the card's lock (and the
+        // guard's counter query) as well.
         let opts = self.cards.link().options();
         let bound = deadline.max(opts.null_wait_cap) + opts.reply_timeout;
-        let result = match tokio::time::timeout(bound, self.card.transmit(cmd, deadline)).await {
+        let send = async {
+            self.guarded(cmd, deadline, front).await?;
+            self.card.transmit(cmd, deadline).await
+        };
+        let result = match tokio::time::timeout(bound, send).await {
             Ok(r) => r,
             Err(_) => Err(ExchangeError::Deadline {
                 ms: deadline.as_millis() as u64,
@@ -1016,6 +1152,9 @@ impl Lease {
                 }
                 for o in &self.cards.inner.observers {
                     o.exchange(self.number.get(), front, cmd, resp);
+                }
+                if !matches!(guard::classify(cmd), guard::Kind::Other) {
+                    self.entry().guard.lock().unwrap().answered(cmd, resp);
                 }
             }
             Err(e) => {

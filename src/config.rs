@@ -9,6 +9,7 @@
 //! null_wait_cap_ms = 30000      # longest a command may go on while the card sends NULLs
 //! keepalive_ms = 5000           # query the pool after this much silence
 //! reset = "restart"             # or "cached"
+//! sim_rest = "127.0.0.1:8000"   # pySim's sim-rest API for every card (default: off)
 //!
 //! readers = 4                   # readers on the vpcd ports; those without [[reader]] start unbound
 //! control = "127.0.0.1:6680"    # the control API ("off" to disable)
@@ -28,6 +29,11 @@
 //! [[reader]]
 //! imsi = "460019894013615"
 //! vpcd = "127.0.0.1:35970"      # optional: this reader's own vpcd address
+//!
+//! [[card]]                      # per-card settings
+//! card = 7
+//! protect = "write"             # refuse anything that changes the card (default "off")
+//! guard = "off"                 # the last-try guard (default "on")
 //!
 //! [remsim]                      # be an osmo-remsim bank (readers are then optional)
 //! server = "10.0.0.5"           # osmo-remsim-server, HOST[:PORT] (port 9998 by default)
@@ -100,8 +106,13 @@ pub struct FileConfig {
     pub gsmtap: Option<String>,
     /// Cards traced by GSMTAP, e.g. "18,256" or "1-16"; default: all.
     pub gsmtap_cards: Option<String>,
+    /// The sim-rest API (pySim's `sim-rest-server.py` interface) on HOST:PORT, or "off".
+    pub sim_rest: Option<String>,
     #[serde(default)]
     pub reader: Vec<ReaderEntry>,
+    /// Per-card settings: the last-try guard, write protection.
+    #[serde(default)]
+    pub card: Vec<crate::cards::guard::CardEntry>,
     /// The osmo-remsim bank.
     pub remsim: Option<RemsimEntry>,
 }
@@ -218,6 +229,10 @@ pub struct ServeConfig {
     pub remsim: Option<RemsimSpec>,
     /// GSMTAP tracing; `None`: off.
     pub gsmtap: Option<crate::gsmtap::Config>,
+    /// The sim-rest API's address; `None`: off (the default).
+    pub sim_rest: Option<String>,
+    /// Per-card settings (`[[card]]`: guard, protect).
+    pub card_settings: crate::cards::guard::ConfigSettings,
 }
 
 impl ReaderEntry {
@@ -252,7 +267,12 @@ pub fn port_plus(addr: &str, offset: usize) -> Result<String, ConfigError> {
 /// Merges file and flags (flags win; bindings from flags replace the file's readers).
 pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, ConfigError> {
     let remsim = resolve_remsim(file.remsim.clone(), flags.remsim.clone())?;
-    let readers = resolve_readers(&file, &flags, remsim.is_some())?;
+    let sim_rest = match flags.sim_rest.clone().or(file.sim_rest.clone()) {
+        Some(s) if s == "off" => None,
+        other => other,
+    };
+    // A pure bank or sim-rest server needs no reader (and no pcscd).
+    let readers = resolve_readers(&file, &flags, remsim.is_some() || sim_rest.is_some())?;
     let (command_timeout, reply_timeout) = resolve_timeouts(&file, &flags)?;
     let pick = |a: Option<u64>, b: Option<u64>, d: u64| Duration::from_millis(a.or(b).unwrap_or(d));
     let control = match flags
@@ -325,6 +345,15 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
             .unwrap_or(crate::history::DEFAULT_RETENTION_DAYS),
         remsim,
         gsmtap: resolve_gsmtap(&file, &flags)?,
+        sim_rest,
+        card_settings: crate::cards::guard::ConfigSettings::from_entries(
+            if flags.card.is_empty() {
+                &file.card
+            } else {
+                &flags.card
+            },
+        )
+        .map_err(ConfigError::Invalid)?,
     })
 }
 
@@ -333,7 +362,7 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
 fn resolve_readers(
     file: &FileConfig,
     flags: &FileConfig,
-    bank: bool,
+    service: bool,
 ) -> Result<Vec<ReaderSpec>, ConfigError> {
     let vpcd = flags
         .vpcd
@@ -346,11 +375,11 @@ fn resolve_readers(
         &flags.reader
     };
     let count = flags.readers.or(file.readers);
-    // A pure bank needs no reader (and no pcscd).
-    if entries.is_empty() && count.is_none() && !bank {
+    if entries.is_empty() && count.is_none() && !service {
         return Err(ConfigError::Invalid(
             "no reader: give --card N, --iccid, --imsi or --eid (or [[reader]] in --config), \
-             or --readers N for readers that start without a card, or --remsim for a bank"
+             or --readers N for readers that start without a card, or --remsim for a bank, \
+             or --sim-rest ADDR for the sim-rest API"
                 .into(),
         ));
     }

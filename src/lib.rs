@@ -23,6 +23,7 @@ pub mod rows;
 pub mod selection;
 pub mod serve;
 pub mod sim;
+pub mod simrest;
 pub mod t0;
 pub mod trace;
 pub mod users;

@@ -64,7 +64,7 @@ enum Command {
     },
     /// The 256 slot states (through the daemon: and who holds which card).
     Status {
-        /// Print JSON instead of the grid: [{"card","state","holder","labels"}, ...] (256 entries).
+        /// Print JSON instead of the grid: [{"card","state","holder","labels","refused", …the card's facts}, ...] (256 entries).
         #[arg(long)]
         json: bool,
         /// Instead: each local instance (the NAME.toml files of /etc/simpool, or of
@@ -109,6 +109,8 @@ enum Command {
     },
     /// Start a card and run commands (hex TPDUs/APDUs) through the T=0 terminal; stop it after.
     Apdu(cmd::apdu::ApduArgs),
+    /// Run one authentication on a card: 3G with --autn (RES, CK, IK, Kc or AUTS), 2G without (SRES, Kc).
+    Auth(cmd::auth::AuthArgs),
     /// Stop (power down) a card, or every running card.
     #[command(override_usage = "simpool stop [OPTIONS] (--card <N> | --all)")]
     Stop(cmd::stop::StopArgs),
@@ -352,6 +354,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError>
             free,
         } => cmd::scan::run(pool, json, card, free).await,
         Command::Apdu(args) => cmd::apdu::run(args).await,
+        Command::Auth(args) => cmd::auth::run(args).await,
         Command::Stop(args) => cmd::stop::run(args).await,
         Command::Readers { control, json } => cmd::daemon::readers(control, json).await,
         Command::Bind {

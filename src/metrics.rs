@@ -165,6 +165,25 @@ impl Collector for Scrape {
         self.readers(&mut enc)?;
         self.pool(&mut enc)?;
 
+        // Authentications (sim-rest, API, command line) by front end and result.
+        let auth = d.cards.auth_counts();
+        let mut series = Vec::new();
+        for via in crate::cards::auth::Via::ALL {
+            for ended in crate::cards::auth::Ended::ALL {
+                let labels: Labels = vec![
+                    ("via", via.name().to_string()),
+                    ("result", ended.name().to_string()),
+                ];
+                series.push((labels, auth.get(via, ended)));
+            }
+        }
+        counters(
+            &mut enc,
+            "simpool_authentications",
+            "Authentications run on cards (sim-rest API, control API, command line), by front end and result.",
+            &series,
+        )?;
+
         let mut held: [(Labels, i64); 4] =
             ["reader", "api", "scan", "bank"].map(|h| (vec![("holder", h.to_string())], 0));
         for v in d.cards.views() {

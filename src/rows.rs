@@ -8,9 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pool::{LinkState, SlotState};
-#[cfg(test)]
-use crate::values::Hex;
-use crate::values::{Atr, CardNo};
+use crate::values::{Atr, CardNo, Hex};
 
 pub use crate::bridge::{ReaderCounts, ReaderRow};
 pub use crate::cards::facts::{CardType, Facts, PinState, PukState};
@@ -37,6 +35,9 @@ pub struct ApduRequest {
     /// command again with that Le): one final response per command (default: off).
     #[serde(default)]
     pub auto: bool,
+    /// This request may use the last try of a PIN, PUK or ADM key (the last-try guard).
+    #[serde(default)]
+    pub allow_last_try: bool,
 }
 
 /// The optional body of `POST /api/v1/scan`: only some cards, only free ones.
@@ -50,6 +51,75 @@ pub struct ScanRequest {
     /// what is known).
     #[serde(default)]
     pub free: bool,
+}
+
+/// The body of `POST /api/v1/cards/{n}/authenticate`: RAND, and AUTN for the 3G context
+/// (without it: 2G, RUN GSM ALGORITHM or the GSM context), 16 bytes each in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRequest {
+    pub rand: String,
+    #[serde(default)]
+    pub autn: Option<String>,
+}
+
+/// What an authentication answered (`POST /api/v1/cards/{n}/authenticate`, `simpool auth
+/// --json`). `result` is `success` (3G: `res`, `ck`, `ik`, `kc` if the card gives it; 2G:
+/// `sres`, `kc`) or `sync_failure` (`auts`); the other keys are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthRow {
+    pub card: CardNo,
+    pub context: crate::cards::auth::Context,
+    pub result: AuthResult,
+    pub res: Option<Hex>,
+    pub ck: Option<Hex>,
+    pub ik: Option<Hex>,
+    pub kc: Option<Hex>,
+    pub sres: Option<Hex>,
+    pub auts: Option<Hex>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthResult {
+    Success,
+    SyncFailure,
+}
+
+impl AuthRow {
+    pub fn new(card: CardNo, o: &crate::cards::auth::Outcome) -> AuthRow {
+        use crate::cards::auth::{Context, Outcome};
+        let h = |b: &Vec<u8>| Some(Hex::new(b.clone()));
+        let mut row = AuthRow {
+            card,
+            context: Context::Umts,
+            result: AuthResult::Success,
+            res: None,
+            ck: None,
+            ik: None,
+            kc: None,
+            sres: None,
+            auts: None,
+        };
+        match o {
+            Outcome::Umts { res, ck, ik, kc } => {
+                row.res = h(res);
+                row.ck = h(ck);
+                row.ik = h(ik);
+                row.kc = kc.as_ref().and_then(h);
+            }
+            Outcome::SyncFailure { auts } => {
+                row.result = AuthResult::SyncFailure;
+                row.auts = h(auts);
+            }
+            Outcome::Gsm { sres, kc } => {
+                row.context = Context::Gsm;
+                row.sres = h(sres);
+                row.kc = h(kc);
+            }
+        }
+        row
+    }
 }
 
 /// A card as `GET /api/v1/cards` shows it.
@@ -69,6 +139,8 @@ pub struct CardRow {
     pub errors: u64,
     /// Why simpool marked the card bad on the pool, if it did.
     pub bad: Option<String>,
+    /// The last command the card layer's rules refused ("refused: would use ADM1's last try").
+    pub refused: Option<String>,
     /// The card's labels (`{}` without any, or without a history).
     #[serde(default)]
     pub labels: Labels,
@@ -96,6 +168,9 @@ pub struct StatusRow {
     pub card: CardNo,
     pub state: SlotState,
     pub holder: Option<String>,
+    /// The last command the card layer's rules refused on the card (through the daemon).
+    #[serde(default)]
+    pub refused: Option<String>,
     /// What the daemon knows the card is (`null` without a daemon, or before it read it).
     #[serde(flatten)]
     pub facts: Facts,
@@ -316,6 +391,7 @@ mod tests {
             exchanges: 0,
             errors: 0,
             bad: None,
+            refused: None,
             facts: Default::default(),
             labels: labels
                 .iter()

@@ -30,6 +30,8 @@ pub enum ServeError {
     /// The state file cannot be saved where it is named (a configuration error).
     #[error("{0}")]
     State(String),
+    #[error("sim-rest API: cannot listen on {0}: {1}")]
+    SimRest(String, std::io::Error),
 }
 
 /// A running daemon.
@@ -39,6 +41,8 @@ pub struct Running {
     pub sim: Option<SimPool>,
     /// Where the control API listens, if on.
     pub control: Option<std::net::SocketAddr>,
+    /// Where the sim-rest API listens, if on.
+    pub sim_rest: Option<std::net::SocketAddr>,
     /// The osmo-remsim bank, if on.
     pub bank: Option<crate::remsim::Bank>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -119,6 +123,14 @@ pub async fn start_with(
         )?),
         None => None,
     };
+    let sim_rest = match &cfg.sim_rest {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| ServeError::SimRest(a.clone(), e))?,
+        ),
+        None => None,
+    };
     let link = Link::spawn(
         &opened.addr,
         LinkOptions {
@@ -134,6 +146,7 @@ pub async fn start_with(
     if let Some(h) = open_history(&cfg).await {
         cards.set_history(h);
     }
+    cards.set_settings(Arc::new(cfg.card_settings.clone()));
     // The bank's listener before the readers: a bank that cannot listen should not half-start.
     let bank = match &cfg.remsim {
         Some(r) => Some(start_bank(&cfg, r, &cards).await?),
@@ -184,10 +197,33 @@ pub async fn start_with(
     }
     // Always: SIGHUP must not end the daemon (`systemctl reload`), tokens file or not.
     tasks.push(tokio::spawn(reload_on_hangup(auth)));
+    let mut sim_rest_addr = None;
+    if let Some(l) = sim_rest {
+        let a = l.local_addr().ok();
+        sim_rest_addr = a;
+        if a.is_some_and(|a| !a.ip().is_loopback()) {
+            log::warn!(
+                "sim-rest API on {} (not loopback): it has no token, as pySim's has none; \
+                 anyone who reaches it can run authentications on the pool's cards",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            );
+        }
+        log::info!(
+            "sim-rest API on http://{} (slot k is card k+1)",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        let router = crate::simrest::router(daemon.clone());
+        tasks.push(tokio::spawn(crate::control::serve_http(
+            l,
+            router,
+            "sim-rest API",
+        )));
+    }
     Ok(Running {
         daemon,
         sim: opened.sim,
         control,
+        sim_rest: sim_rest_addr,
         bank,
         tasks,
     })

@@ -277,6 +277,19 @@ fn history_rows_survive_a_restart_and_kill_9_and_labels_select_cards() {
     assert_eq!(r["card"], 8, "{out}");
     let (code, _, err) = simpool(&control, &["release", &r["id"].to_string()]);
     assert_eq!(code, Some(0), "{err}");
+    // A label protects a card (issue 20 §3): protect=write refuses a write before it reaches
+    // the card; without the label the same write gets the card's own answer.
+    let write = Some(r#"{"tpdus":["A0A40000023F00","A0A40000022FE2","A0D6000001FF"]}"#);
+    let (status, v) = api(&control, "POST", "/api/v1/cards/8/apdu", write);
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["responses"][2], "6982", "{v}");
+    let (code, _, err) = simpool(&control, &["label", "8", "protect=write"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (status, v) = api(&control, "POST", "/api/v1/cards/8/apdu", write);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["responses"][2], "6982", "{v}");
+    let (code, _, err) = simpool(&control, &["label", "8", "--remove", "protect"]);
+    assert_eq!(code, Some(0), "{err}");
 
     // A restart: the rows and labels stay; what was held at the stop ended daemon-stopped.
     stop_gently(daemon);

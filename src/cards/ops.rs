@@ -363,7 +363,10 @@ pub async fn apdu(
         holder,
         None,
         commands,
-        ApduMode { keep, auto: false },
+        ApduMode {
+            keep,
+            ..Default::default()
+        },
         timeout,
     )
     .await
@@ -377,6 +380,9 @@ pub struct ApduMode {
     /// Send GET RESPONSE on `61xx`/`9Fxx` and repeat on `6Cxx` as an application would
     /// ([`super::auto`]): one response per command, the final one.
     pub auto: bool,
+    /// The lease may use a secret's last try (the last-try guard lets its commands through,
+    /// see [`super::guard`]).
+    pub allow_last_try: bool,
 }
 
 /// As [`apdu`], in a given mode.
@@ -404,6 +410,9 @@ pub async fn apdu_as(
     let mut lease = cards.lease_as(n, holder, who)?;
     if mode.keep {
         lease.keep_running();
+    }
+    if mode.allow_last_try {
+        lease.allow_last_try();
     }
     let reply = run_commands(&mut lease, commands, mode.auto, timeout).await;
     lease.release().await;
@@ -464,7 +473,8 @@ async fn run_commands(
     Ok(reply)
 }
 
-fn start_error(n: CardNo) -> impl Fn(StartError) -> ApduError {
+/// A start's refusal or failure as an [`ApduError`] (a pool gone is the pool's, not the card's).
+pub fn start_error(n: CardNo) -> impl Fn(StartError) -> ApduError {
     move |e| match e {
         StartError::Pool(error @ PoolError::Down | error @ PoolError::LinkLost) => {
             ApduError::Pool(error)

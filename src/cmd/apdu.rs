@@ -23,6 +23,10 @@ pub struct ApduArgs {
     /// Leave the card running afterwards (default: stop it, also after an error or Ctrl-C).
     #[arg(long)]
     keep: bool,
+    /// Let this run use the last try of a PIN, PUK or ADM key (the last-try guard refuses it
+    /// otherwise, with 69 85).
+    #[arg(long)]
+    allow_last_try: bool,
     /// Print JSON instead of one response per line: {"card","atr","responses","errors"}.
     #[arg(long)]
     json: bool,
@@ -71,6 +75,7 @@ pub async fn run(a: ApduArgs) -> Result<ExitCode, CliError> {
                 tpdus: cmds.iter().map(hex::encode_upper).collect(),
                 keep: a.keep,
                 auto: a.auto,
+                allow_last_try: a.allow_last_try,
             };
             let path = format!("/api/v1/cards/{card}/apdu");
             let call = c.call(Method::POST, &path, Some(&body), Duration::from_secs(60));
@@ -84,6 +89,7 @@ pub async fn run(a: ApduArgs) -> Result<ExitCode, CliError> {
             let mode = ops::ApduMode {
                 keep: a.keep,
                 auto: a.auto,
+                allow_last_try: a.allow_last_try,
             };
             let run = ops::apdu_with(
                 &p.cards,

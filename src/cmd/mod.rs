@@ -1,6 +1,7 @@
 //! The subcommands, one file each; `main.rs` parses and dispatches.
 
 pub mod apdu;
+pub mod auth;
 pub mod daemon;
 pub mod exec;
 pub mod history;

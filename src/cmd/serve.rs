@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Trace only these cards, e.g. `18,256` or `1-16` [default: all].
     #[arg(long, value_name = "LIST")]
     gsmtap_cards: Option<String>,
+    /// Answer pySim's sim-rest API (`sim-rest-client.py`) for every card on HOST:PORT (pySim
+    /// uses port 8000; slot k is card k+1), or `off` [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    sim_rest: Option<String>,
 }
 
 fn parse_reset(s: &str) -> Result<ResetPolicy, String> {
@@ -278,6 +282,7 @@ fn configuration(args: &ServeArgs, m: &ArgMatches) -> Result<ServeConfig, CliErr
         history_days: args.history_days,
         gsmtap: args.gsmtap.clone(),
         gsmtap_cards: args.gsmtap_cards.clone(),
+        sim_rest: args.sim_rest.clone(),
         reader: bindings_in_order(args, m),
         remsim: (args.remsim.is_some() || args.bank_id.is_some() || args.remsim_listen.is_some())
             .then(|| config::RemsimEntry {

@@ -31,6 +31,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                         holder: c.holder,
                         labels: c.labels,
                         facts: c.facts,
+                        refused: c.refused,
                     }),
                     None => Err(CliError::Card(
                         "the daemon cannot read the slot states: its pool link is down".into(),
@@ -50,6 +51,7 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                 holder: None,
                 labels: Default::default(),
                 facts: Default::default(),
+                refused: None,
             })
             .collect(),
     };
@@ -82,6 +84,11 @@ pub async fn run(pool: PoolArgs, json_out: bool) -> Result<ExitCode, CliError> {
                 } else {
                     out(format!("      {l}"))?;
                 }
+            }
+        }
+        for r in &rows {
+            if let Some(why) = &r.refused {
+                out(format!("card {}: {why}", r.card))?;
             }
         }
     }

@@ -4,6 +4,7 @@
 //! - `GET /api/v1/pool` — address, name, link state and why it is not up, ID and firmware version
 //! - `GET /api/v1/readers`, `GET|PUT|DELETE /api/v1/readers/{i}`
 //! - `GET /api/v1/cards`, `GET /api/v1/cards/{n}`, `POST /api/v1/cards/{n}/apdu`
+//! - `POST /api/v1/cards/{n}/authenticate` — 3G (`{"rand","autn"}`) or 2G (`{"rand"}`)
 //! - `POST /api/v1/scan`
 //! - `POST /api/v1/cards/{n}/stop`, `POST /api/v1/stop-all` with optional `{"force":true}`
 //! - `GET /api/v1/history`, `GET|PUT /api/v1/cards/{n}/labels` (see [`super::records`])
@@ -34,12 +35,14 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{Auth, Denied, Local};
 use crate::bridge::{BindError, Binding, ReaderHandle};
+use crate::cards::auth;
 use crate::cards::ops::{self, ApduError};
 use crate::cards::{Holder, LeaseError, StartError};
 use crate::daemon::Daemon;
 use crate::pool::SlotState;
 use crate::rows::{
-    ApduRequest, CardRow, ErrorBody, Health, LinkWord, PoolInfo, ReaderRow, StopRequest,
+    ApduRequest, AuthRequest, CardRow, ErrorBody, Health, LinkWord, PoolInfo, ReaderRow,
+    StopRequest,
 };
 use crate::users::{Action, Who};
 use crate::values::CardNo;
@@ -138,6 +141,7 @@ pub fn router_with(daemon: Arc<Daemon>, auth: Arc<Auth>) -> Router {
         .route("/api/v1/cards", get(cards))
         .route("/api/v1/cards/{n}", get(card))
         .route("/api/v1/cards/{n}/apdu", post(apdu))
+        .route("/api/v1/cards/{n}/authenticate", post(authenticate))
         .route("/api/v1/scan", post(scan))
         .route("/api/v1/cards/{n}/stop", post(stop_card))
         .route("/api/v1/stop-all", post(stop_all))
@@ -445,6 +449,7 @@ fn card_row(d: &Daemon, n: CardNo, state: Option<SlotState>) -> CardRow {
         errors: v.errors,
         bad: v.bad,
         labels: d.cards.labels_of(n),
+        refused: v.refused,
     }
 }
 
@@ -495,7 +500,7 @@ async fn apdu(
     let n = card_number(&n)?;
     let body: ApduRequest = parse_json(
         &read_body(req).await?,
-        "{\"tpdus\":[\"A0A40000023F00\",…],\"keep\":false,\"auto\":false}",
+        "{\"tpdus\":[\"A0A40000023F00\",…],\"keep\":false,\"auto\":false,\"allow_last_try\":false}",
     )?;
     let cmds = ops::parse_commands(&body.tpdus)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
@@ -503,6 +508,7 @@ async fn apdu(
     let mode = ops::ApduMode {
         keep: body.keep,
         auto: body.auto,
+        allow_last_try: body.allow_last_try,
     };
     let reply = ops::apdu_as(
         &d.cards,
@@ -524,6 +530,43 @@ async fn apdu(
         }
     }
     Ok(Json(reply))
+}
+
+const AUTH_SHAPE: &str =
+    "{\"rand\":\"…\",\"autn\":\"…\"} (3G) or {\"rand\":\"…\"} (2G), 16 bytes each in hex";
+
+/// Runs an authentication on card `n` under a lease of this request ([`auth::authenticate`]).
+/// What the card refused is 502 with its status word in the message.
+async fn authenticate(
+    State(d): State<Arc<Daemon>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Extension(who): Extension<Who>,
+    Path(n): Path<String>,
+    req: Request,
+) -> ApiResult<crate::rows::AuthRow> {
+    let n = card_number(&n)?;
+    let body: AuthRequest = parse_json(&read_body(req).await?, AUTH_SHAPE)?;
+    let challenge = auth::Challenge::parse(&body.rand, body.autn.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let holder = api_holder(&who, &peer);
+    match auth::authenticate(
+        &d.cards,
+        n,
+        holder,
+        Some(&who),
+        challenge,
+        d.command_timeout,
+        auth::Via::Api,
+    )
+    .await
+    {
+        Ok(o) => Ok(Json(crate::rows::AuthRow::new(n, &o))),
+        Err(auth::AuthError::Card(e)) => Err(apdu_error(e)),
+        Err(e) => {
+            log::warn!("API {peer}: card {n}: authentication: {e}");
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, e))
+        }
+    }
 }
 
 async fn scan(State(d): State<Arc<Daemon>>, req: Request) -> ApiResult<Vec<crate::rows::ScanRow>> {

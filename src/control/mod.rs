@@ -240,30 +240,37 @@ impl Listener {
     /// Serves until the task is aborted.
     pub async fn serve(self, daemon: Arc<Daemon>) {
         let router = api::router_with(daemon, self.auth.clone());
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    log::warn!("control API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                log::warn!("control API: {peer}: over {MAX_CONNECTIONS} connections, closed");
-                drop(stream);
+        serve_http(self.listener, router, "control API").await
+    }
+}
+
+/// Serves `router` on `listener` until the task is aborted: at most [`MAX_CONNECTIONS`] at
+/// once, headers within [`HEADER_TIMEOUT`], each request told its peer ([`api::Peer`]). The
+/// control API and the sim-rest API share it.
+pub async fn serve_http(listener: TcpListener, router: axum::Router, what: &'static str) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("{what}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(
-                stream,
-                router.clone(),
-                peer.to_string(),
-                None,
-                permit,
-            ));
-        }
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            log::warn!("{what}: {peer}: over {MAX_CONNECTIONS} connections, closed");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            peer.to_string(),
+            None,
+            permit,
+        ));
     }
 }

@@ -557,6 +557,7 @@ mod tests {
             exchanges: 0,
             errors: 0,
             bad: None,
+            refused: None,
             facts: Default::default(),
             labels: Default::default(),
         }

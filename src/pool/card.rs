@@ -23,6 +23,10 @@ pub enum ExchangeError {
     /// The answer cannot be trusted to be this command's: the pool sent more than asked.
     #[error("{why} (card sent {})", hex::encode_upper(.seen))]
     Stale { why: &'static str, seen: Vec<u8> },
+    /// The card layer's rules refused the command without sending it (the last-try guard,
+    /// write protection): the application gets `sw`.
+    #[error("{why}")]
+    Guarded { sw: [u8; 2], why: String },
 }
 
 impl ExchangeError {
@@ -30,13 +34,17 @@ impl ExchangeError {
     pub fn status(&self) -> [u8; 2] {
         match self {
             ExchangeError::Refused(r) => r.status(),
+            ExchangeError::Guarded { sw, .. } => *sw,
             _ => t0::sw::TECHNICAL_PROBLEM,
         }
     }
 
     /// Bytes reached the card, which may now be in any T=0 state: it needs a restart.
     pub fn card_touched(&self) -> bool {
-        !matches!(self, ExchangeError::Refused(_))
+        !matches!(
+            self,
+            ExchangeError::Refused(_) | ExchangeError::Guarded { .. }
+        )
     }
 }
 
