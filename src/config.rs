@@ -30,7 +30,7 @@
 //! imsi = "460019894013615"
 //! vpcd = "127.0.0.1:35970"      # optional: this reader's own vpcd address
 //!
-//! [[card]]                      # per-card settings
+//! [[card_settings]]             # per-card settings
 //! card = 7
 //! protect = "write"             # refuse anything that changes the card (default "off")
 //! guard = "off"                 # the last-try guard (default "on")
@@ -112,7 +112,7 @@ pub struct FileConfig {
     pub reader: Vec<ReaderEntry>,
     /// Per-card settings: the last-try guard, write protection.
     #[serde(default)]
-    pub card: Vec<crate::cards::guard::CardEntry>,
+    pub card_settings: Vec<crate::cards::guard::CardEntry>,
     /// The osmo-remsim bank.
     pub remsim: Option<RemsimEntry>,
 }
@@ -231,7 +231,7 @@ pub struct ServeConfig {
     pub gsmtap: Option<crate::gsmtap::Config>,
     /// The sim-rest API's address; `None`: off (the default).
     pub sim_rest: Option<String>,
-    /// Per-card settings (`[[card]]`: guard, protect).
+    /// Per-card settings (`[[card_settings]]`: guard, protect).
     pub card_settings: crate::cards::guard::ConfigSettings,
 }
 
@@ -347,10 +347,10 @@ pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<ServeConfig, Confi
         gsmtap: resolve_gsmtap(&file, &flags)?,
         sim_rest,
         card_settings: crate::cards::guard::ConfigSettings::from_entries(
-            if flags.card.is_empty() {
-                &file.card
+            if flags.card_settings.is_empty() {
+                &file.card_settings
             } else {
-                &flags.card
+                &flags.card_settings
             },
         )
         .map_err(ConfigError::Invalid)?,

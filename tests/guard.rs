@@ -190,7 +190,7 @@ fn guard_off_and_write_protection_per_card_from_the_configuration() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let control = format!("127.0.0.1:{}", common::free_port());
     let config =
-        "[[card]]\ncard = 8\nguard = \"off\"\n\n[[card]]\ncard = 10\nprotect = \"write\"\n";
+        "[[card_settings]]\ncard = 8\nguard = \"off\"\n\n[[card_settings]]\ncard = 10\nprotect = \"write\"\n";
     let _d = daemon(&sim, &control, Some(config));
     // Card 8 without the guard: the third wrong PIN blocks PIN1, as the user asked.
     let v = apdu(&control, 8, &[WRONG_PIN1, WRONG_PIN1, WRONG_PIN1], false);
@@ -241,7 +241,7 @@ fn guard_off_and_write_protection_per_card_from_the_configuration() {
     let bad = std::env::temp_dir().join(format!("simpool-guard-bad-{}.toml", std::process::id()));
     std::fs::write(
         &bad,
-        "pool = \"sim\"\nreaders = 0\n[[card]]\ncard = 3\nprotect = \"read\"\n",
+        "pool = \"sim\"\nreaders = 0\n[[card_settings]]\ncard = 3\nprotect = \"read\"\n",
     )
     .unwrap();
     let out = common::proc::output(Command::new(env!("CARGO_BIN_EXE_simpool")).args([
@@ -279,7 +279,11 @@ fn a_protected_card_stays_unchanged_after_pysim_shell_tries_to_update_it() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
     let config =
         std::env::temp_dir().join(format!("simpool-guard-pysim-{}.toml", std::process::id()));
-    std::fs::write(&config, "[[card]]\ncard = 12\nprotect = \"write\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[[card_settings]]\ncard = 12\nprotect = \"write\"\n",
+    )
+    .unwrap();
     let cfg = config.display().to_string();
     let (serve, _ctx, _name) = serve(&sim, 1, 12, &["--config", &cfg]);
     let spn = |sim: &SimPool| {

@@ -16,7 +16,7 @@
 //!   are refused with [`SW_PROTECTED`] (`69 82`, "security status not satisfied"), logged.
 //!
 //! The per-card settings come from one place, a [`SettingsSource`]: the configuration's
-//! `[[card]]` tables today ([`ConfigSettings`]); a label store can stand in for it.
+//! `[[card_settings]]` tables today ([`ConfigSettings`]); a label store can stand in for it.
 //!
 //! This module is sans-IO: [`classify`] names what a command does, [`Tracker`] keeps what was
 //! seen of a card's counters and decides.
@@ -170,13 +170,13 @@ impl Default for CardSettings {
     }
 }
 
-/// Where per-card settings come from. The configuration's `[[card]]` tables are one source; a
+/// Where per-card settings come from. The configuration's `[[card_settings]]` tables are one source; a
 /// label store (settings by label or ICCID) is another, set with [`super::Cards::set_settings`].
 pub trait SettingsSource: Send + Sync {
     fn settings(&self, card: CardNo) -> CardSettings;
 }
 
-/// `[[card]]` in the configuration file.
+/// `[[card_settings]]` in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CardEntry {
@@ -192,7 +192,7 @@ pub struct CardEntry {
 pub struct ConfigSettings(pub BTreeMap<CardNo, CardSettings>);
 
 impl ConfigSettings {
-    /// Checks the `[[card]]` tables: known values, each card once.
+    /// Checks the `[[card_settings]]` tables: known values, each card once.
     pub fn from_entries(entries: &[CardEntry]) -> Result<ConfigSettings, String> {
         let mut map = BTreeMap::new();
         for e in entries {
@@ -218,7 +218,7 @@ impl ConfigSettings {
                 }
             }
             if map.insert(e.card, s).is_some() {
-                return Err(format!("card {} has two [[card]] tables", e.card));
+                return Err(format!("card {} has two [[card_settings]] tables", e.card));
             }
         }
         Ok(ConfigSettings(map))
