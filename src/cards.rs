@@ -1041,7 +1041,7 @@ impl Lease {
     ) -> Result<(), ExchangeError> {
         if matches!(
             guard::classify(cmd),
-            guard::Kind::Other | guard::Kind::Asks(_)
+            guard::Kind::Other | guard::Kind::Asks(_) | guard::Kind::GsmStatus
         ) {
             return Ok(());
         }

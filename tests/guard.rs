@@ -133,7 +133,16 @@ fn apdu(control: &str, card: u16, tpdus: &[&str], allow: bool) -> Value {
 
 #[test]
 fn the_api_refuses_the_last_try_says_so_and_the_override_works() {
-    let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
+    let mut cards = CardsFile::default_set();
+    // Card 3, a GSM SIM, with CHV1 enabled.
+    cards
+        .card
+        .iter_mut()
+        .find(|e| e.slot == 3)
+        .unwrap()
+        .profile
+        .chv1 = Some("1234".into());
+    let sim = common::sim_pool(cards, Faults::default());
     let control = format!("127.0.0.1:{}", common::free_port());
     let _d = daemon(&sim, &control, None);
     let v = apdu(&control, 6, &[WRONG_PIN1, WRONG_PIN1, WRONG_PIN1], false);
@@ -142,6 +151,11 @@ fn the_api_refuses_the_last_try_says_so_and_the_override_works() {
     let e = v["errors"][2].as_str().unwrap();
     assert!(e.contains("would use PIN1's last try"), "{e}");
     assert_eq!(retries(&sim, 6).0, 1);
+    // A GSM SIM (card 3, class A0): VERIFY CHV1 answers no count (98 04); the guard asks
+    // STATUS first, which tells it, and stops the loop one try short too.
+    let chv1 = "A020000108 39393939FFFFFFFF";
+    let v = apdu(&control, 3, &[chv1, chv1, chv1], false);
+    assert_eq!(v["responses"], json!(["9804", "9804", "6985"]), "{v}");
     // The card's row and `simpool status` say it.
     let row = http::get_json(&control, "/api/v1/cards/6");
     assert_eq!(

@@ -5,8 +5,9 @@
 //! - **Last-try guard** (on by default; `guard = "off"` per card): simpool follows the retry
 //!   counters it sees — `63 Cx` answers to VERIFY, CHANGE, DISABLE, ENABLE and UNBLOCK PIN,
 //!   `69 83`/`98 40` (blocked), `98 04` (GSM: one try less) — and, where it knows none, asks
-//!   the card first with a VERIFY (or UNBLOCK) without data, which uses no try. A command that
-//!   would use the last try of PIN1, PIN2, a PUK or an ADM key is refused without reaching
+//!   the card first with a VERIFY (or UNBLOCK) without data, which uses no try (class `A0`:
+//!   STATUS, which holds the CHV counters). A command that would use the last try of PIN1,
+//!   PIN2, a PUK or an ADM key is refused without reaching
 //!   the card: status word [`SW_LAST_TRY`] (`69 85`, "conditions of use not satisfied"), logged,
 //!   and shown as "refused: would use ADM1's last try". One lease may allow it
 //!   ([`super::Lease::allow_last_try`]: `--allow-last-try`, `"allow_last_try": true`).
@@ -70,6 +71,9 @@ pub enum Kind {
     },
     /// Asks a counter without using a try (VERIFY or UNBLOCK without data).
     Asks(Secret),
+    /// GSM 11.11 STATUS (`A0 F2`): the current DF's status, CHV1/CHV2 and their unblock
+    /// counters among it.
+    GsmStatus,
     /// Changes the card's files or profiles.
     Writes(&'static str),
     /// Anything else.
@@ -126,6 +130,7 @@ pub fn classify(cmd: &[u8]) -> Kind {
         // Class 0X: APPEND RECORD; class 8X: GlobalPlatform STORE DATA (ES10 on an eUICC).
         0xE2 if cla & 0x80 == 0 => return Kind::Writes("APPEND RECORD"),
         0xE2 => return es10(rest),
+        0xF2 if gsm => return Kind::GsmStatus,
         _ => return Kind::Other,
     };
     // GSM 11.11 has no VERIFY without data; TS 102 221 answers the counter to it.
@@ -313,6 +318,11 @@ impl Tracker {
                 };
                 Decision::AskFirst(vec![cmd[0], ins, 0x00, cmd[3], 0x00])
             }
+            // GSM 11.11 has no VERIFY without data; its STATUS tells the CHV counters and
+            // changes no selection.
+            None if cmd[0] == 0xA0 && !self.asked.contains(&secret) => {
+                Decision::AskFirst(vec![0xA0, 0xF2, 0x00, 0x00, 0x16])
+            }
             None => Decision::Send,
         }
     }
@@ -322,6 +332,7 @@ impl Tracker {
         let (secret, presented) = match classify(cmd) {
             Kind::Presents { secret, .. } => (secret, true),
             Kind::Asks(secret) => (secret, false),
+            Kind::GsmStatus => return self.gsm_status(cmd, resp),
             _ => return,
         };
         let Some(&[sw1, sw2]) = resp.get(resp.len().saturating_sub(2)..) else {
@@ -345,6 +356,35 @@ impl Tracker {
                 self.asked.retain(|s| *s != secret);
             }
             _ if !presented && !self.asked.contains(&secret) => self.asked.push(secret),
+            _ => {}
+        }
+    }
+
+    /// A GSM STATUS answer: bytes 19–22 are the CHV1, UNBLOCK CHV1, CHV2 and UNBLOCK CHV2
+    /// statuses (b8 initialised, b4–b1 tries left).
+    fn gsm_status(&mut self, cmd: &[u8], resp: &[u8]) {
+        let secrets = [
+            Secret::Pin(0x01),
+            Secret::Puk(0x01),
+            Secret::Pin(0x81),
+            Secret::Puk(0x81),
+        ];
+        match resp {
+            [d @ .., 0x90, 0x00] if d.len() >= 22 => {
+                for (s, b) in secrets.iter().zip(&d[18..22]) {
+                    if b & 0x80 != 0 {
+                        self.left.insert(*s, b & 0x0F);
+                    }
+                }
+            }
+            // Asked and not told: not asked again for these.
+            _ if cmd == [0xA0, 0xF2, 0x00, 0x00, 0x16] => {
+                for s in secrets {
+                    if !self.asked.contains(&s) {
+                        self.asked.push(s);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -424,9 +464,12 @@ mod tests {
                 .starts_with("refused: CHANGE PIN would use PIN2's"),
             "{r}"
         );
-        // GSM: CHV2 is PIN2; no count in 98 04, but one less of a known count; no asking.
+        // GSM: CHV2 is PIN2; no count in 98 04, but one less of a known count; STATUS asks.
         let chv1 = h("A0 20 00 01 08 39393939FFFFFFFF");
-        assert_eq!(t.check(&chv1, ON, false), Decision::Send);
+        assert_eq!(
+            t.check(&chv1, ON, false),
+            Decision::AskFirst(h("A0F2000016"))
+        );
         t.answered(&h("0020000100"), &h("63C2"));
         t.answered(&chv1, &h("9804"));
         let Decision::Refuse(_) = t.check(&chv1, ON, false) else {
@@ -443,6 +486,24 @@ mod tests {
         // A blocked PIN is no last try: the card says 69 83 again, harmlessly.
         let mut t = Tracker::default();
         t.answered(&chv1, &h("9840"));
+        assert_eq!(t.check(&chv1, ON, false), Decision::Send);
+    }
+
+    #[test]
+    fn gsm_status_tells_the_chv_counters() {
+        let mut t = Tracker::default();
+        let mut status = vec![0u8; 18];
+        status.extend([0x81, 0x8A, 0x83, 0x8A, 0x00, 0x00]);
+        status.extend([0x90, 0x00]);
+        t.answered(&h("A0F2000016"), &status);
+        assert_eq!(t.left(Secret::Pin(1)), Some(1));
+        assert_eq!(t.left(Secret::Puk(1)), Some(10));
+        assert_eq!(t.left(Secret::Pin(0x81)), Some(3));
+        let chv1 = h("A0 20 00 01 08 39393939FFFFFFFF");
+        assert!(matches!(t.check(&chv1, ON, false), Decision::Refuse(_)));
+        // A card that answers STATUS with less is not asked again.
+        let mut t = Tracker::default();
+        t.answered(&h("A0F2000016"), &h("6700"));
         assert_eq!(t.check(&chv1, ON, false), Decision::Send);
     }
 
