@@ -748,7 +748,7 @@ fn json_shapes_have_stable_keys() {
     assert_eq!(v.as_array().unwrap().len(), 256);
     assert_eq!(
         v[6],
-        serde_json::json!({"card": 7, "state": "inserted", "holder": null, "labels": {},
+        serde_json::json!({"card": 7, "state": "inserted", "holder": null, "labels": {}, "refused": null,
             "type": null, "spn": null, "msisdn": null, "eid": null,
             "pin1": {"enabled": null, "verified": null, "tries": null},
             "puk1": {"tries": null}, "hidden": []})

@@ -33,8 +33,12 @@ fn tx4(card: &pcsc::Card, cmd: &str) -> Vec<u8> {
 }
 
 fn serve(sim: &SimPool, reader: u16, card: u16) -> (Serve, Context, CString) {
+    serve_with(sim, reader, card, &[])
+}
+
+fn serve_with(sim: &SimPool, reader: u16, card: u16, extra: &[&str]) -> (Serve, Context, CString) {
     let pcscd = stack::pcscd(BASE_PORT);
-    let args = [
+    let mut args = vec![
         "--pool".to_string(),
         sim.addr().to_string(),
         "--vpcd".into(),
@@ -42,6 +46,7 @@ fn serve(sim: &SimPool, reader: u16, card: u16) -> (Serve, Context, CString) {
         "--card".into(),
         card.to_string(),
     ];
+    args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let serve = Serve::start(&refs, &format!("usim-reader{reader}"));
     let ctx = stack::context();
@@ -155,7 +160,12 @@ fn select_usim_read_imsi_authenticate_and_resync() {
 #[test]
 fn pin1_counter_to_zero_and_puk1_through_pcscd() {
     let sim = common::sim_pool(CardsFile::default_set(), Faults::default());
-    let (_serve, ctx, name) = serve(&sim, 2, 22);
+    // The simulator's counters down to zero: the last-try guard (tests/guard.rs) is off for
+    // this card.
+    let config = std::env::temp_dir().join(format!("simpool-usim-{}.toml", std::process::id()));
+    std::fs::write(&config, "[[card_settings]]\ncard = 22\nguard = \"off\"\n").unwrap();
+    let config = config.display().to_string();
+    let (_serve, ctx, name) = serve_with(&sim, 2, 22, &["--config", &config]);
     let card = ctx
         .connect(&name, ShareMode::Shared, Protocols::ANY)
         .expect("connect");
