@@ -4,7 +4,8 @@
 //! Every card has its own ICCID, IMSI and Ki, so an answer delivered to the wrong reader shows.
 //!
 //! What users feel is asserted: every answer is the card's own or `6F 00`, and `6F 00` (or "card
-//! removed") only inside an outage the test drives itself (pool restart, muted card), from its
+//! removed") only inside an outage the test drives itself (pool restart, muted card, junk
+//! between reply frames), from its
 //! start until that reader's first good answer; each reader recovers from each outage within
 //! a bound; simpool's RSS and open fds stay flat. The figures are printed at the end.
 //!
@@ -386,7 +387,18 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
                 f.latency_max = Duration::from_millis(30);
                 f.split = 4;
             }
-            3 => f.garbage_every = 5,
+            3 => {
+                f.garbage_every = 5;
+                // Junk right after a reply frame cannot be told from that frame's tail (a pool
+                // that gave its length one short): the card layer fails that exchange (6F00)
+                // rather than risk wrong data, costing that card only. A fault window, then.
+                open = Some(Outage {
+                    what: "junk before replies",
+                    cards: None,
+                    start: now,
+                    end: now,
+                });
+            }
             4 => {
                 f.mute.insert(16);
                 open = Some(Outage {
@@ -439,6 +451,8 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
     let mut not_recovered = Vec::new();
     // per outage: slowest recovery over the readers it affected
     let mut recovery: Vec<Option<Duration>> = vec![Some(Duration::ZERO); outages.len()];
+    // per outage: whether any reader's recovery counted for it (not overtaken by a later one)
+    let mut judged = vec![false; outages.len()];
     for c in &clients {
         let log = c.log.lock().unwrap();
         answers += log.len() as u64;
@@ -447,8 +461,14 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
             match recovered_at(&log, o) {
                 Some(t) => {
                     let took = t - o.start;
-                    if let Some(r) = &mut recovery[i] {
+                    // A reader a later fault hit before it recovered (card 16, muted right
+                    // after the junk) is judged by that fault's recovery.
+                    let overtaken = outages.iter().any(|p| {
+                        !std::ptr::eq(p, o) && p.affects(c.n) && p.start > o.start && p.start <= t
+                    });
+                    if let Some(r) = recovery[i].as_mut().filter(|_| !overtaken) {
                         *r = (*r).max(took);
+                        judged[i] = true;
                     }
                     windows.push((o.start, t));
                 }
@@ -504,12 +524,16 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
         c(&counts.over_bound),
         c(&counts.slowest_ms),
     );
-    for (o, r) in outages.iter().zip(&recovery) {
+    for ((o, r), j) in outages.iter().zip(&recovery).zip(&judged) {
         eprintln!(
-            "  {} at {:.1} s: every reader recovered within {}",
+            "  {} at {:.1} s: {}",
             o.what,
             o.start.saturating_duration_since(t0).as_secs_f64(),
-            r.map_or("(never)".to_string(), |d| format!("{} ms", d.as_millis()))
+            match r {
+                None => "some reader never recovered".to_string(),
+                Some(_) if !j => "its readers were hit by a later fault first".to_string(),
+                Some(d) => format!("every reader recovered within {} ms", d.as_millis()),
+            }
         );
     }
     eprintln!(
@@ -538,7 +562,7 @@ fn sixteen_readers_under_faults_answer_right_or_6f00_inside_outages() {
         not_recovered.is_empty(),
         "never recovered: {not_recovered:?}"
     );
-    let restarts = outages.iter().filter(|o| o.cards.is_none()).count();
+    let restarts = outages.iter().filter(|o| o.what == "pool restart").count();
     assert!(restarts >= 1 || secs < 4, "the run drove a pool restart");
     for (o, r) in outages.iter().zip(&recovery) {
         let r = r.expect("checked above");
