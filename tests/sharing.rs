@@ -702,3 +702,22 @@ fn reservations_survive_a_restart() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `reserve --eid` on a daemon that has read no card yet: the free cards are read to find the
+/// eUICC (issue 24 §3), as for an ICCID or IMSI.
+#[test]
+fn reserve_finds_an_euicc_by_eid_the_daemon_has_not_read_yet() {
+    let sim = sim();
+    let vpcd = format!("127.0.0.1:{}", common::free_port());
+    let d = daemon(&sim.addr().to_string(), &vpcd, 1, &[], "sharing-identity");
+    let eid = sim
+        .with_card(33, |c| hex::encode_upper(c.euicc().unwrap().eid()))
+        .unwrap();
+    let (status, v) = d.call(
+        None,
+        "POST",
+        "/api/v1/reservations",
+        Some(serde_json::json!({"eid": eid, "for_s": 60})),
+    );
+    assert_eq!((status, &v["card"]), (201, &serde_json::json!(33)), "{v}");
+}

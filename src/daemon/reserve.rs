@@ -246,13 +246,14 @@ impl Daemon {
         }
     }
 
-    /// Reads the identity of free cards that may have a wanted ICCID or IMSI.
+    /// Reads the identity of free cards that may have a wanted ICCID, IMSI or EID.
     async fn read_identities(&self, sel: &Selection, who: &Who) {
         let wanted = sel
             .iccids
             .iter()
             .map(|s| Wanted::Iccid(s))
-            .chain(sel.imsis.iter().map(|s| Wanted::Imsi(s)));
+            .chain(sel.imsis.iter().map(|s| Wanted::Imsi(s)))
+            .chain(sel.eid.iter().map(|s| Wanted::Eid(s)));
         for w in wanted {
             if let Ok(lease) = self
                 .cards
