@@ -749,7 +749,8 @@ fn a_usim_still_answers_class_a0_as_a_sim() {
 
 #[test]
 fn t0_quirks_on_the_uicc_face() {
-    let mut p = usim(30);
+    // (card 30 has PIN1 enabled: its AUTHENTICATE would answer 69 82)
+    let mut p = usim(26);
     p.t0.nulls = 2;
     p.t0.single_byte_out = true;
     let mut c = SimCard::new(p.clone());
