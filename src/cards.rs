@@ -1036,11 +1036,12 @@ impl Lease {
     async fn guarded(
         &self,
         cmd: &[u8],
+        kind: guard::Kind,
         deadline: Duration,
         front: Front,
     ) -> Result<(), ExchangeError> {
         if matches!(
-            guard::classify(cmd),
+            kind,
             guard::Kind::Other | guard::Kind::Asks(_) | guard::Kind::GsmStatus
         ) {
             return Ok(());
@@ -1124,8 +1125,10 @@ impl Lease {
         // guard's counter query) as well.
         let opts = self.cards.link().options();
         let bound = deadline.max(opts.null_wait_cap) + opts.reply_timeout;
+        // Once per exchange: the guard, its counters and the identity refresh all need it.
+        let kind = guard::classify(cmd);
         let send = async {
-            self.guarded(cmd, deadline, front).await?;
+            self.guarded(cmd, kind, deadline, front).await?;
             self.card.transmit(cmd, deadline).await
         };
         let result = match tokio::time::timeout(bound, send).await {
@@ -1147,13 +1150,13 @@ impl Lease {
         fs.latency.observe(t0.elapsed());
         match &result {
             Ok(resp) => {
-                if changes::changes_identity(cmd, resp) {
+                if changes::changes_identity(kind, resp) {
                     self.entry().identity_stale.store(true, Ordering::Relaxed);
                 }
                 for o in &self.cards.inner.observers {
                     o.exchange(self.number.get(), front, cmd, resp);
                 }
-                if !matches!(guard::classify(cmd), guard::Kind::Other) {
+                if !matches!(kind, guard::Kind::Other) {
                     self.entry().guard.lock().unwrap().answered(cmd, resp);
                 }
             }

@@ -1,35 +1,33 @@
 //! Which commands change what simpool knows of a card (its ICCID and IMSI), so that the card
 //! layer reads them again at the card's next start: an eUICC's profile enabled, disabled or
 //! deleted (ES10c through STORE DATA, SGP.22 §5.7), and a file written (UPDATE BINARY, as
-//! pySim-prog and pySim-shell write EF.ICCID and EF.IMSI of programmable cards). Sans-IO.
+//! pySim-prog and pySim-shell write EF.ICCID and EF.IMSI of programmable cards; any other
+//! write the guard knows, too). Sans-IO.
 
-/// `cmd` as sent (a T=0 TPDU: CLA INS P1 P2 P3 data) and its answer `data ‖ SW1 SW2`: whether
-/// the card accepted something that can change its ICCID or IMSI. Any class: a logical
-/// channel's bits do not matter. A refused command changes nothing.
-pub fn changes_identity(cmd: &[u8], resp: &[u8]) -> bool {
+use super::guard::Kind;
+
+/// The answer `resp` (`data ‖ SW1 SW2`) to a command the guard classified as `kind`
+/// ([`super::guard::classify`], which knows every command that writes a card: UPDATE BINARY/RECORD,
+/// ES10 Enable/Disable/DeleteProfile, …): whether the card accepted something that can
+/// change its ICCID or IMSI. A refused command changes nothing.
+pub fn changes_identity(kind: Kind, resp: &[u8]) -> bool {
     let [.., sw1, _] = resp else {
         return false;
     };
     // 61xx: the answer waits for GET RESPONSE; 9Fxx: the same on a GSM SIM.
-    if !matches!(sw1, 0x90 | 0x61 | 0x9F) || cmd.len() < 4 {
-        return false;
-    }
-    match cmd[1] {
-        // UPDATE BINARY.
-        0xD6 => true,
-        // STORE DATA whose (first) block starts with EnableProfile, DisableProfile or
-        // DeleteProfile: BF31, BF32, BF33.
-        0xE2 => matches!(cmd.get(5..7), Some([0xBF, 0x31..=0x33])),
-        _ => false,
-    }
+    matches!(kind, Kind::Writes(_)) && matches!(sw1, 0x90 | 0x61 | 0x9F)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::changes_identity;
+    use crate::cards::guard::classify;
 
     fn h(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
+    }
+
+    fn changes_identity(cmd: &[u8], resp: &[u8]) -> bool {
+        super::changes_identity(classify(cmd), resp)
     }
 
     #[test]
