@@ -26,26 +26,14 @@ const WRONG_ADM1: &str = "0020000A08 3939393939393939";
 const RIGHT_PIN1: &str = "0020000108 31323334FFFFFFFF";
 
 fn serve(sim: &SimPool, reader: u16, card: u16, extra: &[&str]) -> (Serve, Context, CString) {
-    let pcscd = stack::pcscd(BASE_PORT);
-    let mut args = vec![
-        "--pool".to_string(),
-        sim.addr().to_string(),
-        "--vpcd".into(),
-        pcscd.vpcd_addr(reader),
-        "--card".into(),
-        card.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serve = Serve::start(&refs, &format!("guard-reader{reader}"));
-    let ctx = stack::context();
-    let name = pcscd.reader_name(reader);
-    assert!(
-        stack::wait_card(&ctx, &name, true, Duration::from_secs(15)),
-        "{name:?} shows no card; simpool log:\n{}",
-        serve.log_text()
-    );
-    (serve, ctx, name)
+    stack::serve_card(
+        BASE_PORT,
+        &sim.addr().to_string(),
+        reader,
+        card,
+        extra,
+        "guard",
+    )
 }
 
 fn sw(r: &[u8]) -> String {

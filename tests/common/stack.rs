@@ -215,3 +215,36 @@ pub fn wait_card(ctx: &Context, reader: &CString, present: bool, within: Duratio
         }
     }
 }
+
+/// `simpool serve` on `pool` with vpcd reader `reader` of the binary's private pcscd
+/// (`base_port`) bound to `card`, plus `extra` arguments; waits until pcscd shows the card.
+/// The daemon's log is `{log}-reader{reader}`.
+pub fn serve_card(
+    base_port: u16,
+    pool: &str,
+    reader: u16,
+    card: u16,
+    extra: &[&str],
+    log: &str,
+) -> (Serve, Context, CString) {
+    let pcscd = pcscd(base_port);
+    let mut args = vec![
+        "--pool".to_string(),
+        pool.to_string(),
+        "--vpcd".into(),
+        pcscd.vpcd_addr(reader),
+        "--card".into(),
+        card.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let serve = Serve::start(&refs, &format!("{log}-reader{reader}"));
+    let ctx = context();
+    let name = pcscd.reader_name(reader);
+    assert!(
+        wait_card(&ctx, &name, true, Duration::from_secs(15)),
+        "{name:?} shows no card; simpool log:\n{}",
+        serve.log_text()
+    );
+    (serve, ctx, name)
+}
