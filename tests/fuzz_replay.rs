@@ -164,6 +164,28 @@ fn stream_seeds(frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     seeds
 }
 
+/// The manual's reply frames with every 3rd frame's length wrong as a hostile pool gets it
+/// (+3, `FFFF`, 0, −1, +1): streams that take the decoder's wrong-length paths.
+fn wrong_lengths(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let frames: Vec<&Vec<u8>> = frames.iter().filter(|f| f.len() >= 5).collect();
+    (0..5u16)
+        .map(|variant| {
+            let mut out = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                let mut f = f.to_vec();
+                if i % 3 == 1 {
+                    let len = u16::from_be_bytes([f[3], f[4]]);
+                    let wrong = [len + 3, 0xFFFF, 0, len.saturating_sub(1), len + 1];
+                    f[3..5].copy_from_slice(&wrong[usize::from(variant)].to_be_bytes());
+                }
+                out.extend(f);
+            }
+            out
+        })
+        .flat_map(|s| cut_ways(&s))
+        .collect()
+}
+
 /// Typical T=0 exchanges: command, then what the card sends.
 fn t0_traffic() -> Vec<(Vec<u8>, Vec<u8>)> {
     let h = common::hex;
@@ -198,7 +220,7 @@ fn pool_reply_decoder_replays() {
     replay(
         "pool_reply_decoder",
         pool_reply_decoder::run,
-        stream_seeds(manual(true)),
+        [stream_seeds(manual(true)), wrong_lengths(&manual(true))].concat(),
         1,
     );
 }

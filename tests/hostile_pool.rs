@@ -68,6 +68,11 @@ async fn proxy(upstream: String) -> Proxy {
             let Ok(up) = TcpStream::connect(&upstream).await else {
                 continue;
             };
+            // As the simulated pool and the link do: a request with no reply (a stop) must not
+            // hold the next one back for the peer's delayed ACK (Nagle, ~40 ms), which would
+            // be the proxy's cost, not the link's.
+            let _ = down.set_nodelay(true);
+            let _ = up.set_nodelay(true);
             tokio::spawn(relay(down, up, m.clone()));
         }
     });
@@ -704,11 +709,11 @@ async fn a_noisy_pool_keeps_serving() {
     for f in &all {
         assert_eq!(f.wrong, 0, "{:?}: wrong data with a success status", f.mode);
         assert_eq!(f.foreign, 0, "{:?}: another card's answer", f.mode);
-        // Measured (3 s per mode, README "Pool link health"): about 0.7-1.1x for the first two,
-        // 0.1x with lengths wrong, 0.01x with every reply duplicated. Floors well below.
+        // Measured (README "Pool link health"): about 0.7-1.1x for the first two, 0.5-0.75x
+        // with lengths wrong, 0.01x with every reply duplicated. Floors well below.
         let floor = match f.mode {
             Mode::Unsolicited | Mode::Unknown => 0.35,
-            Mode::WrongLength => 0.03,
+            Mode::WrongLength => 0.2,
             _ => 0.0,
         };
         assert!(

@@ -8,8 +8,11 @@
 //! A well-formed reply frame of a kind we do not know (`AA 77 …`: newer firmware, an
 //! announcement) is decoded as [`Reply::Unknown`] so that it can be skipped whole; since any
 //! `AA` in junk could look like one, it is only taken when the next frame's `AA` (or silence,
-//! see [`ReplyDecoder::idle`]) follows it. Junk right after a frame, in the same read, says that
-//! frame's length was wrong: it is reported as [`FrameError::Trailing`], naming the frame.
+//! see [`ReplyDecoder::idle`]) follows it. Junk right after a frame says that frame's length
+//! was wrong: when it came in the same read, the frame is given up before it is passed on
+//! ([`FrameError::Misframed`], or [`FrameError::Overlong`] when the frame took in the next
+//! one's header, which is found again); junk that came later is reported as
+//! [`FrameError::Trailing`], naming the frame that was passed on.
 
 use std::fmt;
 
@@ -112,6 +115,15 @@ pub enum FrameError {
     /// and completed with the next frame's first bytes).
     #[error("{skipped} byte(s) of garbage right after a frame for {after}: its length was wrong")]
     Trailing { after: Header, skipped: usize },
+    /// Bytes that start no frame came right behind a frame in one read: its length was wrong
+    /// (too short, or too long and completed with bytes that were no frame's). The frame is
+    /// not passed on; `skipped` bytes after it were skipped.
+    #[error("a frame for {header} was followed by {skipped} byte(s) that start no frame: its length was wrong")]
+    Misframed { header: Header, skipped: usize },
+    /// A frame's length was `by` bytes too long: it took in the next frame's first bytes,
+    /// which was found again behind it. The frame is not passed on.
+    #[error("a frame for {header} claimed {by} byte(s) of the next frame: its length was wrong")]
+    Overlong { header: Header, by: usize },
     /// A frame began, and nothing more came: its length claims more than the pool sent.
     #[error("a frame for {0} claims more bytes than came: skipped")]
     Stalled(Header),
@@ -433,8 +445,26 @@ impl ReplyDecoder {
         if a.len() < 5 + len {
             return None;
         }
-        let data = a[5..5 + len].to_vec();
         let (kind, slot) = (a[1], a[2]);
+        if matches!(kind, 0x55 | 0x44) && a.get(5 + len).is_some_and(|&b| b != 0xAA) {
+            // Bytes that start no frame right behind it, in the same read: its length was
+            // wrong, so its data cannot be trusted. It is given up before anyone takes it.
+            let header = Header::of(kind, slot);
+            self.last = None;
+            if let Some(p) = swallowed_header(a, len) {
+                // Too long: it took in the next frame's first bytes. That frame is whole
+                // behind it, and is found again.
+                self.scan.consume(p);
+                return Some(Err(FrameError::Overlong {
+                    header,
+                    by: 5 + len - p,
+                }));
+            }
+            self.scan.consume(5 + len);
+            let skipped = self.scan.skip_to_header(&[]);
+            return Some(Err(FrameError::Misframed { header, skipped }));
+        }
+        let data = a[5..5 + len].to_vec();
         let reply = match kind {
             0x55 => Reply::Card {
                 slot: Slot(slot),
@@ -447,6 +477,24 @@ impl ReplyDecoder {
         self.last = Some(Header::of(kind, slot));
         Some(Ok(reply))
     }
+}
+
+/// Where, within the last bytes of a frame whose length claims `len` (too long), the next
+/// frame's header begins: an `AA 55`/`AA 44` whose frame is complete in `a` and is followed
+/// by another header or by the end of what came. A frame is taken in at most a header and a
+/// half too far; further in, a header is more likely the frame's own data.
+fn swallowed_header(a: &[u8], len: usize) -> Option<usize> {
+    (1..=len.min(8)).find_map(|k| {
+        let p = 5 + len - k;
+        let h = a.get(p..p + 5)?;
+        if h[0] != 0xAA || !matches!(h[1], 0x55 | 0x44) {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        let end = p + 5 + len;
+        let whole = end == a.len() || a.get(end) == Some(&0xAA);
+        (len <= MAX_REPLY_DATA && whole).then_some(p)
+    })
 }
 
 /// Decodes the host's request stream (the simulator's side).
@@ -597,20 +645,24 @@ mod tests {
 
     #[test]
     fn junk_after_a_frame_blames_that_frame_and_a_stalled_frame_is_given_up() {
-        // Length one short: the last byte follows as junk.
+        // Length one short, and the byte it left behind looks like a header's: the frame is
+        // passed on, the junk found behind it blames it.
         let mut d = ReplyDecoder::new();
-        let mut b = card(5, &[0x9F, 0x0F]);
+        let mut b = card(5, &[0x9F, 0xAA]);
         b[4] = 1;
         d.push(&b);
+        d.push(&[0x12, 0x00, 0x00, 0x01, 0x01, 0x02]);
+        d.push(&card(8, &[0x90, 0x00]));
         let got = drain(&mut d);
         assert!(matches!(got[0], Ok(Reply::Card { .. })));
         assert_eq!(
             got[1],
             Err(FrameError::Trailing {
                 after: Header::Card(Slot(5)),
-                skipped: 1
+                skipped: 7
             })
         );
+        assert!(matches!(got[2], Ok(Reply::Card { slot: Slot(8), .. })));
         // Length three too long, completed by the next frame's header: the next frame is
         // found again behind the broken one only if it is given up; here it completes it.
         let mut d = ReplyDecoder::new();
@@ -632,6 +684,80 @@ mod tests {
                 slot: Slot(7),
                 data: vec![0x90, 0x00]
             })
+        );
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn a_wrong_length_seen_in_the_same_read_is_never_passed_on() {
+        let good = card(9, &[0x90, 0x00]);
+        // Too short by one, and zero: the rest follows in the same read.
+        for claimed in [1u16, 0] {
+            let mut d = ReplyDecoder::new();
+            let mut b = card(5, &[0x9F, 0x0F]);
+            b[3..5].copy_from_slice(&claimed.to_be_bytes());
+            d.push(&b);
+            d.push(&good);
+            let got = drain(&mut d);
+            assert_eq!(
+                got,
+                vec![
+                    Err(FrameError::Misframed {
+                        header: Header::Card(Slot(5)),
+                        skipped: 2 - usize::from(claimed)
+                    }),
+                    Ok(Reply::Card {
+                        slot: Slot(9),
+                        data: vec![0x90, 0x00]
+                    })
+                ],
+                "claimed {claimed}"
+            );
+        }
+        // Too long by one to four: it took in the next frame's first bytes; that frame is
+        // found again, whole, whether it ends the read or another frame follows.
+        for by in 1..=4u16 {
+            for then in [&[][..], &good[..]] {
+                let mut d = ReplyDecoder::new();
+                let mut b = card(5, &[0x9F, 0x0F]);
+                b[3..5].copy_from_slice(&(2 + by).to_be_bytes());
+                d.push(&b);
+                d.push(&card(6, &[0x61, 0x10]));
+                d.push(then);
+                let got = drain(&mut d);
+                let mut want = vec![
+                    Err(FrameError::Overlong {
+                        header: Header::Card(Slot(5)),
+                        by: usize::from(by),
+                    }),
+                    Ok(Reply::Card {
+                        slot: Slot(6),
+                        data: vec![0x61, 0x10],
+                    }),
+                ];
+                if !then.is_empty() {
+                    want.push(Ok(Reply::Card {
+                        slot: Slot(9),
+                        data: vec![0x90, 0x00],
+                    }));
+                }
+                assert_eq!(got, want, "{by} too long");
+                assert_eq!(d.buffered(), 0);
+            }
+        }
+        // A header inside the data that is not followed by a whole frame is the data's own:
+        // the frame is given up, nothing is found in it.
+        let mut d = ReplyDecoder::new();
+        let mut b = card(5, &[0xAA, 0x55, 0x07, 0x00, 0x09, 0x90, 0x00]);
+        b[3..5].copy_from_slice(&6u16.to_be_bytes());
+        d.push(&b);
+        let got = drain(&mut d);
+        assert_eq!(
+            got,
+            vec![Err(FrameError::Misframed {
+                header: Header::Card(Slot(5)),
+                skipped: 1
+            })]
         );
         assert_eq!(d.buffered(), 0);
     }

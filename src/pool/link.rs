@@ -764,6 +764,13 @@ impl Link {
                     _ => None,
                 }
             }
+            FrameError::Misframed { header, skipped } => {
+                stats
+                    .garbage_bytes
+                    .fetch_add(*skipped as u64, Ordering::Relaxed);
+                Some(*header)
+            }
+            FrameError::Overlong { header, .. } => Some(*header),
             FrameError::Oversized { header, .. } => Some(*header),
             FrameError::Stalled(header) => Some(*header),
             _ => None,
