@@ -637,6 +637,7 @@ fn exec_holds_each_card_by_a_reservation_of_its_user_that_no_other_user_can_take
         .spawn_tied()
         .unwrap();
     wait_files(&runs, 3, Duration::from_secs(20));
+    let started = Instant::now();
     // What the daemon says while exec runs: a reservation of ci's per run, with the run's
     // reader bound to its card for ci.
     let (status, list) = as_user(&d, BOB, "GET", "/api/v1/reservations", None);
@@ -701,6 +702,15 @@ fn exec_holds_each_card_by_a_reservation_of_its_user_that_no_other_user_can_take
     assert_eq!(
         status, 409,
         "bob reserves card 20 on exec's reader {i}: {e}"
+    );
+    // Runs longer than a reservation lasts keep theirs: exec renews them.
+    std::thread::sleep((HOLD_FOR + Duration::from_secs(2)).saturating_sub(started.elapsed()));
+    let (_, later) = as_user(&d, BOB, "GET", "/api/v1/reservations", None);
+    let ids = |l: &[serde_json::Value]| l.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(later.as_array().unwrap()),
+        ids(&list),
+        "renewed past {HOLD_FOR:?}: {later}"
     );
     // Ctrl-C: exec ends its reservations itself.
     nix::sys::signal::kill(
