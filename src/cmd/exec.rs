@@ -117,7 +117,7 @@ fn block(r: &ExecRow) -> Result<(), CliError> {
 }
 
 pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
-    // First: an interruption at any later point is seen (and the readers restored).
+    // First: an interruption at any later point is seen (and the reservations ended).
     let mut interrupt = Interrupt::new();
     let control = args.control.client()?;
     let sel = args
