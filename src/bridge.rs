@@ -31,7 +31,7 @@ use crate::pool::{LinkState, PoolError};
 use crate::t0;
 use crate::users::Who;
 use crate::values::{Atr, CardNo};
-use crate::vpcd::Connection;
+use crate::vpcd::{Closed, Connection};
 
 use session::{Action, End, Session};
 
@@ -233,13 +233,15 @@ struct Rebind {
     done: oneshot::Sender<()>,
 }
 
-/// Longer than pcscd's presence poll of vpcd readers (400 ms).
+/// How long a reader stays away from vpcd after a session whose end pcscd has not seen
+/// ([`Closed::Unseen`]): longer than pcscd's presence poll of vpcd readers (400 ms), so that a
+/// poll finds nothing waiting to be taken and reports the card removed before the next card
+/// connects. After a session closed at a poll ([`Closed::AtPoll`]) it connects at once.
 const REMOVAL_GRACE: Duration = Duration::from_millis(600);
 
-/// Closing a session (see `Connection::close_now`): vpcd is idle after this much silence;
-/// commands that still come are answered `6F 00` this far apart; the whole close takes at most
-/// the limit (pcscd polls every ~400 ms).
-const CLOSE_QUIET: Duration = Duration::from_millis(30);
+/// Closing a session (see `Connection::close_now`): commands that still come before pcscd's
+/// poll are answered `6F 00` this far apart; the whole close takes at most the limit (pcscd
+/// polls every ~400 ms).
 const CLOSE_PACE: Duration = Duration::from_millis(75);
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -310,6 +312,25 @@ impl ReaderHandle {
         who: Option<Who>,
     ) -> Result<(), BindError> {
         let _one = self.binding_lock.lock().await;
+        self.bind_locked(binding, who).await
+    }
+
+    /// [`ReaderHandle::bind_as`] only if the reader is bound to nothing: checked under the
+    /// reader's binding lock, so of two callers only one gets it. `Ok(false)` when it is bound.
+    pub async fn claim_as(&self, binding: Binding, who: Option<Who>) -> Result<bool, BindError> {
+        let _one = self.binding_lock.lock().await;
+        if self.status().binding.is_some() {
+            return Ok(false);
+        }
+        self.bind_locked(Some(binding), who).await.map(|()| true)
+    }
+
+    /// The change itself; the caller holds `binding_lock`.
+    async fn bind_locked(
+        &self,
+        binding: Option<Binding>,
+        who: Option<Who>,
+    ) -> Result<(), BindError> {
         let me = Holder::Reader(self.index);
         let st = self.status();
         let user = who.as_ref().map(|w| w.user.clone());
@@ -385,6 +406,8 @@ pub struct Reader {
     problem: LogOnce,
     /// Why vpcd cannot be reached, as last logged.
     vpcd_problem: LogOnce,
+    /// Not before this does the reader connect to vpcd again (see [`REMOVAL_GRACE`]).
+    vpcd_after: tokio::time::Instant,
 }
 
 /// What interrupted a wait.
@@ -439,6 +462,7 @@ impl Reader {
             stats,
             problem: LogOnce::default(),
             vpcd_problem: LogOnce::default(),
+            vpcd_after: tokio::time::Instant::now(),
         };
         (reader, handle)
     }
@@ -546,6 +570,19 @@ impl Reader {
             let Some(atr) = self.acquire_or_wait(&binding).await else {
                 continue;
             };
+            // Stay away until pcscd has seen the last card removed, or a quick comeback could
+            // look to it like the same card, and its applications would go on with a card that
+            // was reset under them (or another one). A binding change meanwhile does not start
+            // the wait again: it is about pcscd, not the binding.
+            let away = self
+                .vpcd_after
+                .saturating_duration_since(tokio::time::Instant::now());
+            if !away.is_zero() {
+                if let Woken::Rebind(r) = self.pause(away).await {
+                    self.apply(r).await;
+                    continue;
+                }
+            }
             let conn = match self.connect_vpcd().await {
                 Ok(Some(c)) => c,
                 Ok(None) => continue,
@@ -554,16 +591,9 @@ impl Reader {
                     continue;
                 }
             };
-            let finish = self.serve(conn, atr).await;
-            let pause = self.after(finish, &binding).await;
-            // Stay away until pcscd has polled the reader (every ~400 ms) and seen the card
-            // removed, or a quick comeback could look to it like the same card, and its
-            // applications would go on with a card that was reset under them (or another one).
-            if let Woken::Rebind(r) = self.pause(pause).await {
-                self.apply(r).await;
-                // Still wait out pcscd's poll before showing the next card.
-                tokio::time::sleep(REMOVAL_GRACE).await;
-            }
+            let (finish, closed) = self.serve(conn, atr).await;
+            let away = self.after(finish, &binding, closed).await;
+            self.vpcd_after = tokio::time::Instant::now() + away;
         }
     }
 
@@ -592,8 +622,8 @@ impl Reader {
     }
 
     /// Connects to vpcd and serves the session; closes the connection without losing a
-    /// command when the card went away.
-    async fn serve(&mut self, conn: Connection, atr: Vec<u8>) -> Finish {
+    /// command when the card went away, and says whether pcscd saw it go.
+    async fn serve(&mut self, conn: Connection, atr: Vec<u8>) -> (Finish, Closed) {
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         // "Present" only once vpcd talks to us: a connection vpcd has not accepted yet
         // (it accepts at its presence poll) shows pcscd nothing.
@@ -604,22 +634,23 @@ impl Reader {
         );
         let mut conn = conn;
         let finish = self.session(&mut conn, atr).await;
-        if !matches!(finish, Finish::Session(End::VpcdClosed(_))) {
-            conn.close_now(
-                CLOSE_QUIET,
-                CLOSE_PACE,
-                &t0::sw::TECHNICAL_PROBLEM,
-                CLOSE_LIMIT,
-            )
-            .await;
-        }
+        let closed = if matches!(finish, Finish::Session(End::VpcdClosed(_))) {
+            Closed::Unseen
+        } else {
+            conn.close_now(CLOSE_PACE, &t0::sw::TECHNICAL_PROBLEM, CLOSE_LIMIT)
+                .await
+        };
         self.set_state(Presence::Waiting, Some("card removed".into()), false);
-        finish
+        (finish, closed)
     }
 
     /// After a session: logs why it ended, lets go of a card that moved, and answers how long
     /// to stay away from vpcd.
-    async fn after(&mut self, finish: Finish, binding: &Binding) -> Duration {
+    async fn after(&mut self, finish: Finish, binding: &Binding, closed: Closed) -> Duration {
+        let grace = match closed {
+            Closed::AtPoll => Duration::ZERO,
+            Closed::Unseen => REMOVAL_GRACE,
+        };
         match finish {
             Finish::Session(End::VpcdClosed(why)) => {
                 log::info!("{}: vpcd closed the connection ({why})", self.name);
@@ -637,22 +668,22 @@ impl Reader {
                 } else if let Some(l) = self.lease.as_mut() {
                     l.close_row(EndReason::CardRemoved);
                 }
-                REMOVAL_GRACE
+                grace
             }
             Finish::Session(End::CardReset) => {
                 log::info!("{}: card reset after a failed exchange", self.name);
-                REMOVAL_GRACE
+                grace
             }
             Finish::Session(End::LinkDown) => {
                 log::warn!("{}: pool link down: card shown as removed", self.name);
                 if let Some(l) = self.lease.as_mut() {
                     l.close_row(EndReason::LinkLost);
                 }
-                REMOVAL_GRACE
+                grace
             }
             Finish::Rebound(r) => {
                 self.apply(r).await;
-                REMOVAL_GRACE
+                grace
             }
         }
     }

@@ -153,7 +153,7 @@ enum Command {
     Label(cmd::label::LabelArgs),
     /// Run a PC/SC program once per selected card, each on a free reader of the running daemon.
     Exec(cmd::exec::ExecArgs),
-    /// exec's keeper: cleans up after an exec that was killed (started by exec itself).
+    /// exec's keeper: kills the runs of an exec that was killed (started by exec itself).
     #[command(name = "exec-guard", hide = true)]
     ExecGuard,
     /// Reserve a card of the running daemon for you until a time (SELECTION: --card, --iccid,

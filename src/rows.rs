@@ -334,6 +334,10 @@ pub struct ReserveRequest {
     pub wait_s: Option<u64>,
     #[serde(default)]
     pub reader: bool,
+    /// With `reader`: the daemon's readers it may take (`simpool exec` names the one it
+    /// gives the run); default any free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readers: Option<Vec<u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }

@@ -377,3 +377,61 @@ async fn a_slot_turning_abnormal_is_an_error_status() {
     )
     .await;
 }
+
+/// A rebind ends the session at vpcd's next presence poll (an ATR request, left unanswered:
+/// pcscd reports the card removed then), and the next card connects at once. Until that poll
+/// a command gets `6F 00`. A session closed otherwise (here by the ATR request of a power-up,
+/// which is no poll) keeps the reader away for longer than a poll, so that pcscd's next poll
+/// finds nothing to take and reports the removal before the next card shows.
+#[tokio::test]
+async fn a_rebind_closes_at_the_poll_and_the_next_card_follows_at_once() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (_sim, link, vpcd) = setup(Faults::default(), 500).await;
+    let r = reader(&link, &vpcd, 18, 1500);
+    let h = r.1.clone();
+    tokio::spawn(r.run());
+    let rebind = |card: u16| {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.bind(Some(Binding::Card(simpool::values::CardNo::of(card))))
+                .await
+        })
+    };
+    let mut v = accept(&vpcd).await;
+    v.send(&[0x01]).await;
+    assert_eq!(v.ask(&[0x04]).await.unwrap(), common::hex(&cards::atr(18)));
+    let bind = rebind(2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        v.ask(&common::hex("A0A40000023F00")).await.unwrap(),
+        common::hex("6F00"),
+        "before the poll, the old card's commands get an error status"
+    );
+    assert!(!bind.is_finished(), "the session ends at the poll");
+    v.send(&[0x04]).await;
+    assert_eq!(v.answer().await, None, "the poll gets no ATR");
+    let polled = Instant::now();
+    bind.await.unwrap().unwrap();
+    let mut v = accept(&vpcd).await;
+    assert!(
+        polled.elapsed() < Duration::from_millis(300),
+        "the next card connects at once after the poll: {:?}",
+        polled.elapsed()
+    );
+    v.send(&[0x01]).await;
+    assert_eq!(v.ask(&[0x04]).await.unwrap(), common::hex(&cards::atr(2)));
+    let bind = rebind(256);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A power-up and its ATR request: not a poll, pcscd has seen no removal.
+    v.send(&[0x01]).await;
+    v.send(&[0x04]).await;
+    assert_eq!(v.answer().await, None);
+    let closed = Instant::now();
+    bind.await.unwrap().unwrap();
+    let _v = accept(&vpcd).await;
+    assert!(
+        closed.elapsed() >= Duration::from_millis(550),
+        "the next card stays away longer than a poll: {:?}",
+        closed.elapsed()
+    );
+}

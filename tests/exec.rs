@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::http::{call, get_json};
 use common::proc::{alive, Tied};
 use common::stack::{self, Serve};
+use simpool::exec::hold::HOLD_FOR;
 use simpool::sim::profile::{decode_iccid, CardsFile};
 use simpool::sim::{Faults, SimPool};
 
@@ -57,7 +58,8 @@ fn daemon_at(sim: &SimPool, first: u16, readers: u16, extra: &[&str], log: &str)
     args.extend_from_slice(extra);
     let serve = Serve::start(&args, log);
     let t0 = Instant::now();
-    while call(&control, "GET", "/healthz", None).0 != 200 {
+    // 401: up, with token users (`--control-tokens`).
+    while !matches!(call(&control, "GET", "/healthz", None).0, 200 | 401) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "control API did not come up; log:\n{}",
@@ -511,6 +513,14 @@ fn exec_with_pysim_read_by_reader_index() {
     }
 }
 
+/// The reservations the daemon lists (on a daemon without tokens).
+fn reservations(d: &Daemon) -> Vec<serde_json::Value> {
+    get_json(&d.control, "/api/v1/reservations")
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn a_killed_exec_leaves_no_reader_bound_and_no_program_running() {
     let _turn = turn();
@@ -528,12 +538,26 @@ fn a_killed_exec_leaves_no_reader_bound_and_no_program_running() {
         .unwrap();
     wait_files(&pids, 2, Duration::from_secs(20));
     assert!(bindings(&d)[1..].iter().all(|b| !b.is_null()));
-    // No Ctrl-C, no cleanup of its own: SIGKILL.
+    // Each run holds its card by a reservation of exec's own, its reader bound to it.
+    let held = reservations(&d);
+    assert_eq!(held.len(), 2, "{held:?}");
+    for r in &held {
+        assert_eq!(r["note"], "simpool exec", "{r}");
+        assert!(r["reader"].as_u64().is_some_and(|i| i >= 1), "{r}");
+    }
+    // No Ctrl-C, no cleanup of its own: SIGKILL. Nobody renews the reservations any more: the
+    // daemon ends them when they expire (within their time and its 1 s), which unbinds the
+    // readers and stops the cards.
     child.kill().unwrap();
     child.wait().unwrap();
+    let killed = Instant::now();
+    let within = HOLD_FOR + Duration::from_secs(1);
+    common::wait_for("exec's reservations ended by the daemon", within, || {
+        reservations(&d).is_empty()
+    });
     common::wait_for(
-        "readers restored after exec was killed",
-        Duration::from_secs(10),
+        "readers back to their bindings",
+        within.saturating_sub(killed.elapsed()) + Duration::from_millis(500),
         || bindings(&d) == before,
     );
     for f in std::fs::read_dir(&pids).unwrap() {
@@ -550,6 +574,245 @@ fn a_killed_exec_leaves_no_reader_bound_and_no_program_running() {
     common::wait_for("exec's cards stopped", Duration::from_secs(5), || {
         working_cards(&d).iter().all(|c| *c == 30)
     });
+}
+
+/// Token users: exec runs as `ci`, `bob` is another user, `root` an admin.
+const CI: &str = "ci-token-00000001";
+const BOB: &str = "bob-token-0000002";
+const ROOT: &str = "root-token-000003";
+
+fn tokens_file(dir: &Path) -> PathBuf {
+    let f = dir.join("tokens");
+    std::fs::write(
+        &f,
+        format!("ci {CI} use\nbob {BOB} use\nroot {ROOT} admin\n"),
+    )
+    .unwrap();
+    f
+}
+
+/// A request as the user of `token`: its status and JSON body (`null` when there is none).
+fn as_user(
+    d: &Daemon,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let (status, _, body) = common::http::http(
+        &d.control,
+        method,
+        path,
+        &[("Authorization", auth.as_str())],
+        body,
+    );
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+#[test]
+fn exec_holds_each_card_by_a_reservation_of_its_user_that_no_other_user_can_take() {
+    let _turn = turn();
+    let sim = pool();
+    let dir = scratch("users");
+    let tokens = tokens_file(&dir);
+    // Reader 0 bound by hand (root's), like the other tests' daemons: what an earlier test's
+    // daemon left showing there when it was killed is no business of this one.
+    let d = daemon(
+        &sim,
+        4,
+        &["--control-tokens", tokens.to_str().unwrap(), "--card", "30"],
+        "exec-users",
+    );
+    let ci = dir.join("ci.token");
+    std::fs::write(&ci, CI).unwrap();
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let script = format!(
+        "echo {{reader_name}} > {}/{{card}}; sleep 60",
+        runs.display()
+    );
+    let mut child = exec_cmd(&d, &["--card", "1-6", "--json", "--", "sh", "-c", &script])
+        .env("SIMPOOL_CONTROL_TOKEN", &ci)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn_tied()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_dir(&runs).unwrap().count() < 3 {
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "3 runs did not start within 20 s: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    // What the daemon says while exec runs: a reservation of ci's per run, with the run's
+    // reader bound to its card for ci.
+    let (status, list) = as_user(&d, BOB, "GET", "/api/v1/reservations", None);
+    assert_eq!(status, 200, "{list}");
+    let list = list.as_array().unwrap().clone();
+    assert_eq!(list.len(), 3, "{list:?}");
+    let (_, readers) = as_user(&d, ROOT, "GET", "/api/v1/readers", None);
+    for r in &list {
+        assert_eq!(r["user"], "ci", "{r}");
+        assert_eq!(r["note"], "simpool exec", "{r}");
+        let card = r["card"].as_u64().unwrap();
+        let i = r["reader"].as_u64().expect("a reader") as usize;
+        assert_eq!(readers[i]["binding"]["card"], card, "{}", readers[i]);
+        assert_eq!(readers[i]["user"], "ci", "{}", readers[i]);
+        // The program running on that reader is that card's.
+        let shown = std::fs::read_to_string(runs.join(card.to_string())).unwrap();
+        assert_eq!(
+            shown.trim(),
+            readers[i]["name"].as_str().unwrap(),
+            "card {card}"
+        );
+    }
+    // Another user can take neither the card nor the reader while the run lasts.
+    let card = list[0]["card"].as_u64().unwrap();
+    let i = list[0]["reader"].as_u64().unwrap();
+    let (status, e) = as_user(
+        &d,
+        BOB,
+        "POST",
+        "/api/v1/reservations",
+        Some(&format!("{{\"card\":{card}}}")),
+    );
+    assert_eq!(status, 409, "bob reserves exec's card {card}: {e}");
+    assert!(e["error"].as_str().unwrap().contains("ci"), "{e}");
+    let (status, e) = as_user(
+        &d,
+        BOB,
+        "POST",
+        &format!("/api/v1/cards/{card}/apdu"),
+        Some("{\"tpdus\":[\"A0A40000023F00\"]}"),
+    );
+    assert_eq!(status, 409, "bob's APDU on exec's card {card}: {e}");
+    assert!(e["error"].as_str().unwrap().contains("ci"), "{e}");
+    let (status, e) = as_user(
+        &d,
+        BOB,
+        "PUT",
+        &format!("/api/v1/readers/{i}"),
+        Some("{\"card\":20}"),
+    );
+    assert_eq!(status, 409, "bob rebinds exec's reader {i}: {e}");
+    assert!(e["error"].as_str().unwrap().contains("bound for ci"), "{e}");
+    let (status, e) = as_user(
+        &d,
+        BOB,
+        "POST",
+        "/api/v1/reservations",
+        Some(&format!(
+            "{{\"card\":20,\"reader\":true,\"readers\":[{i}]}}"
+        )),
+    );
+    assert_eq!(
+        status, 409,
+        "bob reserves card 20 on exec's reader {i}: {e}"
+    );
+    // Runs longer than a reservation lasts keep theirs: exec renews them.
+    std::thread::sleep((HOLD_FOR + Duration::from_secs(2)).saturating_sub(started.elapsed()));
+    let (_, later) = as_user(&d, BOB, "GET", "/api/v1/reservations", None);
+    let ids = |l: &[serde_json::Value]| l.iter().map(|r| r["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(later.as_array().unwrap()),
+        ids(&list),
+        "renewed past {HOLD_FOR:?}: {later}"
+    );
+    // Ctrl-C: exec ends its reservations itself.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let (_, list) = as_user(&d, BOB, "GET", "/api/v1/reservations", None);
+    assert_eq!(list, serde_json::json!([]), "exec's reservations ended");
+    let (_, readers) = as_user(&d, ROOT, "GET", "/api/v1/readers", None);
+    assert!(
+        readers.as_array().unwrap()[1..]
+            .iter()
+            .all(|r| r["binding"].is_null() && r["user"].is_null()),
+        "{readers}"
+    );
+}
+
+#[test]
+fn two_users_racing_for_one_free_reader_the_daemon_gives_it_to_one() {
+    let _turn = turn();
+    let sim = pool();
+    let dir = scratch("race");
+    let tokens = tokens_file(&dir);
+    let d = daemon(
+        &sim,
+        1,
+        &["--control-tokens", tokens.to_str().unwrap()],
+        "exec-race",
+    );
+    for round in 0..3 {
+        let barrier = std::sync::Barrier::new(2);
+        let (a, b) = std::thread::scope(|s| {
+            let ask = |token: &'static str, card: u16| {
+                let (d, barrier) = (&d, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    as_user(
+                        d,
+                        token,
+                        "POST",
+                        "/api/v1/reservations",
+                        Some(&format!(
+                            "{{\"card\":{card},\"reader\":true,\"readers\":[0],\"for_s\":60}}"
+                        )),
+                    )
+                })
+            };
+            let a = ask(CI, 1);
+            let b = ask(BOB, 2);
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let mut got: Vec<(u16, &str)> = vec![(a.0, "ci"), (b.0, "bob")];
+        got.sort();
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            [201, 409],
+            "round {round}: one reservation gets reader 0, the other is refused: {a:?} {b:?}"
+        );
+        let (won, lost) = if a.0 == 201 {
+            (&a.1, &b.1)
+        } else {
+            (&b.1, &a.1)
+        };
+        assert_eq!(won["reader"], 0, "{won}");
+        assert!(
+            lost["error"].as_str().unwrap().contains("reader 0"),
+            "the refusal names the reader: {lost}"
+        );
+        // The reader is the winner's, bound to the winner's card, and nothing else was left
+        // reserved by the loser.
+        let (_, r) = as_user(&d, ROOT, "GET", "/api/v1/readers/0", None);
+        assert_eq!(r["user"], won["user"], "{r}");
+        assert_eq!(r["binding"]["card"], won["card"], "{r}");
+        let (_, list) = as_user(&d, ROOT, "GET", "/api/v1/reservations", None);
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        let id = won["id"].as_u64().unwrap();
+        let (status, _) = as_user(
+            &d,
+            ROOT,
+            "DELETE",
+            &format!("/api/v1/reservations/{id}"),
+            None,
+        );
+        assert_eq!(status, 200);
+    }
 }
 
 #[test]

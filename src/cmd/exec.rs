@@ -117,7 +117,7 @@ fn block(r: &ExecRow) -> Result<(), CliError> {
 }
 
 pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
-    // First: an interruption at any later point is seen (and the readers restored).
+    // First: an interruption at any later point is seen (and the reservations ended).
     let mut interrupt = Interrupt::new();
     let control = args.control.client()?;
     let sel = args
@@ -153,12 +153,14 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
         Ok(me) => {
             let mut cmd = std::process::Command::new(me);
             cmd.arg("exec-guard");
-            Guard::start(cmd, &control).map_err(|e| e.to_string())
+            Guard::start(cmd).map_err(|e| e.to_string())
         }
         Err(e) => Err(e.to_string()),
     };
     let guard = guard
-        .map_err(|e| log::warn!("no exec guard ({e}): a killed exec would leave its readers bound"))
+        .map_err(|e| {
+            log::warn!("no exec guard ({e}): a killed exec would leave its programs running")
+        })
         .ok();
     let outcome = exec::exec(
         Hold::new(control),
@@ -182,7 +184,10 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, CliError> {
     .map_err(|e| CliError::Failed(e.to_string()))?;
     line.clear();
     for (reader, why) in &outcome.unrestored {
-        eprintln!("simpool: warning: reader {reader} not restored: {why}");
+        eprintln!(
+            "simpool: warning: reader {reader}: {why} (it expires within {} s)",
+            simpool::exec::hold::HOLD_FOR.as_secs() + 1
+        );
     }
     if let Some(e) = write_failed {
         return Err(e);

@@ -58,6 +58,7 @@ pub async fn reserve(a: ReserveArgs) -> Result<ExitCode, CliError> {
         for_s: a.for_.map(|d| d.as_secs()),
         wait_s: a.wait.map(|d| d.as_secs()),
         reader: a.reader,
+        readers: None,
         note: a.note,
     };
     let c = a.control.client()?;

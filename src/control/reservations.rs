@@ -3,8 +3,10 @@
 //! translates to HTTP.
 //!
 //! - `POST /api/v1/reservations` — a selection (`card`, `iccid`, `imsi`, `label`, `eid`,
-//!   `all`) and `for_s`, `wait_s`, `reader`, `note`: 201 with the reservation; 409 naming who
-//!   has the card; 408 when `wait_s` ran out; 404 when no inserted card matches
+//!   `all`) and `for_s`, `wait_s`, `reader`, `note`, and `readers` (with `reader`: the
+//!   daemon readers it may take, default any free one): 201 with the reservation; 409 naming
+//!   who has the card (or what the readers are bound to); 408 when `wait_s` ran out; 404 when
+//!   no inserted card matches
 //! - `GET /api/v1/reservations`, `GET /api/v1/reservations/{id}`
 //! - `DELETE /api/v1/reservations/{id}` — ends it (its user or an admin)
 //! - `POST /api/v1/reservations/{id}/renew` — `{"for_s": N}`
@@ -23,7 +25,7 @@ use crate::reservations::{BookError, ReservationId};
 use crate::rows::{RenewRequest, ReservationRow, ReserveRequest};
 use crate::users::Who;
 
-const RESERVE_SHAPE: &str = "{\"card\":\"1-32\"|N|[N,…], \"iccid\", \"imsi\", \"label\", \"eid\", \"all\", \"for_s\":N, \"wait_s\":N, \"reader\":bool, \"note\":\"…\"}";
+const RESERVE_SHAPE: &str = "{\"card\":\"1-32\"|N|[N,…], \"iccid\", \"imsi\", \"label\", \"eid\", \"all\", \"for_s\":N, \"wait_s\":N, \"reader\":bool, \"readers\":[N,…], \"note\":\"…\"}";
 
 fn reservation_id(s: &str) -> Result<ReservationId, ApiError> {
     s.parse()
@@ -62,7 +64,7 @@ fn reserve_error(e: ReserveFailure) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, e).with_holder(card, holder)
         }
         ReserveFailure::Timeout { .. } => ApiError::new(StatusCode::REQUEST_TIMEOUT, e),
-        ReserveFailure::NoReader(_) => ApiError::new(StatusCode::CONFLICT, e),
+        ReserveFailure::NoReader { .. } => ApiError::new(StatusCode::CONFLICT, e),
         ReserveFailure::Bind(b) => bind_error(b),
     }
 }

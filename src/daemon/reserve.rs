@@ -46,8 +46,9 @@ pub enum ReserveFailure {
     /// The wait ended unserved (408).
     #[error("waited {secs} s, no card was free: {why}")]
     Timeout { secs: u64, why: String },
-    #[error("no free reader to bind card {0} to (every reader is bound)")]
-    NoReader(CardNo),
+    /// With `reader`: none of the readers it may take is free (409).
+    #[error("no free reader to bind card {card} to: {why}")]
+    NoReader { card: CardNo, why: String },
     #[error("binding a reader: {0}")]
     Bind(BindError),
 }
@@ -125,12 +126,14 @@ impl Daemon {
                 "wait_s is at most 86400 (a day)".into(),
             ));
         }
-        if req.reader && self.free_reader().is_none() && wait.is_zero() {
-            return Err(ReserveFailure::NoReader(
+        let allowed = self.reader_choice(req.readers.as_deref())?;
+        if req.reader && wait.is_zero() && !allowed.iter().any(|&i| self.is_free(i)) {
+            return Err(self.no_free_reader(
                 sel.cards
                     .as_ref()
                     .and_then(|l| l.cards().first().copied())
                     .unwrap_or(CardNo::FIRST),
+                &allowed,
             ));
         }
         // Leaves the queue however this ends: also when the caller goes away mid-wait (its
@@ -146,7 +149,7 @@ impl Daemon {
         drop(queued);
         let r = r?;
         let r = if req.reader {
-            match self.bind_reader(&r, who).await {
+            match self.bind_reader(&r, who, &allowed).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.end_reservation(r, "its reader could not be bound")
@@ -265,20 +268,78 @@ impl Daemon {
         }
     }
 
-    /// A reader no binding uses.
-    fn free_reader(&self) -> Option<usize> {
-        self.readers
+    /// The readers a reservation may take: those asked for (`readers`), or every one.
+    fn reader_choice(&self, asked: Option<&[u16]>) -> Result<Vec<usize>, ReserveFailure> {
+        let Some(asked) = asked else {
+            return Ok((0..self.readers.len()).collect());
+        };
+        asked
             .iter()
-            .position(|r| r.status().binding.is_none())
+            .map(|&i| {
+                let i = usize::from(i);
+                if i < self.readers.len() {
+                    Ok(i)
+                } else {
+                    Err(ReserveFailure::Bad(format!(
+                        "no reader {i}: the daemon has {} (simpool readers)",
+                        self.readers.len()
+                    )))
+                }
+            })
+            .collect()
     }
 
-    /// Binds a free reader to the reservation's card, for its user; waits for the card to
-    /// show.
-    async fn bind_reader(&self, r: &Reservation, who: &Who) -> Result<Reservation, ReserveFailure> {
-        let i = self.free_reader().ok_or(ReserveFailure::NoReader(r.card))?;
-        self.bind_as(i, Some(Binding::Card(r.card)), Some(who.clone()))
-            .await
-            .map_err(ReserveFailure::Bind)?;
+    /// Whether reader `i` is bound to nothing now.
+    fn is_free(&self, i: usize) -> bool {
+        self.readers[i].status().binding.is_none()
+    }
+
+    /// Why none of the readers `allowed` can be had: what each is bound to, and for whom.
+    fn no_free_reader(&self, card: CardNo, allowed: &[usize]) -> ReserveFailure {
+        let why = if allowed.len() == self.readers.len() && allowed.len() > 1 {
+            "every reader is bound".to_string()
+        } else {
+            allowed
+                .iter()
+                .map(|&i| {
+                    let st = self.readers[i].status();
+                    let to = st.binding.map_or("something".into(), |b| b.to_string());
+                    match st.user {
+                        Some(u) => format!("reader {i} is bound to {to} for {u}"),
+                        None => format!("reader {i} is bound to {to}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        ReserveFailure::NoReader { card, why }
+    }
+
+    /// Binds one of the readers `allowed` that is free to the reservation's card, for its
+    /// user, and waits for the card to show. "Free" is checked again by the reader as it
+    /// binds, under its lock: of two callers that saw the same free reader, one gets it and
+    /// the other tries the next (or is refused), never replacing the first's binding.
+    async fn bind_reader(
+        &self,
+        r: &Reservation,
+        who: &Who,
+        allowed: &[usize],
+    ) -> Result<Reservation, ReserveFailure> {
+        let mut bound = None;
+        for &i in allowed {
+            let got = self.readers[i]
+                .claim_as(Binding::Card(r.card), Some(who.clone()))
+                .await
+                .map_err(ReserveFailure::Bind)?;
+            if got {
+                bound = Some(i);
+                break;
+            }
+        }
+        let Some(i) = bound else {
+            return Err(self.no_free_reader(r.card, allowed));
+        };
+        self.save_state().await;
         let id = r.id;
         self.cards.with_book(|b| b.set_reader(id, Some(i as u16)));
         self.readers[i].wait_settled(READER_SETTLE).await;

@@ -1,23 +1,22 @@
 //! How a run holds its card and reader: the one seam between `exec` and the daemon's
 //! ownership rules.
 //!
-//! Today (before reservations, issue 19 §2) a run's hold is a plain binding through the control
-//! API: exec takes readers that have no binding, binds one to the run's card
-//! (`PUT /api/v1/readers/{i}`, which leases the card to the reader, so nothing else can start
-//! it), and when it is done puts back what each reader was bound to before (`DELETE` or `PUT`
-//! of the old binding), which releases and stops the card.
+//! A run's hold is a reservation (issue 19 §2) of its card for exec's user, with the reader
+//! the run was given bound to it: `POST /api/v1/reservations` with the card, `reader: true`
+//! and `readers: [N]`. The daemon settles every race: it binds that reader only if it is
+//! bound to nothing at that moment (checked and bound under the reader's own lock), and only a
+//! free card can be reserved; a loser gets a 409 naming who has it. While the run lasts the
+//! card and reader are exec's user's: other users' `apdu`, `bind`, `reserve`, `exec` on them
+//! are refused.
 //!
-//! What reservations will change, here only: [`Hold::take`] becomes `POST
-//! /api/v1/reservations` with the card, `reader: true` and a short `for_s` that the driver
-//! renews while the run lasts, and [`Hold::restore`] becomes `DELETE` of the reservations. Then
-//! the daemon also ends a hold by itself when exec is killed (the reservation expires); with
-//! bindings, a killed exec leaves its readers bound to the last cards until someone unbinds
-//! them, unless [`super::guard`] does it — that is why the command restores on every way out
-//! it can see (end, error, Ctrl-C, SIGTERM) and leaves a guard for the others. Two users racing for the same unbound reader is also only settled by
-//! reservations: a bind replaces whatever another user bound there a moment before.
+//! The reservations are short ([`HOLD_FOR`]) and renewed while exec lives ([`Hold::renew`]
+//! every [`RENEW_EVERY`]). Ending one (`DELETE`) unbinds its reader — back to no binding,
+//! which is what exec found, since it only takes free readers — and stops and frees the card.
+//! If exec is killed, nobody renews them: the daemon ends them by itself within `HOLD_FOR`
+//! and a second, the same way. (The runs' programs live on in their own process groups;
+//! killing those is [`super::guard`]'s job.)
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
@@ -25,43 +24,46 @@ use tokio::sync::Mutex;
 
 use crate::bridge::{Binding, Presence, ReaderRow};
 use crate::control::client::{Control, ControlClientError};
+use crate::reservations::ReservationId;
+use crate::rows::{RenewRequest, ReservationRow, ReserveRequest};
+use crate::selection::Selection;
 
-use super::guard::Guard;
+/// A reservation taken for a run now lasts this long unless renewed; a killed exec's cards
+/// and readers are free again at most this (and the daemon's 1 s) later.
+pub const HOLD_FOR: Duration = Duration::from_secs(8);
+/// How often exec renews its reservations: a few chances before they run out.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// The note on exec's reservations.
+pub const NOTE: &str = "simpool exec";
 
-/// A bind waits in the daemon up to 5 s for the card to show, and a little more.
+/// The daemon waits up to 5 s for the card to show in the reader, and a little more.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a run could not hold its card on a reader.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HoldError {
-    /// The card cannot be had or shown (held elsewhere, an empty slot, marked bad, no card with
-    /// that ICCID): it costs this card.
+    /// The card cannot be had or shown (held or reserved elsewhere, an empty slot, marked bad):
+    /// it costs this card.
     #[error("{0}")]
     Card(String),
-    /// The reader cannot be used (gone from the daemon, stopped): it costs the reader.
+    /// The reader cannot be used (taken by someone else meanwhile, gone, stopped): it costs
+    /// the reader.
     #[error("{0}")]
     Reader(String),
 }
 
-/// The readers exec holds, and what each was bound to before it took it.
+/// The reservations exec holds, by reader.
 pub struct Hold {
     control: Control,
-    before: Mutex<BTreeMap<u16, Option<Binding>>>,
-    guard: Option<Arc<Guard>>,
+    held: Mutex<BTreeMap<u16, ReservationId>>,
 }
 
 impl Hold {
     pub fn new(control: Control) -> Hold {
         Hold {
             control,
-            before: Mutex::new(BTreeMap::new()),
-            guard: None,
+            held: Mutex::new(BTreeMap::new()),
         }
-    }
-
-    /// Tells `guard` each reader taken, before it is bound.
-    pub fn set_guard(&mut self, guard: Arc<Guard>) {
-        self.guard = Some(guard);
     }
 
     pub fn control(&self) -> &Control {
@@ -75,7 +77,8 @@ impl Hold {
             .await
     }
 
-    /// The readers a run may take: those bound to nothing.
+    /// The readers a run may take: those bound to nothing (the daemon checks it again when it
+    /// binds one).
     pub fn free(readers: &[ReaderRow]) -> Vec<ReaderRow> {
         readers
             .iter()
@@ -84,35 +87,29 @@ impl Hold {
             .collect()
     }
 
-    /// Binds daemon reader `reader` to `target` and answers the reader once it shows the card
-    /// (the daemon waits up to 5 s). Remembers the reader's binding before exec first took it.
+    /// Reserves `target` with daemon reader `reader` bound to it, and answers the reader once
+    /// it shows the card (the daemon waits up to 5 s).
     pub async fn take(&self, reader: u16, target: &Binding) -> Result<ReaderRow, HoldError> {
-        self.remember(reader).await?;
-        let row: ReaderRow = self
+        let req = ReserveRequest {
+            selection: selection(target),
+            for_s: Some(HOLD_FOR.as_secs()),
+            wait_s: None,
+            reader: true,
+            readers: Some(vec![reader]),
+            note: Some(NOTE.into()),
+        };
+        let r: ReservationRow = self
             .control
             .call(
-                Method::PUT,
-                &format!("/api/v1/readers/{reader}"),
-                Some(target),
+                Method::POST,
+                "/api/v1/reservations",
+                Some(&req),
                 CALL_TIMEOUT,
             )
             .await
             .map_err(|e| classify(reader, e))?;
-        if row.state != Presence::Present {
-            return Err(HoldError::Card(format!(
-                "{target} does not show in reader {reader}: {}",
-                row.detail.as_deref().unwrap_or("it did not start in time")
-            )));
-        }
-        Ok(row)
-    }
-
-    async fn remember(&self, reader: u16) -> Result<(), HoldError> {
-        let mut before = self.before.lock().await;
-        if before.contains_key(&reader) {
-            return Ok(());
-        }
-        let row: ReaderRow = self
+        self.held.lock().await.insert(reader, r.id);
+        let row: Result<ReaderRow, _> = self
             .control
             .call(
                 Method::GET,
@@ -120,73 +117,123 @@ impl Hold {
                 None::<&()>,
                 CALL_TIMEOUT,
             )
-            .await
-            .map_err(|e| classify(reader, e))?;
-        if let Some(g) = &self.guard {
-            g.reader(reader, &row.binding);
+            .await;
+        let shown = match row {
+            Ok(row) if row.state == Presence::Present => return Ok(row),
+            Ok(row) => HoldError::Card(format!(
+                "{target} does not show in reader {reader}: {}",
+                row.detail.as_deref().unwrap_or("it did not start in time")
+            )),
+            Err(e) => HoldError::Reader(format!("reader {reader}: {e}")),
+        };
+        // Not used: the card and the reader are free again at once.
+        if let Err(e) = self.give_back(reader).await {
+            log::warn!("reader {reader}: {e}");
         }
-        before.insert(reader, row.binding);
-        Ok(())
+        Err(shown)
     }
 
-    /// Puts every reader exec took back to what it was bound to before; answers the readers
-    /// that could not be restored and why. The cards exec's runs had are released (and
-    /// stopped) by that.
+    /// Renews every reservation exec holds for another [`HOLD_FOR`].
+    pub async fn renew(&self) {
+        let held: Vec<(u16, ReservationId)> = self
+            .held
+            .lock()
+            .await
+            .iter()
+            .map(|(r, i)| (*r, *i))
+            .collect();
+        let body = RenewRequest {
+            for_s: HOLD_FOR.as_secs(),
+        };
+        for (reader, id) in held {
+            let r: Result<ReservationRow, _> = self
+                .control
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/reservations/{id}/renew"),
+                    Some(&body),
+                    CALL_TIMEOUT,
+                )
+                .await;
+            if let Err(e) = r {
+                log::warn!("reader {reader}: reservation {id} not renewed: {e}");
+            }
+        }
+    }
+
+    /// Ends every reservation exec holds; answers the readers whose reservation could not be
+    /// ended and why (it expires by itself within [`HOLD_FOR`]). Their readers go back to no
+    /// binding, their cards are stopped and freed.
     pub async fn restore(&self) -> Vec<(u16, String)> {
-        let before = std::mem::take(&mut *self.before.lock().await);
+        let held = std::mem::take(&mut *self.held.lock().await);
         let mut failed = Vec::new();
-        for (reader, binding) in before {
-            if let Err(e) = self.put_back(reader, &binding).await {
+        for (reader, id) in held {
+            if let Err(e) = self.end(id).await {
                 failed.push((reader, e));
             }
         }
         failed
     }
 
-    /// Puts one reader back now (exec no longer uses it): its card is free for another reader.
+    /// Ends the reservation of reader `reader` now (its run is over): the reader and the card
+    /// are free for the next run.
     pub async fn give_back(&self, reader: u16) -> Result<(), String> {
-        let Some(binding) = self.before.lock().await.remove(&reader) else {
+        let Some(id) = self.held.lock().await.remove(&reader) else {
             return Ok(());
         };
-        self.put_back(reader, &binding).await
+        self.end(id).await
     }
 
-    async fn put_back(&self, reader: u16, binding: &Option<Binding>) -> Result<(), String> {
-        let path = format!("/api/v1/readers/{reader}");
-        let r: Result<ReaderRow, _> = match binding {
-            None => {
-                self.control
-                    .call(Method::DELETE, &path, None::<&()>, CALL_TIMEOUT)
-                    .await
-            }
-            Some(b) => {
-                self.control
-                    .call(Method::PUT, &path, Some(b), CALL_TIMEOUT)
-                    .await
-            }
-        };
+    async fn end(&self, id: ReservationId) -> Result<(), String> {
+        let r: Result<ReservationRow, _> = self
+            .control
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/reservations/{id}"),
+                None::<&()>,
+                CALL_TIMEOUT,
+            )
+            .await;
         match r {
-            Ok(_) => {
-                log::debug!(
-                    "reader {reader}: restored to {}",
-                    binding
-                        .as_ref()
-                        .map_or("no binding".into(), |b| b.to_string())
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Ok(()),
+            // Already over (it expired, an admin ended it): nothing left to end.
+            Err(ControlClientError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(format!("reservation {id} not ended: {e}")),
         }
     }
 }
 
-/// A refused bind: a 404 or 503 is the reader's fault; a daemon that went away ends every run
-/// the same way; anything else (a card held elsewhere, 409) is the card's.
+/// The selection that names `target`.
+fn selection(target: &Binding) -> Selection {
+    match target {
+        Binding::Card(n) => Selection::card(*n),
+        Binding::Iccid(s) => Selection {
+            iccids: vec![s.clone()],
+            ..Selection::default()
+        },
+        Binding::Imsi(s) => Selection {
+            imsis: vec![s.clone()],
+            ..Selection::default()
+        },
+        Binding::Eid(s) => Selection {
+            eid: Some(s.clone()),
+            ..Selection::default()
+        },
+    }
+}
+
+/// A refused reservation: a 409 that names no card (the reader is bound to something else
+/// now, or to nothing the daemon can use) and a 503 (the reader stopped, the pool is gone)
+/// cost the reader; anything else (the card held or reserved by someone, an empty slot, a
+/// card marked bad) costs the card.
 fn classify(reader: u16, e: ControlClientError) -> HoldError {
     match &e {
         ControlClientError::Refused {
-            status: 404 | 503, ..
-        } => HoldError::Reader(format!("reader {reader}: {e}")),
+            status: 409, body, ..
+        } if body["card"].is_null() => HoldError::Reader(format!("reader {reader}: {e}")),
+        ControlClientError::Refused { status: 503, .. } => {
+            HoldError::Reader(format!("reader {reader}: {e}"))
+        }
         _ => HoldError::Card(e.to_string()),
     }
 }

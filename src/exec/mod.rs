@@ -2,11 +2,11 @@
 //! daemon's free readers.
 //!
 //! - [`schedule`]: which card runs on which reader, the counts and the verdict (sans-IO);
-//! - [`hold`]: how a run holds its card and reader through the control API (the seam that
-//!   reservations replace);
+//! - [`hold`]: how a run holds its card and reader: a reservation of exec's user, renewed
+//!   while exec lives, with the run's reader bound to the card;
 //! - [`presence`]: pcscd's view, through the `pcsc` crate;
 //! - [`program`]: one run of the program (placeholders, its process group, output, timeout);
-//! - [`guard`]: the process that cleans up after an exec killed before it could.
+//! - [`guard`]: the process that kills the runs of an exec killed before it could.
 //!
 //! [`exec`] ties them together: tokio only spawns runs and waits for them.
 
@@ -101,7 +101,7 @@ pub struct Outcome {
     /// One per card of the selection, sorted by card.
     pub rows: Vec<ExecRow>,
     pub verdict: Verdict,
-    /// Readers that could not be put back, and why.
+    /// Readers whose reservation could not be ended (it expires by itself), and why.
     pub unrestored: Vec<(u16, String)>,
     pub elapsed: Duration,
 }
@@ -284,6 +284,7 @@ async fn run_one(
         }
     };
     let Some(card) = row.card else {
+        give_back(&hold, &slot).await;
         let mut r = not_run(
             &target,
             format!("reader {} shows no card number", slot.daemon),
@@ -320,9 +321,7 @@ async fn run_one(
         }
         Err(NotShown::Reader(e)) => {
             // Not used again: its card goes back to the pool for another reader.
-            if let Err(why) = hold.give_back(slot.daemon).await {
-                log::warn!("reader {} not restored: {why}", slot.daemon);
-            }
+            give_back(&hold, &slot).await;
             return RunEnd::ReaderFault(format!("card {card} on reader {}: {e}", slot.daemon));
         }
     }
@@ -351,7 +350,16 @@ async fn run_one(
     out.stdout = ran.stdout;
     out.stderr = ran.stderr;
     out.error = ran.error;
+    // The reader and the card are free for the next run (the card stopped).
+    give_back(&hold, &slot).await;
     RunEnd::Ran(Box::new(out))
+}
+
+/// Ends the reservation of the run on `slot`.
+async fn give_back(hold: &Hold, slot: &Slot) {
+    if let Err(why) = hold.give_back(slot.daemon).await {
+        log::warn!("reader {}: {why}", slot.daemon);
+    }
 }
 
 /// Whether a row counts as a success.
@@ -360,10 +368,10 @@ pub fn row_ok(r: &ExecRow) -> bool {
 }
 
 /// Runs the program once per target on the daemon's free readers, until every target ran or
-/// `interrupt` resolves (then the runs are killed). Every reader exec took is put back to what
-/// it was bound to before, whichever way it ends.
+/// `interrupt` resolves (then the runs are killed). Every reservation exec took is ended,
+/// whichever way it ends: its reader is free again, its card stopped and free.
 pub async fn exec(
-    mut hold: Hold,
+    hold: Hold,
     plan: Plan,
     opts: Options,
     guard: Option<Guard>,
@@ -412,10 +420,19 @@ pub async fn exec(
         parallel
     );
     let guard = guard.map(Arc::new);
-    if let Some(g) = &guard {
-        hold.set_guard(g.clone());
-    }
     let hold = Arc::new(hold);
+    // Keeps the reservations going while exec lives; a killed exec's run out.
+    let renewer = tokio::spawn({
+        let hold = hold.clone();
+        async move {
+            let mut every = tokio::time::interval(hold::RENEW_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                hold.renew().await;
+            }
+        }
+    });
     let opts = Arc::new(opts);
     let mut sched = Schedule::new(targets.len(), slots.len(), parallel);
     let mut rows: Vec<Option<ExecRow>> = vec![None; targets.len()];
@@ -476,6 +493,7 @@ pub async fn exec(
             _ = tick.tick() => on(Event::Progress(sched.progress(), started.elapsed())),
         }
     }
+    renewer.abort();
     let unrestored = hold.restore().await;
     if let Some(g) = &guard {
         g.done();

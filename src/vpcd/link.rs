@@ -8,6 +8,17 @@ use tokio::net::TcpStream;
 
 use super::frame::{encode, Decoder, Event};
 
+/// How [`Connection::close_now`] ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// At pcscd's presence poll: pcscd reported the card removed then. The next card may
+    /// connect at once; vpcd takes it at its next poll, after the removal.
+    AtPoll,
+    /// At another moment, or vpcd dropped it: pcscd has not seen a removal yet, and sees one
+    /// only if nothing is waiting to be taken at its next poll.
+    Unseen,
+}
+
 /// A connected vpcd reader.
 pub struct Connection {
     stream: TcpStream,
@@ -65,27 +76,28 @@ impl Connection {
     }
 
     /// Ends the session so that vpcd reports the card removed, without losing or emptying an
-    /// answer, and without a flood of error answers.
+    /// answer, and without a flood of error answers; answers whether pcscd saw the removal.
     ///
     /// vpcd turns a connection that closes while it waits for a command's answer into
-    /// "success, 0 bytes" (measured: a reset then too), so the connection is reset only when
-    /// vpcd is not waiting for a command's answer: after `quiet` without a frame, or on pcscd's
-    /// presence poll (an ATR request, left unanswered: the poll fails and pcscd reports the card
-    /// removed to every handle). Until then each command gets `answer` — but only after
-    /// `pace`, so an application in a tight loop sees a handful of them, not thousands, before
-    /// pcscd's next poll (every ~400 ms) ends it. `limit` bounds the whole wait.
-    pub async fn close_now(
-        mut self,
-        quiet: Duration,
-        pace: Duration,
-        answer: &[u8],
-        limit: Duration,
-    ) {
+    /// "success, 0 bytes" (measured: a reset then too), so the connection is reset on pcscd's
+    /// presence poll: an ATR request, left unanswered, so the poll fails and pcscd reports the
+    /// card removed to every handle at that moment ([`Closed::AtPoll`]). Until then (at most
+    /// one poll, ~400 ms) each command gets `answer` — but only after `pace`, so an
+    /// application in a tight loop sees a handful of them, not thousands. An ATR request right
+    /// after a power-up or reset is that power-up's, not a poll: the reset then fails it and
+    /// vpcd drops the connection without pcscd having seen a removal ([`Closed::Unseen`]), as
+    /// when `limit` passes or vpcd goes away first.
+    pub async fn close_now(mut self, pace: Duration, answer: &[u8], limit: Duration) -> Closed {
         let end = tokio::time::Instant::now() + limit;
-        loop {
-            let wait = quiet.min(end.saturating_duration_since(tokio::time::Instant::now()));
-            match tokio::time::timeout(wait, self.next_event()).await {
+        let mut powering = false;
+        let closed = loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break Closed::Unseen;
+            }
+            match tokio::time::timeout(left, self.next_event()).await {
                 Ok(Ok(Some(Event::Command(_) | Event::Invalid { .. }))) => {
+                    powering = false;
                     tokio::time::sleep(pace).await;
                     log::debug!(
                         "vpcd {}: command while the card goes away: answered {}",
@@ -93,18 +105,18 @@ impl Connection {
                         hex::encode_upper(answer)
                     );
                     if self.reply(answer).await.is_err() {
-                        break;
+                        break Closed::Unseen;
                     }
                 }
-                Ok(Ok(Some(Event::GetAtr))) => break,
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None) | Err(_)) | Err(_) => break,
+                Ok(Ok(Some(Event::GetAtr))) if !powering => break Closed::AtPoll,
+                Ok(Ok(Some(Event::GetAtr))) => break Closed::Unseen,
+                Ok(Ok(Some(Event::PowerOn | Event::Reset))) => powering = true,
+                Ok(Ok(Some(_))) => powering = false,
+                Ok(Ok(None) | Err(_)) | Err(_) => break Closed::Unseen,
             }
-            if tokio::time::Instant::now() >= end {
-                break;
-            }
-        }
+        };
         let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        closed
     }
 
     /// Sends an ATR or a response.

@@ -4,7 +4,7 @@ pub mod frame;
 pub mod link;
 
 pub use frame::Event;
-pub use link::Connection;
+pub use link::{Closed, Connection};
 
 /// vpcd's default first port (0x8C7B); one config line gives readers on P and P+1.
 pub const DEFAULT_PORT: u16 = 35963;
