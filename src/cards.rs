@@ -64,6 +64,9 @@ pub enum Holder {
     Reader(u16),
     /// A control API request (`apdu`) from this peer.
     Api(String),
+    /// A request of the sim-rest API (issue 20 §1) from this peer (its address: the API has
+    /// no users).
+    SimRest(String),
     /// A command of simpool's own command line, over a pool connection of its own.
     Command(&'static str),
     /// A scan, or an ICCID/IMSI search on behalf of a reader.
@@ -83,6 +86,7 @@ impl fmt::Display for Holder {
         match self {
             Holder::Reader(i) => write!(f, "reader {i}"),
             Holder::Api(peer) => write!(f, "API request from {peer}"),
+            Holder::SimRest(peer) => write!(f, "sim-rest request from {peer}"),
             Holder::Command(c) => write!(f, "simpool {c}"),
             Holder::Scan => write!(f, "scan"),
             Holder::Reservation(id) => write!(f, "the end of reservation {id}"),

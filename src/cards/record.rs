@@ -186,6 +186,7 @@ fn holder_kind(h: &Holder) -> HolderKind {
     match h {
         Holder::Reader(_) => HolderKind::Reader,
         Holder::Api(_) | Holder::Command(_) => HolderKind::Api,
+        Holder::SimRest(_) => HolderKind::SimRest,
         Holder::Scan => HolderKind::Scan,
         Holder::Bank { .. } => HolderKind::Bank,
         Holder::Reservation(_) => HolderKind::Reservation,
