@@ -1078,6 +1078,12 @@ impl Lease {
                         hex::encode_upper(cmd)
                     );
                     *self.entry().refused.lock().unwrap() = Some(r.short());
+                    // The history says it too (issue 20 §3), as an event of this lease.
+                    self.cards.refused_event(
+                        self.number,
+                        self.rec.owner.user.clone(),
+                        r.reason(),
+                    );
                     return Err(ExchangeError::Guarded {
                         sw: r.status(),
                         why: r.to_string(),

@@ -301,6 +301,23 @@ impl Cards {
         });
     }
 
+    /// A command the card layer's rules refused on card `n`, during `lease`'s row: an event
+    /// `refused` whose detail says why (`would use PIN1's last try`). Queued (never blocks,
+    /// as every record: the history's thread writes it with the next batch).
+    pub(crate) fn refused_event(&self, n: CardNo, user: Option<String>, why: String) {
+        let Some(h) = self.history() else { return };
+        let known = self.known(n);
+        let lease = self.records().open[n.index()].load(Ordering::Relaxed);
+        h.event(Event {
+            iccid: known.iccid,
+            imsi: known.imsi,
+            user,
+            lease: (lease > 0).then_some(LeaseId(lease)),
+            detail: Some(why),
+            ..Event::now(n.get(), EventKind::Refused)
+        });
+    }
+
     /// A lease's row, to be written once the lease does something (if there is a history).
     pub(crate) fn begin_row(
         &self,
