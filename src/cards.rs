@@ -235,6 +235,9 @@ pub struct Known {
     /// Type, SPN, MSISDN, PIN1/PUK1, EID ([`facts`]).
     #[serde(flatten)]
     pub facts: facts::Facts,
+    /// SPN, MSISDN and EID were read (or known) for this ICCID: [`Cards::read_details`].
+    #[serde(skip)]
+    pub details: bool,
 }
 
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
@@ -590,7 +593,74 @@ impl Cards {
         k.iccid.clone_from(&read.iccid);
         k.imsi.clone_from(&read.imsi);
         k.facts.clone_from(&read.facts);
+        k.details = read.details;
         self.entry(n).touched.store(false, Ordering::Relaxed);
+    }
+
+    /// The details read of card `n` ([`facts::Reading::details`]) into what is known of it.
+    fn record_details(&self, n: CardNo, read: &facts::Read) {
+        let mut k = self.entry(n).known.lock().unwrap();
+        let f = &mut k.facts;
+        f.spn.clone_from(&read.facts.spn);
+        f.msisdn.clone_from(&read.facts.msisdn);
+        f.eid.clone_from(&read.facts.eid);
+        if read.facts.kind == Some(facts::CardType::Euicc) {
+            f.kind = read.facts.kind;
+        }
+        for h in &read.facts.hidden {
+            if !f.hides(h) {
+                f.hidden.push(h.clone());
+            }
+        }
+        k.details = true;
+    }
+
+    /// Cards whose details (SPN, MSISDN, EID) are still to be read: read once, not stopped
+    /// since, nobody else used since.
+    fn details_wanted(&self, n: CardNo) -> bool {
+        let k = self.known(n);
+        !k.details && k.atr.is_some() && !self.entry(n).touched.load(Ordering::Relaxed)
+    }
+
+    /// Reads the details (SPN, MSISDN, EID: [`facts::Reading::details`]) of every idle
+    /// inserted card whose first read left them out, concurrently, each under a scan lease
+    /// that starts and stops the card; answers how many were read. A scan leaves them to
+    /// this (the daemon runs it after each scan), so the scan costs no more than the
+    /// identity read of before plus one exchange per card.
+    pub async fn read_details(&self, deadline: Duration) -> usize {
+        let Ok(states) = self.link().states().await else {
+            return 0;
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in CardNo::all() {
+            let state = states[n.index()];
+            if !state.has_card() || state == SlotState::Working || !self.details_wanted(n) {
+                continue;
+            }
+            let Ok(mut lease) = self.lease(n, Holder::Scan) else {
+                continue;
+            };
+            tasks.spawn(async move {
+                let r = async {
+                    lease.start_once().await?;
+                    lease.read_details(deadline).await
+                }
+                .await;
+                if let Err(e) = &r {
+                    log::debug!("card {n}: details: {e}");
+                }
+                if lease.is_started() {
+                    let _ = lease.stop().await;
+                }
+                lease.release().await;
+                r.is_ok()
+            });
+        }
+        let mut read = 0;
+        while let Some(r) = tasks.join_next().await {
+            read += usize::from(r.unwrap_or(false));
+        }
+        read
     }
 
     /// What of card `n` only a write changes, if it can be trusted: read before, and nobody
@@ -757,6 +827,12 @@ impl Cards {
                 log::debug!("search: card {n}: {e}");
                 lease.release().await;
                 continue;
+            }
+            // An EID is one of the details, which a first read leaves out.
+            if matches!(want, Wanted::Eid(_)) && self.details_wanted(n) {
+                if let Err(e) = lease.read_details(deadline).await {
+                    log::debug!("search: card {n}: details: {e}");
+                }
             }
             let ok = want.matches(&self.known(n));
             let stopped = lease.stop().await;
@@ -1079,11 +1155,8 @@ impl Lease {
                     );
                     *self.entry().refused.lock().unwrap() = Some(r.short());
                     // The history says it too (issue 20 §3), as an event of this lease.
-                    self.cards.refused_event(
-                        self.number,
-                        self.rec.owner.user.clone(),
-                        r.reason(),
-                    );
+                    self.cards
+                        .refused_event(self.number, self.rec.owner.user.clone(), r.reason());
                     return Err(ExchangeError::Guarded {
                         sw: r.status(),
                         why: r.to_string(),
@@ -1211,7 +1284,7 @@ impl Lease {
         stable: Option<facts::Stable>,
         deadline: Duration,
     ) -> Result<facts::Read, ReadError> {
-        let mut r = facts::Reading::new(stable);
+        let mut r = facts::Reading::new(atr, stable);
         while let Some((what, cmd)) = r.command() {
             let resp = self
                 .transmit(&cmd, deadline, Front::Scan)
@@ -1235,6 +1308,29 @@ impl Lease {
         let read = r.into_read();
         self.cards.record(self.number, atr, &read);
         Ok(read)
+    }
+
+    /// Reads the details of the card this lease started and read ([`Cards::read_details`]).
+    pub async fn read_details(&mut self, deadline: Duration) -> Result<(), ReadError> {
+        let k = self.cards.known(self.number);
+        let mut r = facts::Reading::details(k.facts.kind, k.facts.pin1);
+        while let Some((what, cmd)) = r.command() {
+            let resp = self
+                .transmit(&cmd, deadline, Front::Scan)
+                .await
+                .map_err(|error| identity::ReadError::Exchange { what, error })?;
+            r.answer(&resp).map_err(|e| identity::ReadError::Status {
+                what: e.what,
+                sw: e.got,
+            })?;
+        }
+        log::debug!(
+            "card {}: details read in {} exchanges",
+            self.number,
+            r.exchanges()
+        );
+        self.cards.record_details(self.number, &r.into_read());
+        Ok(())
     }
 
     /// Stops the card if this lease started it (unless it is to keep running), then frees it.

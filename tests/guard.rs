@@ -174,19 +174,26 @@ fn the_api_refuses_the_last_try_says_so_and_the_override_works() {
     // So does the history, with the lease the request had (GET /api/v1/history, `simpool
     // history`).
     let mut refused = Vec::new();
-    common::wait_for("card 6's refusal in the history", Duration::from_secs(10), || {
-        let v = http::get_json(&control, "/api/v1/history?card=6");
-        refused = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "refused")
-            .cloned()
-            .collect();
-        !refused.is_empty()
-    });
+    common::wait_for(
+        "card 6's refusal in the history",
+        Duration::from_secs(10),
+        || {
+            let v = http::get_json(&control, "/api/v1/history?card=6");
+            refused = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "refused")
+                .cloned()
+                .collect();
+            !refused.is_empty()
+        },
+    );
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!(refused[0]["detail"], "would use PIN1's last try", "{refused:?}");
+    assert_eq!(
+        refused[0]["detail"], "would use PIN1's last try",
+        "{refused:?}"
+    );
     assert!(refused[0]["lease"].is_i64(), "{refused:?}");
     let out = common::proc::output(Command::new(env!("CARGO_BIN_EXE_simpool")).args([
         "history",
