@@ -240,6 +240,9 @@ pub struct Known {
     pub details: bool,
 }
 
+/// How long after a scan the daemon reads the details its first reads left out.
+pub const DETAILS_AFTER: Duration = Duration::from_secs(2);
+
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
 /// Each exchange of reading a card's identity again at its start, after a change
 /// ([`Lease::start`]): what a slow card's SELECT or READ BINARY takes at most.
@@ -320,6 +323,8 @@ struct Inner {
     observers: Vec<Arc<dyn Observer>>,
     /// One ICCID/IMSI search at a time: two searches must not read (restart) the same card.
     search: tokio::sync::Mutex<()>,
+    /// A details pass is due ([`Cards::read_details_soon`]): one at a time.
+    details_due: AtomicBool,
     /// Bumped on every lease change; readers waiting for a card and pages watch it.
     changes: watch::Sender<u64>,
     /// The history and the labels (see [`record`]).
@@ -376,6 +381,7 @@ impl Cards {
                 fronts: Default::default(),
                 observers,
                 search: tokio::sync::Mutex::new(()),
+                details_due: AtomicBool::new(false),
                 changes: watch::channel(0).0,
                 records: record::Records::new(),
                 book: Mutex::new(Book::new()),
@@ -620,6 +626,21 @@ impl Cards {
     fn details_wanted(&self, n: CardNo) -> bool {
         let k = self.known(n);
         !k.details && k.atr.is_some() && !self.entry(n).touched.load(Ordering::Relaxed)
+    }
+
+    /// [`Cards::read_details`] in the background, [`DETAILS_AFTER`] from now (one pass for
+    /// the scans of that time): whoever scanned has the cards free for what it does next.
+    pub fn read_details_soon(&self, deadline: Duration) {
+        if self.inner.details_due.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let cards = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DETAILS_AFTER).await;
+            cards.inner.details_due.store(false, Ordering::Relaxed);
+            let n = cards.read_details(deadline).await;
+            log::debug!("details of {n} card(s) read");
+        });
     }
 
     /// Reads the details (SPN, MSISDN, EID: [`facts::Reading::details`]) of every idle

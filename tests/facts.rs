@@ -70,11 +70,11 @@ fn scan_the_api_and_status_say_what_each_card_is_and_a_reader_binds_by_eid() {
 
     // A scan through the daemon, three times over: nothing it reads uses a PIN try.
     let body = r#"{"cards":[4,28,30,31,33,34]}"#;
-    let mut rows = Value::Null;
     for _ in 0..3 {
         let (status, b) = call(&control, "POST", "/api/v1/scan", Some(body));
         assert_eq!(status, 200, "{b}");
-        rows = serde_json::from_str(&b).unwrap();
+        let rows: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(row(&rows, 30)["pin1"]["tries"], 3, "{rows}");
     }
     // A first read leaves SPN, MSISDN and EID out; the daemon reads them after the scan.
     common::wait_for(
@@ -88,7 +88,7 @@ fn scan_the_api_and_status_say_what_each_card_is_and_a_reader_binds_by_eid() {
     // Taken over by the next scan: the cards are known and untouched.
     let (status, b) = call(&control, "POST", "/api/v1/scan", Some(body));
     assert_eq!(status, 200, "{b}");
-    rows = serde_json::from_str(&b).unwrap();
+    let rows: Value = serde_json::from_str(&b).unwrap();
     // PIN1 enabled: the ICCID shown, the IMSI null, and why.
     let usim = row(&rows, 30);
     assert_eq!(

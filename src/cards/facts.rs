@@ -1,25 +1,30 @@
 //! What each card is (issue 20 §2, issue 24 §3): its type (`sim`, `usim`, `euicc`), ICCID,
-//! IMSI, SPN, MSISDN, the state of PIN1 and PUK1, and an eUICC's EID — read in one sans-IO
-//! sequence right after the card was started, without a PIN and without using up a try.
-//! The daemon's scan, `scan --pool`, identity searches and bindings all read through it
-//! ([`super::Lease::read_identity`]).
+//! IMSI, SPN, MSISDN, the state of PIN1 and PUK1, and an eUICC's EID — read by sans-IO
+//! sequences right after the card was started, without a PIN and without using up a try.
 //!
-//! How, and why in this order (each pool round trip counts: a command with data costs two):
-//! - UICC first: READ BINARY of EF.ICCID by SFI `02` (`00 B0 82 00 0A`, one round trip). A GSM
-//!   SIM refuses class `00` (`6E 00`/`6D 00`): then the GSM 11.11 sequence (class `A0`).
-//! - USIM: SELECT ADF.USIM by its partial AID (`A0000000871002`, P2 `0C`); PIN1's state by VERIFY
-//!   *without data* (`00 20 00 01`: `63 Cx` = enabled, not verified, x tries; `69 83` blocked;
-//!   `90 00` = no verification needed, which right after a reset means disabled), PUK1's tries
-//!   by UNBLOCK without data (`00 2C 00 01`); EF.IMSI by SFI `07`; EF.SPN (6F46) and EF.MSISDN
-//!   (6F40, skipped while PIN1 is enabled and not verified: it needs PIN1); then the EID:
-//!   MANAGE CHANNEL open, SELECT ISD-R on that channel, GetEID (`BF3E`) by STORE DATA, GET
-//!   RESPONSE, MANAGE CHANNEL close — no channel is left open.
-//! - SIM: EF.ICCID, DF.GSM with its GET RESPONSE (CHV1 enabled, its tries and UNBLOCK CHV1's,
-//!   GSM 11.11 §9.2.1), EF.IMSI (`98 04` = CHV1 not verified), EF.SPN, DF.TELECOM/EF.MSISDN.
-//!   No VERIFY with data is ever sent: reading these facts uses no PIN try.
+//! Two parts, so that a scan costs at most one exchange per card more than the identity read
+//! of before (an exchange: one command and its answer over the pool; a GET RESPONSE is one):
+//! - The first read ([`Reading::new`]; the daemon's scan, `scan --pool`, identity searches and
+//!   bindings, through [`super::Lease::read_identity`]): ICCID, type, PIN1/PUK1, IMSI.
+//!   - UICC first: READ BINARY of EF.ICCID by SFI `02` (`00 B0 82 00 0A`). A GSM SIM refuses
+//!     class `00` (`6E 00`/`6D 00`): then the GSM 11.11 sequence (class `A0`).
+//!   - USIM: SELECT ADF.USIM by its partial AID (`A0000000871002`, P2 `0C`); `euicc` instead
+//!     when the ATR says so ([`atr_says_euicc`]); PIN1's state by VERIFY *without data*
+//!     (`00 20 00 01`: `63 Cx` = enabled, not verified, x tries; `69 83` blocked; `90 00` =
+//!     no verification needed, which right after a reset means disabled), PUK1's tries by
+//!     UNBLOCK without data (`00 2C 00 01`); EF.IMSI by SFI `07`. Five exchanges.
+//!   - SIM: EF.ICCID, DF.GSM with its GET RESPONSE (CHV1 enabled, its tries and UNBLOCK
+//!     CHV1's, GSM 11.11 §9.2.1), EF.IMSI (`98 04` = CHV1 not verified). Seven, the probe
+//!     included.
+//! - The details ([`Reading::details`], [`super::Cards::read_details`]): what only a write
+//!   changes. EF.SPN (6F46), EF.MSISDN (6F40, skipped while PIN1 is enabled and not
+//!   verified: it needs PIN1); on a UICC the EID: MANAGE CHANNEL open, SELECT ISD-R on that
+//!   channel, GetEID (`BF3E`) by STORE DATA, GET RESPONSE, MANAGE CHANNEL close — no channel
+//!   is left open; an ISD-R that answers makes the card an `euicc`.
+//! - No VERIFY with data is ever sent: reading these facts uses no PIN try.
 //! - What stays the same for a card as long as nobody else uses it — type, SPN, MSISDN, EID —
 //!   is taken from [`Stable`] when the ICCID read matches, so a repeated scan of an untouched
-//!   card reads only ICCID, PIN state and IMSI (fewer exchanges than the identity read before).
+//!   card reads only ICCID, PIN state and IMSI, and no details again.
 
 use serde::{Deserialize, Serialize};
 

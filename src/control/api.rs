@@ -584,8 +584,7 @@ async fn scan(State(d): State<Arc<Daemon>>, req: Request) -> ApiResult<Vec<crate
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     // SPN, MSISDN and EID of the cards read for the first time: after the scan, so that it
     // answers as fast as the identity read of before did (issue 20 §2).
-    let (cards, t) = (d.cards.clone(), d.command_timeout);
-    tokio::spawn(async move { cards.read_details(t).await });
+    d.cards.read_details_soon(d.command_timeout);
     Ok(Json(rows))
 }
 
