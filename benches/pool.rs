@@ -7,7 +7,9 @@
 //! 3. What reading a card's facts costs (issue 20 §2): exchanges and pool requests per card and
 //!    the time of a scan of the built-in set (SIMs, USIMs, eUICCs; 5 ms per reply), for the
 //!    identity read that came before (`identity::Reading`: ATR, ICCID, IMSI), the facts read
-//!    of a card seen for the first time, and again once known (nobody used the cards between).
+//!    of a card seen for the first time (the scan), the details read after it (SPN, MSISDN,
+//!    EID; once per card, outside the scan), and the scan again once known (nobody used the
+//!    cards between).
 //!
 //! `SIMPOOL_BENCH_QUICK=1` runs a short version (8 cards, 0.2 s periods; about a second) to
 //! check that the benchmark still builds and runs: `driver/test` does that.
@@ -70,9 +72,17 @@ async fn exchanges_for(link: &Link, cards: u16, period: Duration) -> (u64, Durat
 }
 
 /// Exchanges and pool requests (frames out: start, commands, data, stop) per card, and the
-/// time, of one pass over the inserted cards of `cards`: `old` runs the identity read of
-/// before on each card concurrently (start, `identity::Reading`, stop), else a scan.
-async fn cost(cards: &Cards, old: bool) -> (f64, f64, Duration) {
+/// time, of one pass over the inserted cards of `cards`: `Old` runs the identity read of
+/// before on each card concurrently (start, `identity::Reading`, stop), `Scan` a scan,
+/// `Details` the details read the daemon runs after a scan.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    Old,
+    Scan,
+    Details,
+}
+
+async fn cost(cards: &Cards, pass: Pass) -> (f64, f64, Duration) {
     let link = cards.link();
     let states = link.states().await.unwrap();
     let inserted: Vec<_> = simpool::values::CardNo::all()
@@ -86,7 +96,7 @@ async fn cost(cards: &Cards, old: bool) -> (f64, f64, Duration) {
     };
     let (ex0, out0) = (ex(cards), link.stats().frames_out.load(Ordering::Relaxed));
     let t0 = Instant::now();
-    if old {
+    if pass == Pass::Old {
         // As the scan of before did: the slot states first, then every card at once.
         link.states().await.unwrap();
         let mut tasks = Vec::new();
@@ -112,6 +122,11 @@ async fn cost(cards: &Cards, old: bool) -> (f64, f64, Duration) {
         for t in tasks {
             t.await.unwrap();
         }
+    } else if pass == Pass::Details {
+        assert_eq!(
+            cards.read_details(Duration::from_secs(5)).await,
+            inserted.len()
+        );
     } else {
         let rows = cards.scan(Duration::from_secs(5)).await.unwrap();
         assert!(rows
@@ -133,23 +148,33 @@ fn main() {
         let (_sim, link) = pool_of(Duration::from_millis(5), CardsFile::default_set()).await;
         let cards = Cards::new(link.clone(), Vec::new());
         let rounds = if quick() { 1 } else { 5 };
-        let mut runs = [Duration::ZERO; 3];
-        let mut per = [(0.0, 0.0); 3];
+        let mut runs = [Duration::ZERO; 4];
+        let mut per = [(0.0, 0.0); 4];
         for _ in 0..rounds {
             let fresh = Cards::new(link.clone(), Vec::new());
-            for (i, (c, old)) in [(&cards, true), (&fresh, false), (&fresh, false)]
-                .into_iter()
-                .enumerate()
+            for (i, (c, pass)) in [
+                (&cards, Pass::Old),
+                (&fresh, Pass::Scan),
+                (&fresh, Pass::Details),
+                (&fresh, Pass::Scan),
+            ]
+            .into_iter()
+            .enumerate()
             {
-                let (e, f, t) = cost(c, old).await;
+                let (e, f, t) = cost(c, pass).await;
                 per[i] = (e, f);
                 runs[i] += t;
             }
         }
         println!("reading the built-in set's 39 cards (SIM, USIM, eUICC), 5 ms per reply:");
-        for (i, name) in ["identity before (ATR, ICCID, IMSI)", "facts, first read", "facts, known card"]
-            .into_iter()
-            .enumerate()
+        for (i, name) in [
+            "identity before (ATR, ICCID, IMSI)",
+            "facts, first read (the scan)",
+            "details, once, after the scan",
+            "facts, known card (the scan)",
+        ]
+        .into_iter()
+        .enumerate()
         {
             println!(
                 "  {name:<36} {:>5.1} exchanges/card {:>5.1} pool requests/card {:>7.1} ms  ({:.2}x)",

@@ -64,6 +64,9 @@ pub enum Holder {
     Reader(u16),
     /// A control API request (`apdu`) from this peer.
     Api(String),
+    /// A request of the sim-rest API (issue 20 §1) from this peer (its address: the API has
+    /// no users).
+    SimRest(String),
     /// A command of simpool's own command line, over a pool connection of its own.
     Command(&'static str),
     /// A scan, or an ICCID/IMSI search on behalf of a reader.
@@ -83,6 +86,7 @@ impl fmt::Display for Holder {
         match self {
             Holder::Reader(i) => write!(f, "reader {i}"),
             Holder::Api(peer) => write!(f, "API request from {peer}"),
+            Holder::SimRest(peer) => write!(f, "sim-rest request from {peer}"),
             Holder::Command(c) => write!(f, "simpool {c}"),
             Holder::Scan => write!(f, "scan"),
             Holder::Reservation(id) => write!(f, "the end of reservation {id}"),
@@ -231,7 +235,13 @@ pub struct Known {
     /// Type, SPN, MSISDN, PIN1/PUK1, EID ([`facts`]).
     #[serde(flatten)]
     pub facts: facts::Facts,
+    /// SPN, MSISDN and EID were read (or known) for this ICCID: [`Cards::read_details`].
+    #[serde(skip)]
+    pub details: bool,
 }
+
+/// How long after a scan the daemon reads the details its first reads left out.
+pub const DETAILS_AFTER: Duration = Duration::from_secs(2);
 
 /// Upper bounds (seconds) of the exchange latency histogram's buckets.
 /// Each exchange of reading a card's identity again at its start, after a change
@@ -313,6 +323,8 @@ struct Inner {
     observers: Vec<Arc<dyn Observer>>,
     /// One ICCID/IMSI search at a time: two searches must not read (restart) the same card.
     search: tokio::sync::Mutex<()>,
+    /// A details pass is due ([`Cards::read_details_soon`]): one at a time.
+    details_due: AtomicBool,
     /// Bumped on every lease change; readers waiting for a card and pages watch it.
     changes: watch::Sender<u64>,
     /// The history and the labels (see [`record`]).
@@ -369,6 +381,7 @@ impl Cards {
                 fronts: Default::default(),
                 observers,
                 search: tokio::sync::Mutex::new(()),
+                details_due: AtomicBool::new(false),
                 changes: watch::channel(0).0,
                 records: record::Records::new(),
                 book: Mutex::new(Book::new()),
@@ -586,7 +599,89 @@ impl Cards {
         k.iccid.clone_from(&read.iccid);
         k.imsi.clone_from(&read.imsi);
         k.facts.clone_from(&read.facts);
+        k.details = read.details;
         self.entry(n).touched.store(false, Ordering::Relaxed);
+    }
+
+    /// The details read of card `n` ([`facts::Reading::details`]) into what is known of it.
+    fn record_details(&self, n: CardNo, read: &facts::Read) {
+        let mut k = self.entry(n).known.lock().unwrap();
+        let f = &mut k.facts;
+        f.spn.clone_from(&read.facts.spn);
+        f.msisdn.clone_from(&read.facts.msisdn);
+        f.eid.clone_from(&read.facts.eid);
+        if read.facts.kind == Some(facts::CardType::Euicc) {
+            f.kind = read.facts.kind;
+        }
+        for h in &read.facts.hidden {
+            if !f.hides(h) {
+                f.hidden.push(h.clone());
+            }
+        }
+        k.details = true;
+    }
+
+    /// Cards whose details (SPN, MSISDN, EID) are still to be read: read once, not stopped
+    /// since, nobody else used since.
+    fn details_wanted(&self, n: CardNo) -> bool {
+        let k = self.known(n);
+        !k.details && k.atr.is_some() && !self.entry(n).touched.load(Ordering::Relaxed)
+    }
+
+    /// [`Cards::read_details`] in the background, [`DETAILS_AFTER`] from now (one pass for
+    /// the scans of that time): whoever scanned has the cards free for what it does next.
+    pub fn read_details_soon(&self, deadline: Duration) {
+        if self.inner.details_due.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let cards = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DETAILS_AFTER).await;
+            cards.inner.details_due.store(false, Ordering::Relaxed);
+            let n = cards.read_details(deadline).await;
+            log::debug!("details of {n} card(s) read");
+        });
+    }
+
+    /// Reads the details (SPN, MSISDN, EID: [`facts::Reading::details`]) of every idle
+    /// inserted card whose first read left them out, concurrently, each under a scan lease
+    /// that starts and stops the card; answers how many were read. A scan leaves them to
+    /// this (the daemon runs it after each scan), so the scan costs no more than the
+    /// identity read of before plus one exchange per card.
+    pub async fn read_details(&self, deadline: Duration) -> usize {
+        let Ok(states) = self.link().states().await else {
+            return 0;
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in CardNo::all() {
+            let state = states[n.index()];
+            if !state.has_card() || state == SlotState::Working || !self.details_wanted(n) {
+                continue;
+            }
+            let Ok(mut lease) = self.lease(n, Holder::Scan) else {
+                continue;
+            };
+            tasks.spawn(async move {
+                let r = async {
+                    lease.start_once().await?;
+                    lease.read_details(deadline).await
+                }
+                .await;
+                if let Err(e) = &r {
+                    log::debug!("card {n}: details: {e}");
+                }
+                if lease.is_started() {
+                    let _ = lease.stop().await;
+                }
+                lease.release().await;
+                r.is_ok()
+            });
+        }
+        let mut read = 0;
+        while let Some(r) = tasks.join_next().await {
+            read += usize::from(r.unwrap_or(false));
+        }
+        read
     }
 
     /// What of card `n` only a write changes, if it can be trusted: read before, and nobody
@@ -753,6 +848,12 @@ impl Cards {
                 log::debug!("search: card {n}: {e}");
                 lease.release().await;
                 continue;
+            }
+            // An EID is one of the details, which a first read leaves out.
+            if matches!(want, Wanted::Eid(_)) && self.details_wanted(n) {
+                if let Err(e) = lease.read_details(deadline).await {
+                    log::debug!("search: card {n}: details: {e}");
+                }
             }
             let ok = want.matches(&self.known(n));
             let stopped = lease.stop().await;
@@ -1074,6 +1175,9 @@ impl Lease {
                         hex::encode_upper(cmd)
                     );
                     *self.entry().refused.lock().unwrap() = Some(r.short());
+                    // The history says it too (issue 20 §3), as an event of this lease.
+                    self.cards
+                        .refused_event(self.number, self.rec.owner.user.clone(), r.reason());
                     return Err(ExchangeError::Guarded {
                         sw: r.status(),
                         why: r.to_string(),
@@ -1201,7 +1305,7 @@ impl Lease {
         stable: Option<facts::Stable>,
         deadline: Duration,
     ) -> Result<facts::Read, ReadError> {
-        let mut r = facts::Reading::new(stable);
+        let mut r = facts::Reading::new(atr, stable);
         while let Some((what, cmd)) = r.command() {
             let resp = self
                 .transmit(&cmd, deadline, Front::Scan)
@@ -1225,6 +1329,29 @@ impl Lease {
         let read = r.into_read();
         self.cards.record(self.number, atr, &read);
         Ok(read)
+    }
+
+    /// Reads the details of the card this lease started and read ([`Cards::read_details`]).
+    pub async fn read_details(&mut self, deadline: Duration) -> Result<(), ReadError> {
+        let k = self.cards.known(self.number);
+        let mut r = facts::Reading::details(k.facts.kind, k.facts.pin1);
+        while let Some((what, cmd)) = r.command() {
+            let resp = self
+                .transmit(&cmd, deadline, Front::Scan)
+                .await
+                .map_err(|error| identity::ReadError::Exchange { what, error })?;
+            r.answer(&resp).map_err(|e| identity::ReadError::Status {
+                what: e.what,
+                sw: e.got,
+            })?;
+        }
+        log::debug!(
+            "card {}: details read in {} exchanges",
+            self.number,
+            r.exchanges()
+        );
+        self.cards.record_details(self.number, &r.into_read());
+        Ok(())
     }
 
     /// Stops the card if this lease started it (unless it is to keep running), then frees it.

@@ -189,7 +189,13 @@ impl Collector for Scrape {
         for v in d.cards.views() {
             let i = match v.holder {
                 Some(Holder::Reader(_)) => 0,
-                Some(Holder::Api(_) | Holder::Command(_) | Holder::Reservation(_)) => 1,
+                // A sim-rest request is an API request too (the label's values stay as documented).
+                Some(
+                    Holder::Api(_)
+                    | Holder::SimRest(_)
+                    | Holder::Command(_)
+                    | Holder::Reservation(_),
+                ) => 1,
                 Some(Holder::Scan) => 2,
                 Some(Holder::Bank { .. }) => 3,
                 None => continue,

@@ -136,8 +136,9 @@ fn challenge(bytes: &[u8]) -> Result<Challenge, SimRestError> {
     Challenge::parse(field("rand")?, Some(field("autn")?)).map_err(|e| bad(e.to_string()))
 }
 
+/// The lease's holder: "sim-rest request from 127.0.0.1:53124", kind `sim-rest` in the history.
 fn holder_of(peer: &Peer) -> Holder {
-    Holder::Api(format!("{} (sim-rest)", peer.0))
+    Holder::SimRest(peer.0.clone())
 }
 
 /// The card layer's refusals and errors in pySim's terms.

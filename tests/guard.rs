@@ -84,6 +84,16 @@ fn daemon(sim: &SimPool, control: &str, config: Option<&str>) -> Serve {
         "0".into(),
         "--control".into(),
         control.into(),
+        // A history of its own: refusals are recorded there.
+        "--history".into(),
+        std::env::temp_dir()
+            .join(format!(
+                "simpool-guard-{}-{}.sqlite",
+                std::process::id(),
+                control.replace([':', '.'], "-")
+            ))
+            .display()
+            .to_string(),
     ];
     if let Some(text) = config {
         let p = std::env::temp_dir().join(format!(
@@ -161,6 +171,44 @@ fn the_api_refuses_the_last_try_says_so_and_the_override_works() {
         text.contains("card 6: refused: would use PIN1's last try"),
         "{text}"
     );
+    // So does the history, with the lease the request had (GET /api/v1/history, `simpool
+    // history`).
+    let mut refused = Vec::new();
+    common::wait_for(
+        "card 6's refusal in the history",
+        Duration::from_secs(10),
+        || {
+            let v = http::get_json(&control, "/api/v1/history?card=6");
+            refused = v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "refused")
+                .cloned()
+                .collect();
+            !refused.is_empty()
+        },
+    );
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0]["detail"], "would use PIN1's last try",
+        "{refused:?}"
+    );
+    assert!(refused[0]["lease"].is_i64(), "{refused:?}");
+    let out = common::proc::output(Command::new(env!("CARGO_BIN_EXE_simpool")).args([
+        "history",
+        "--control",
+        &control,
+        "--card",
+        "6",
+    ]))
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("refused"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("would use PIN1's last try (lease "), "{text}");
     // Allowed for one request: the right PIN on the last try, which resets the counter.
     let v = apdu(&control, 6, &[RIGHT_PIN1], true);
     assert_eq!(v["responses"], json!(["9000"]), "{v}");

@@ -42,10 +42,19 @@ fn daemon_on(rest: &str) -> Daemon {
         .enable_all()
         .build()
         .unwrap();
+    // A history of its own, so the leases' rows can be looked at.
+    static DAEMONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let history = std::env::temp_dir().join(format!(
+        "simpool-sim-rest-{}-{}.sqlite",
+        std::process::id(),
+        DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&history);
     let file = FileConfig {
         pool: Some(PoolAddr::Sim),
         control: Some("127.0.0.1:0".into()),
         sim_rest: Some(rest.into()),
+        history: Some(history.display().to_string()),
         ..FileConfig::default()
     };
     let cfg = config::resolve(file, FileConfig::default()).unwrap();
@@ -268,6 +277,26 @@ fn sim_rest_answers_pysims_shapes_and_errors() {
         Some(28),
         "{v}"
     );
+    // The history has each request's lease as a sim-rest one, named by its peer.
+    let mut rows = Vec::new();
+    common::wait_for("card 20's sim-rest rows", Duration::from_secs(10), || {
+        let (status, v) = get(&d.control, "/api/v1/history?card=20");
+        assert_eq!(status, 200, "{v}");
+        rows = v["leases"].as_array().unwrap().clone();
+        rows.retain(|l| l["authentications"] == 1);
+        rows.len() >= 2
+    });
+    for l in &rows {
+        assert_eq!(l["holder_kind"], "sim-rest", "{l}");
+        assert!(
+            l["front_end"]
+                .as_str()
+                .unwrap()
+                .starts_with("sim-rest request from 127.0.0.1:"),
+            "{l}"
+        );
+        assert!(l["end"].is_string(), "{l}");
+    }
     // Another card's key: the MAC does not check out.
     let (status, v) = post(&d.rest, "/sim-auth-api/v1/slot/3", &challenge());
     assert_eq!(status, 500, "{v}");

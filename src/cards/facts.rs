@@ -1,25 +1,30 @@
 //! What each card is (issue 20 §2, issue 24 §3): its type (`sim`, `usim`, `euicc`), ICCID,
-//! IMSI, SPN, MSISDN, the state of PIN1 and PUK1, and an eUICC's EID — read in one sans-IO
-//! sequence right after the card was started, without a PIN and without using up a try.
-//! The daemon's scan, `scan --pool`, identity searches and bindings all read through it
-//! ([`super::Lease::read_identity`]).
+//! IMSI, SPN, MSISDN, the state of PIN1 and PUK1, and an eUICC's EID — read by sans-IO
+//! sequences right after the card was started, without a PIN and without using up a try.
 //!
-//! How, and why in this order (each pool round trip counts: a command with data costs two):
-//! - UICC first: READ BINARY of EF.ICCID by SFI `02` (`00 B0 82 00 0A`, one round trip). A GSM
-//!   SIM refuses class `00` (`6E 00`/`6D 00`): then the GSM 11.11 sequence (class `A0`).
-//! - USIM: SELECT ADF.USIM by its partial AID (`A0000000871002`, P2 `0C`); PIN1's state by VERIFY
-//!   *without data* (`00 20 00 01`: `63 Cx` = enabled, not verified, x tries; `69 83` blocked;
-//!   `90 00` = no verification needed, which right after a reset means disabled), PUK1's tries
-//!   by UNBLOCK without data (`00 2C 00 01`); EF.IMSI by SFI `07`; EF.SPN (6F46) and EF.MSISDN
-//!   (6F40, skipped while PIN1 is enabled and not verified: it needs PIN1); then the EID:
-//!   MANAGE CHANNEL open, SELECT ISD-R on that channel, GetEID (`BF3E`) by STORE DATA, GET
-//!   RESPONSE, MANAGE CHANNEL close — no channel is left open.
-//! - SIM: EF.ICCID, DF.GSM with its GET RESPONSE (CHV1 enabled, its tries and UNBLOCK CHV1's,
-//!   GSM 11.11 §9.2.1), EF.IMSI (`98 04` = CHV1 not verified), EF.SPN, DF.TELECOM/EF.MSISDN.
-//!   No VERIFY with data is ever sent: reading these facts uses no PIN try.
+//! Two parts, so that a scan costs at most one exchange per card more than the identity read
+//! of before (an exchange: one command and its answer over the pool; a GET RESPONSE is one):
+//! - The first read ([`Reading::new`]; the daemon's scan, `scan --pool`, identity searches and
+//!   bindings, through [`super::Lease::read_identity`]): ICCID, type, PIN1/PUK1, IMSI.
+//!   - UICC first: READ BINARY of EF.ICCID by SFI `02` (`00 B0 82 00 0A`). A GSM SIM refuses
+//!     class `00` (`6E 00`/`6D 00`): then the GSM 11.11 sequence (class `A0`).
+//!   - USIM: SELECT ADF.USIM by its partial AID (`A0000000871002`, P2 `0C`); `euicc` instead
+//!     when the ATR says so ([`atr_says_euicc`]); PIN1's state by VERIFY *without data*
+//!     (`00 20 00 01`: `63 Cx` = enabled, not verified, x tries; `69 83` blocked; `90 00` =
+//!     no verification needed, which right after a reset means disabled), PUK1's tries by
+//!     UNBLOCK without data (`00 2C 00 01`); EF.IMSI by SFI `07`. Five exchanges.
+//!   - SIM: EF.ICCID, DF.GSM with its GET RESPONSE (CHV1 enabled, its tries and UNBLOCK
+//!     CHV1's, GSM 11.11 §9.2.1), EF.IMSI (`98 04` = CHV1 not verified). Seven, the probe
+//!     included.
+//! - The details ([`Reading::details`], [`super::Cards::read_details`]): what only a write
+//!   changes. EF.SPN (6F46), EF.MSISDN (6F40, skipped while PIN1 is enabled and not
+//!   verified: it needs PIN1); on a UICC the EID: MANAGE CHANNEL open, SELECT ISD-R on that
+//!   channel, GetEID (`BF3E`) by STORE DATA, GET RESPONSE, MANAGE CHANNEL close — no channel
+//!   is left open; an ISD-R that answers makes the card an `euicc`.
+//! - No VERIFY with data is ever sent: reading these facts uses no PIN try.
 //! - What stays the same for a card as long as nobody else uses it — type, SPN, MSISDN, EID —
 //!   is taken from [`Stable`] when the ICCID read matches, so a repeated scan of an untouched
-//!   card reads only ICCID, PIN state and IMSI (fewer exchanges than the identity read before).
+//!   card reads only ICCID, PIN state and IMSI, and no details again.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +106,9 @@ pub struct Read {
     pub iccid: Option<String>,
     pub imsi: Option<String>,
     pub facts: Facts,
+    /// SPN, MSISDN and EID are in `facts` (read, or taken over as known): false after a first
+    /// read, which leaves them to [`Reading::details`].
+    pub details: bool,
 }
 
 /// The facts of a card that change only when someone writes it: reused when the ICCID read
@@ -118,6 +126,11 @@ pub struct Stable {
 enum Step {
     UIccid,
     UAdf,
+    /// The details' first command on a UICC with a USIM (the card was started anew).
+    DAdf,
+    /// The details' first commands on a SIM.
+    DSelGsm,
+    DSelDcs,
     UVerify,
     UUnblock,
     UImsi,
@@ -170,14 +183,20 @@ pub struct Reading {
     stable: Option<Stable>,
     /// The stable facts were taken over: skip reading them.
     reused: bool,
+    /// The ATR says eUICC (see [`atr_says_euicc`]).
+    euicc_atr: bool,
+    /// This is a reading of the details (SPN, MSISDN, EID), not a first read.
+    details: bool,
     read: Read,
     exchanges: u32,
 }
 
 impl Reading {
-    /// A reading right after the card was started; `stable`: what is known of it, if that
-    /// can be trusted (nobody used the card since).
-    pub fn new(stable: Option<Stable>) -> Reading {
+    /// The first read, right after the card (ATR `atr`) was started: ICCID, type, PIN1/PUK1,
+    /// IMSI; `stable`: what is known of it, if that can be trusted (nobody used the card
+    /// since), whose SPN, MSISDN and EID are then taken over. Without it they are left to
+    /// [`Reading::details`].
+    pub fn new(atr: &[u8], stable: Option<Stable>) -> Reading {
         let sim = stable.as_ref().is_some_and(|s| s.kind == CardType::Sim);
         Reading {
             step: if sim { Step::SSelIccid } else { Step::UIccid },
@@ -187,9 +206,26 @@ impl Reading {
             channel: 0,
             stable,
             reused: false,
+            euicc_atr: atr_says_euicc(atr),
+            details: false,
             read: Read::default(),
             exchanges: 0,
         }
+    }
+
+    /// The details of a card a first read found to be `kind` with PIN1 `pin1`, right after it
+    /// was started (again): SPN, MSISDN (unless PIN1 hides it) and, on a UICC, the EID.
+    pub fn details(kind: Option<CardType>, pin1: PinState) -> Reading {
+        let mut r = Reading::new(&[], None);
+        r.details = true;
+        r.read.facts.kind = kind;
+        r.read.facts.pin1 = pin1;
+        r.step = match kind {
+            Some(CardType::Sim) => Step::DSelGsm,
+            Some(CardType::Usim | CardType::Euicc) => Step::DAdf,
+            None => Step::EOpen,
+        };
+        r
     }
 
     /// What to send next, named for errors; `None` when done.
@@ -203,11 +239,13 @@ impl Reading {
                 "READ BINARY EF.ICCID (SFI)",
                 vec![0x00, 0xB0, 0x82, 0x00, le(10)],
             ),
-            Step::UAdf => {
+            Step::UAdf | Step::DAdf => {
                 let mut c = vec![0x00, 0xA4, 0x04, 0x0C, USIM_AID_PREFIX.len() as u8];
                 c.extend_from_slice(&USIM_AID_PREFIX);
                 ("SELECT ADF.USIM", c)
             }
+            Step::DSelGsm => ("SELECT DF.GSM", gsm_select([0x7F, 0x20])),
+            Step::DSelDcs => ("SELECT DF.DCS1800", gsm_select([0x7F, 0x21])),
             Step::UVerify => ("VERIFY PIN1 (no data)", vec![0x00, 0x20, 0x00, 0x01]),
             Step::UUnblock => ("UNBLOCK PIN1 (no data)", vec![0x00, 0x2C, 0x00, 0x01]),
             Step::UImsi => (
@@ -294,11 +332,25 @@ impl Reading {
             }
             Step::UIccid => Step::UAdf,
             Step::UAdf if selected => {
-                r.facts.kind = Some(CardType::Usim);
+                r.facts.kind = Some(if self.euicc_atr {
+                    CardType::Euicc
+                } else {
+                    CardType::Usim
+                });
                 Step::UVerify
             }
             // A UICC without a USIM (an eUICC with no profile enabled?).
-            Step::UAdf => self.after_identity(),
+            Step::UAdf => {
+                if self.euicc_atr {
+                    r.facts.kind = Some(CardType::Euicc);
+                }
+                self.after_identity()
+            }
+            Step::DAdf if selected => Step::USelSpn,
+            Step::DAdf => Step::EOpen,
+            Step::DSelGsm | Step::DSelDcs if selected || sw[0] == 0x9F => Step::SSelSpn,
+            Step::DSelGsm => Step::DSelDcs,
+            Step::DSelDcs => Step::Done,
             Step::UVerify => {
                 match sw {
                     [0x63, x] if x & 0xF0 == 0xC0 => {
@@ -461,9 +513,9 @@ impl Reading {
         }
     }
 
-    /// After ICCID, PIN state and IMSI: the stable facts, read or taken over.
+    /// After ICCID, PIN state and IMSI: the stable facts taken over when they are known, else
+    /// the first read is over (the details read them).
     fn after_identity(&mut self) -> Step {
-        let sim = self.read.facts.kind == Some(CardType::Sim);
         if self.matches_stable() {
             let s = self.stable.take().expect("matched");
             // A USIM found now but known as an eUICC is one (its ISD-R is not probed again).
@@ -478,13 +530,16 @@ impl Reading {
             self.read.facts.msisdn = s.msisdn;
             self.read.facts.eid = s.eid;
             self.reused = true;
+            self.read.details = true;
             return Step::Done;
         }
-        match (sim, self.read.facts.kind) {
-            (true, _) => Step::SSelSpn,
-            (false, Some(CardType::Usim)) => Step::USelSpn,
-            _ => Step::EOpen,
+        // SPN, MSISDN and EID are the details' (a scan is not slowed by them); what PIN1
+        // hides is known already.
+        let pin = self.read.facts.pin1;
+        if pin.enabled == Some(true) && pin.verified != Some(true) {
+            self.read.facts.hidden.push("msisdn".into());
         }
+        Step::Done
     }
 
     /// EF.MSISDN needs PIN1: while it is enabled and not verified it is not read, only named.
@@ -516,8 +571,32 @@ impl Reading {
     }
 
     /// What was read (call once [`Reading::command`] answers `None`).
-    pub fn into_read(self) -> Read {
+    pub fn into_read(mut self) -> Read {
+        self.read.details |= self.details;
         self.read
+    }
+}
+
+/// Whether the ATR says the card is an eUICC: the first TB after T=15 with b8 and b2 set
+/// (TS 102 221 §6.3.3, "eUICC-related functions supported"; Android reads it so too). An
+/// eUICC that does not say so is found by the details' ISD-R probe.
+pub fn atr_says_euicc(atr: &[u8]) -> bool {
+    let Some(&t0) = atr.get(1) else { return false };
+    let (mut y, mut i, mut after_t15) = (t0 >> 4, 2usize, false);
+    loop {
+        let (ta, tb, tc, td) = (y & 1 != 0, y & 2 != 0, y & 4 != 0, y & 8 != 0);
+        let tb_at = i + usize::from(ta);
+        if after_t15 {
+            return tb && atr.get(tb_at).is_some_and(|&b| b & 0x82 == 0x82);
+        }
+        i += usize::from(ta) + usize::from(tb) + usize::from(tc);
+        if !td {
+            return false;
+        }
+        let Some(&d) = atr.get(i) else { return false };
+        i += 1;
+        after_t15 = d & 0x0F == 0x0F;
+        y = d >> 4;
     }
 }
 
@@ -627,10 +706,13 @@ mod tests {
         hex::decode(s.replace(' ', "")).unwrap()
     }
 
+    /// ATRs of the simulated USIMs and eUICCs (the eUICC's says so: TB3 `82` after T=15).
+    const USIM: &str = "3B8B801FC773696D706F6F6C5553494DBA";
+    const EUICC: &str = "3B8C803FC78273696D706F6F6C655549434364";
+
     /// Runs a reading against a table of (command, answer); unknown commands `6A 82`. Answers
     /// the commands sent.
-    fn run(stable: Option<Stable>, table: &[(&str, &str)]) -> (Read, Vec<String>) {
-        let mut r = Reading::new(stable);
+    fn run_reading(mut r: Reading, table: &[(&str, &str)]) -> (Read, Vec<String>) {
         let mut sent = Vec::new();
         while let Some((_, cmd)) = r.command() {
             let c = hex::encode_upper(&cmd);
@@ -642,7 +724,18 @@ mod tests {
             r.answer(&h(a)).unwrap();
             assert!(sent.len() < 40, "{sent:?}");
         }
+        assert_eq!(r.exchanges() as usize, sent.len());
         (r.into_read(), sent)
+    }
+
+    /// A first read of a card with ATR `atr`.
+    fn run(atr: &str, stable: Option<Stable>, table: &[(&str, &str)]) -> (Read, Vec<String>) {
+        run_reading(Reading::new(&h(atr), stable), table)
+    }
+
+    /// The details of what the first read `first` found.
+    fn details(first: &Read, table: &[(&str, &str)]) -> (Read, Vec<String>) {
+        run_reading(Reading::details(first.facts.kind, first.facts.pin1), table)
     }
 
     #[test]
@@ -661,11 +754,14 @@ mod tests {
             ("01A4040010A0000005591010FFFFFFFF8900000100", "6A82"),
             ("0070800100", "9000"),
         ];
-        let (r, sent) = run(None, &table);
+        // The first read: ICCID, type, PIN1, PUK1, IMSI; five exchanges.
+        let (r, sent) = run(USIM, None, &table);
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        assert!(!r.details);
         assert_eq!(r.iccid.as_deref(), Some("89494400000000000306"));
         assert_eq!(r.imsi, None);
         assert_eq!(r.facts.kind, Some(CardType::Usim));
-        assert_eq!(r.facts.spn.as_deref(), Some("simpool"));
+        assert_eq!(r.facts.spn, None);
         assert_eq!(
             r.facts.pin1,
             PinState {
@@ -676,10 +772,17 @@ mod tests {
         );
         assert_eq!(r.facts.puk1.tries, Some(10));
         assert_eq!(r.facts.hidden, ["imsi", "msisdn"]);
+        // The details: SPN, no MSISDN, the ISD-R probe.
+        let (d, dsent) = details(&r, &table);
+        assert!(d.details);
+        assert_eq!(d.facts.spn.as_deref(), Some("simpool"));
+        assert_eq!(d.facts.kind, Some(CardType::Usim));
+        assert_eq!(d.facts.hidden, ["msisdn"]);
         // No VERIFY with data, EF.MSISDN not even selected, the channel closed.
-        assert!(!sent.iter().any(|c| c.starts_with("002000") && c.len() > 8));
-        assert!(!sent.iter().any(|c| c.ends_with("6F40")));
-        assert_eq!(sent.last().unwrap(), "0070800100");
+        let all: Vec<_> = sent.iter().chain(&dsent).collect();
+        assert!(!all.iter().any(|c| c.starts_with("002000") && c.len() > 8));
+        assert!(!all.iter().any(|c| c.ends_with("6F40")));
+        assert_eq!(dsent.last().unwrap(), "0070800100");
     }
 
     #[test]
@@ -710,37 +813,49 @@ mod tests {
             ),
             ("0070800200", "9000"),
         ];
-        let (r, sent) = run(None, &table);
-        assert_eq!(r.facts.kind, Some(CardType::Euicc));
+        // The ATR says eUICC: the type from the first read's five exchanges.
+        let (first, sent) = run(EUICC, None, &table);
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        assert_eq!(first.facts.kind, Some(CardType::Euicc));
+        assert_eq!(first.imsi.as_deref(), Some("001018000330000"));
+        assert_eq!(first.facts.pin1.enabled, Some(false));
+        assert_eq!(first.facts.eid, None);
+        // An ATR that does not say so: a USIM until the details find the ISD-R.
+        let (plain, _) = run(USIM, None, &table);
+        assert_eq!(plain.facts.kind, Some(CardType::Usim));
+        let (d, dsent) = details(&plain, &table);
+        assert_eq!(d.facts.kind, Some(CardType::Euicc));
         assert_eq!(
-            r.facts.eid.as_deref(),
+            d.facts.eid.as_deref(),
             Some("89049032000000000000000003300006")
         );
-        assert_eq!(r.facts.spn.as_deref(), Some("ABCD"));
-        assert_eq!(r.facts.msisdn.as_deref(), Some("+49171234567"));
-        assert_eq!(r.imsi.as_deref(), Some("001018000330000"));
-        assert_eq!(r.facts.pin1.enabled, Some(false));
-        assert!(r.facts.hidden.is_empty());
-        assert_eq!(sent.len(), 16);
-        // Again, known and untouched: ICCID, PIN state, IMSI only.
+        assert_eq!(d.facts.spn.as_deref(), Some("ABCD"));
+        assert_eq!(d.facts.msisdn.as_deref(), Some("+49171234567"));
+        assert!(d.facts.hidden.is_empty());
+        // SELECT ADF.USIM, SPN (with a length retry), MSISDN (too), the EID on channel 2.
+        assert_eq!(dsent.len(), 12, "{dsent:?}");
+        // Again, known and untouched: ICCID, PIN state, IMSI only, the details taken over.
         let stable = Stable {
-            iccid: r.iccid.clone().unwrap(),
+            iccid: first.iccid.clone().unwrap(),
             kind: CardType::Euicc,
-            spn: r.facts.spn.clone(),
-            msisdn: r.facts.msisdn.clone(),
-            eid: r.facts.eid.clone(),
+            spn: d.facts.spn.clone(),
+            msisdn: d.facts.msisdn.clone(),
+            eid: d.facts.eid.clone(),
         };
-        let (again, sent) = run(Some(stable.clone()), &table);
-        assert_eq!(again.facts, r.facts);
+        let (again, sent) = run(EUICC, Some(stable.clone()), &table);
+        assert!(again.details);
+        assert_eq!(again.facts.eid, d.facts.eid);
+        assert_eq!(again.facts.msisdn, d.facts.msisdn);
         assert_eq!(sent.len(), 5, "{sent:?}");
-        // Another card in the slot: read in full.
+        // Another card in the slot: a first read again, the details left out.
         let other = Stable {
             iccid: "89000000000000000000".into(),
             ..stable
         };
-        let (full, sent) = run(Some(other), &table);
-        assert_eq!(full.facts, r.facts);
-        assert_eq!(sent.len(), 16);
+        let (full, sent) = run(EUICC, Some(other), &table);
+        assert!(!full.details);
+        assert_eq!(full.facts, first.facts);
+        assert_eq!(sent.len(), 5);
     }
 
     #[test]
@@ -763,11 +878,11 @@ mod tests {
                 "01 41 FF FF FF FF FF FF FF FF FF FF FF FF FF FF FF 9000",
             ),
         ];
-        let (r, sent) = run(None, &table);
+        let gr1 = "3B991800118822334455667760";
+        let (r, sent) = run(gr1, None, &table);
         assert_eq!(r.facts.kind, Some(CardType::Sim));
         assert_eq!(r.iccid.as_deref(), Some("89860043191482190636"));
         assert_eq!(r.imsi, None);
-        assert_eq!(r.facts.spn.as_deref(), Some("A"));
         assert_eq!(
             r.facts.pin1,
             PinState {
@@ -778,8 +893,12 @@ mod tests {
         );
         assert_eq!(r.facts.puk1.tries, Some(10));
         assert_eq!(r.facts.hidden, ["imsi", "msisdn"]);
-        assert_eq!(sent.len(), 9, "{sent:?}");
-        // Known as a SIM: no class 00 probe, no SPN.
+        // The class 00 probe, then GSM 11.11's reads: seven exchanges.
+        assert_eq!(sent.len(), 7, "{sent:?}");
+        let (d, dsent) = details(&r, &table);
+        assert_eq!(d.facts.spn.as_deref(), Some("A"));
+        assert_eq!(dsent.len(), 3, "DF.GSM, EF.SPN, no MSISDN: {dsent:?}");
+        // Known as a SIM: no class 00 probe.
         let stable = Stable {
             iccid: "89860043191482190636".into(),
             kind: CardType::Sim,
@@ -787,9 +906,29 @@ mod tests {
             msisdn: None,
             eid: None,
         };
-        let (again, sent) = run(Some(stable), &table);
-        assert_eq!(again.facts, r.facts);
+        let (again, sent) = run(gr1, Some(stable), &table);
+        assert_eq!(again.facts.spn.as_deref(), Some("A"));
+        assert_eq!(again.facts.hidden, ["imsi", "msisdn"]);
         assert_eq!(sent.len(), 6, "{sent:?}");
+    }
+
+    #[test]
+    fn the_atr_says_euicc_in_the_first_tb_after_t15() {
+        assert!(atr_says_euicc(&h(EUICC)));
+        assert!(!atr_says_euicc(&h(USIM)));
+        assert!(!atr_says_euicc(&h("3B991800118822334455667760")));
+        // TB3 after T=15 without b2 (the eUICC bit): no.
+        assert!(!atr_says_euicc(&h(
+            "3B8C803FC78073696D706F6F6C655549434366"
+        )));
+        // Cut short, or nothing at all: no, and no panic.
+        assert!(!atr_says_euicc(&h("3B8C803F")));
+        assert!(!atr_says_euicc(&[]));
+        assert_eq!(
+            crate::sim::profile::EUICC_ATR.to_vec(),
+            h(EUICC),
+            "the simulated eUICCs say so"
+        );
     }
 
     #[test]
@@ -811,7 +950,7 @@ mod tests {
         assert_eq!(parse_eid(&h("BF3E03 5A01 00")), None);
         assert_eq!(parse_eid(&h("BF")), None);
         // An answer without a status word is an error naming the command.
-        let mut r = Reading::new(None);
+        let mut r = Reading::new(&[], None);
         let e = r.answer(&[0x90]).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -255,11 +255,14 @@ impl GuardRefusal {
 
     /// Short, for the card's row: "refused: would use ADM1's last try".
     pub fn short(&self) -> String {
+        format!("refused: {}", self.reason())
+    }
+
+    /// Why, for the history's `refused` event: "would use ADM1's last try".
+    pub fn reason(&self) -> String {
         match self {
-            GuardRefusal::LastTry { secret, .. } => {
-                format!("refused: would use {secret}'s last try")
-            }
-            GuardRefusal::Protected { op } => format!("refused: {op} (write-protected)"),
+            GuardRefusal::LastTry { secret, .. } => format!("would use {secret}'s last try"),
+            GuardRefusal::Protected { op } => format!("{op} (write-protected)"),
         }
     }
 }

@@ -107,6 +107,11 @@ pub struct ScanScope {
     /// Only idle cards: those someone holds (listed from what is known otherwise) and those
     /// already running (someone may be using them) are left out.
     pub free: bool,
+    /// Read the details (SPN, MSISDN, EID) of a card read for the first time in its scan
+    /// lease too, before its row: for a scan over a pool connection of its own, which is
+    /// over once it ends (`scan --pool`). The daemon's scans leave them out and read them
+    /// afterwards ([`Cards::read_details`]): the scan is not slowed by them.
+    pub details: bool,
 }
 
 impl ScanScope {
@@ -133,7 +138,10 @@ pub async fn scan_scoped(
             continue;
         }
         let (cards, tx, cancelled) = (cards.clone(), tx.clone(), cancelled.clone());
-        tasks.spawn(async move { scan_one(&cards, n, state, deadline, &tx, cancelled).await });
+        let details = scope.details;
+        tasks.spawn(
+            async move { scan_one(&cards, n, state, details, deadline, &tx, cancelled).await },
+        );
     }
     Ok(Scan {
         total: tasks.len(),
@@ -147,6 +155,7 @@ async fn scan_one(
     cards: &Cards,
     n: CardNo,
     state: SlotState,
+    details: bool,
     deadline: Duration,
     tx: &mpsc::UnboundedSender<ScanRow>,
     mut cancelled: watch::Receiver<bool>,
@@ -176,7 +185,15 @@ async fn scan_one(
     }
     let read = async {
         lease.admit_in(state)?;
-        lease.read_identity(deadline).await
+        let id = lease.read_identity(deadline).await?;
+        if details && cards.details_wanted(n) {
+            lease.read_details(deadline).await?;
+            return Ok(super::Identity {
+                facts: cards.known(n).facts,
+                ..id
+            });
+        }
+        Ok(id)
     };
     let read = tokio::select! {
         r = read => Some(r),

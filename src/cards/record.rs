@@ -186,6 +186,7 @@ fn holder_kind(h: &Holder) -> HolderKind {
     match h {
         Holder::Reader(_) => HolderKind::Reader,
         Holder::Api(_) | Holder::Command(_) => HolderKind::Api,
+        Holder::SimRest(_) => HolderKind::SimRest,
         Holder::Scan => HolderKind::Scan,
         Holder::Bank { .. } => HolderKind::Bank,
         Holder::Reservation(_) => HolderKind::Reservation,
@@ -297,6 +298,23 @@ impl Cards {
             lease: (lease > 0).then_some(LeaseId(lease)),
             detail,
             ..Event::now(n.get(), kind)
+        });
+    }
+
+    /// A command the card layer's rules refused on card `n`, during `lease`'s row: an event
+    /// `refused` whose detail says why (`would use PIN1's last try`). Queued (never blocks,
+    /// as every record: the history's thread writes it with the next batch).
+    pub(crate) fn refused_event(&self, n: CardNo, user: Option<String>, why: String) {
+        let Some(h) = self.history() else { return };
+        let known = self.known(n);
+        let lease = self.records().open[n.index()].load(Ordering::Relaxed);
+        h.event(Event {
+            iccid: known.iccid,
+            imsi: known.imsi,
+            user,
+            lease: (lease > 0).then_some(LeaseId(lease)),
+            detail: Some(why),
+            ..Event::now(n.get(), EventKind::Refused)
         });
     }
 

@@ -150,8 +150,15 @@ pub async fn run(args: HistoryArgs) -> Result<ExitCode, CliError> {
             "event", "card", "time (UTC)", "what", "ICCID"
         ))?;
         for e in &reply.events {
+            // During which lease, for whom: a refusal names whose command it was.
+            let during = match (e.event.lease, e.event.user.as_deref()) {
+                (Some(l), Some(u)) => format!(" (lease {l}, {u})"),
+                (Some(l), None) => format!(" (lease {l})"),
+                (None, Some(u)) => format!(" ({u})"),
+                (None, None) => String::new(),
+            };
             out(format!(
-                "{:>6} {:>4}  {:<19}  {:<22} {:<20} {}",
+                "{:>6} {:>4}  {:<19}  {:<22} {:<20} {}{during}",
                 e.id,
                 e.event.card,
                 when(Some(e.event.time)),

@@ -198,6 +198,8 @@ pub async fn run(
     let scope = ops::ScanScope {
         cards: card.as_deref().map(card_list).transpose()?,
         free,
+        // Over a pool connection of its own, nothing reads the details afterwards.
+        details: true,
     };
     let mut view = View::new(json_out);
     let mut interrupt = Interrupt::new();

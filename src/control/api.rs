@@ -575,12 +575,17 @@ async fn scan(State(d): State<Arc<Daemon>>, req: Request) -> ApiResult<Vec<crate
     let scope = ops::ScanScope {
         cards: body.cards,
         free: body.free,
+        details: false,
     };
-    d.cards
+    let rows = d
+        .cards
         .scan_in(scope, d.command_timeout)
         .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    // SPN, MSISDN and EID of the cards read for the first time: after the scan, so that it
+    // answers as fast as the identity read of before did (issue 20 §2).
+    d.cards.read_details_soon(d.command_timeout);
+    Ok(Json(rows))
 }
 
 const STOP_SHAPE: &str = "{\"force\":true|false}";

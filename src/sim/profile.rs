@@ -855,10 +855,11 @@ pub const TS_35_208_SET1_OPC: [u8; 16] = [
     0xcd, 0x63, 0xcb, 0x71, 0x95, 0x4a, 0x9f, 0x4e, 0x48, 0xa5, 0x99, 0x4e, 0x37, 0xa0, 0x2b, 0xaf,
 ];
 
-/// The ATR of generated eUICCs: as [`USIM_ATR`] with the historical bytes "simpooleUICC".
-pub const EUICC_ATR: [u8; 18] = [
-    0x3B, 0x8C, 0x80, 0x1F, 0xC7, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'e', b'U', b'I', b'C',
-    b'C', 0x18,
+/// The ATR of generated eUICCs: as [`USIM_ATR`] with TB3 `82` after T=15 ("eUICC-related
+/// functions supported", TS 102 221 §6.3.3) and the historical bytes "simpooleUICC".
+pub const EUICC_ATR: [u8; 19] = [
+    0x3B, 0x8C, 0x80, 0x3F, 0xC7, 0x82, b's', b'i', b'm', b'p', b'o', b'o', b'l', b'e', b'U', b'I',
+    b'C', b'C', 0x64,
 ];
 
 /// Profile `k` (0-based) of the generated eUICC in `slot`: a USIM with ICCID
