@@ -142,6 +142,19 @@ fn scan_apdu_and_stop_give_the_same_rows_through_the_daemon_and_over_their_own_c
         let t0 = Instant::now();
         let got = simpool(r, &d.control);
         let took = t0.elapsed();
+        if r[0] == "scan" {
+            // The daemon's scan reads a card's details (SPN, MSISDN, EID) after the scan, so
+            // that the scan costs no more than the identity read; `scan --pool` has no later
+            // and reads them before each row. Everything else is the same.
+            assert_eq!(got.0, want.0, "{r:?}: exit");
+            assert_eq!(
+                without_details(&got.1),
+                without_details(&want.1),
+                "{r:?}: through the daemon vs over a connection of its own"
+            );
+            assert!(want.1.contains("\"spn\":\"simpool 1\""), "{}", want.1);
+            continue;
+        }
         assert_eq!(
             &got, want,
             "{r:?}: through the daemon vs over a connection of its own"
@@ -284,4 +297,16 @@ fn exit_codes_agree_with_the_readme_table() {
         help.contains("the daemons (serve, sim) end with 0 on SIGINT/SIGTERM"),
         "{help}"
     );
+}
+
+/// A scan's rows without the details a daemon reads after the scan.
+fn without_details(json: &str) -> Value {
+    let mut v: Value = serde_json::from_str(json).unwrap();
+    for row in v.as_array_mut().unwrap() {
+        let row = row.as_object_mut().unwrap();
+        for k in ["spn", "msisdn", "eid"] {
+            assert!(row.remove(k).is_some(), "{k} missing");
+        }
+    }
+    v
 }
