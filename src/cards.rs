@@ -1306,16 +1306,7 @@ impl Lease {
         deadline: Duration,
     ) -> Result<facts::Read, ReadError> {
         let mut r = facts::Reading::new(atr, stable);
-        while let Some((what, cmd)) = r.command() {
-            let resp = self
-                .transmit(&cmd, deadline, Front::Scan)
-                .await
-                .map_err(|error| identity::ReadError::Exchange { what, error })?;
-            r.answer(&resp).map_err(|e| identity::ReadError::Status {
-                what: e.what,
-                sw: e.got,
-            })?;
-        }
+        self.run_reading(&mut r, deadline).await?;
         log::debug!(
             "card {}: facts read in {} exchanges{}",
             self.number,
@@ -1331,10 +1322,12 @@ impl Lease {
         Ok(read)
     }
 
-    /// Reads the details of the card this lease started and read ([`Cards::read_details`]).
-    pub async fn read_details(&mut self, deadline: Duration) -> Result<(), ReadError> {
-        let k = self.cards.known(self.number);
-        let mut r = facts::Reading::details(k.facts.kind, k.facts.pin1);
+    /// Sends each command `r` asks for and gives it the answers, until it has read all.
+    async fn run_reading(
+        &mut self,
+        r: &mut facts::Reading,
+        deadline: Duration,
+    ) -> Result<(), ReadError> {
         while let Some((what, cmd)) = r.command() {
             let resp = self
                 .transmit(&cmd, deadline, Front::Scan)
@@ -1345,6 +1338,14 @@ impl Lease {
                 sw: e.got,
             })?;
         }
+        Ok(())
+    }
+
+    /// Reads the details of the card this lease started and read ([`Cards::read_details`]).
+    pub async fn read_details(&mut self, deadline: Duration) -> Result<(), ReadError> {
+        let k = self.cards.known(self.number);
+        let mut r = facts::Reading::details(k.facts.kind, k.facts.pin1);
+        self.run_reading(&mut r, deadline).await?;
         log::debug!(
             "card {}: details read in {} exchanges",
             self.number,

@@ -289,22 +289,17 @@ impl Cards {
 
     /// Records an event of card `n` (with its identity and open lease, as known now).
     pub(crate) fn event(&self, n: CardNo, kind: EventKind, detail: Option<String>) {
-        let Some(h) = self.history() else { return };
-        let known = self.known(n);
-        let lease = self.records().open[n.index()].load(Ordering::Relaxed);
-        h.event(Event {
-            iccid: known.iccid,
-            imsi: known.imsi,
-            lease: (lease > 0).then_some(LeaseId(lease)),
-            detail,
-            ..Event::now(n.get(), kind)
-        });
+        self.event_of(n, kind, None, detail);
     }
 
     /// A command the card layer's rules refused on card `n`, during `lease`'s row: an event
     /// `refused` whose detail says why (`would use PIN1's last try`). Queued (never blocks,
     /// as every record: the history's thread writes it with the next batch).
     pub(crate) fn refused_event(&self, n: CardNo, user: Option<String>, why: String) {
+        self.event_of(n, EventKind::Refused, user, Some(why));
+    }
+
+    fn event_of(&self, n: CardNo, kind: EventKind, user: Option<String>, detail: Option<String>) {
         let Some(h) = self.history() else { return };
         let known = self.known(n);
         let lease = self.records().open[n.index()].load(Ordering::Relaxed);
@@ -313,8 +308,8 @@ impl Cards {
             imsi: known.imsi,
             user,
             lease: (lease > 0).then_some(LeaseId(lease)),
-            detail: Some(why),
-            ..Event::now(n.get(), EventKind::Refused)
+            detail,
+            ..Event::now(n.get(), kind)
         });
     }
 
